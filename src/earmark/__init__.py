@@ -1,0 +1,31 @@
+"""earmark: efficient audio tagging.
+
+    >>> import earmark
+    >>> model = earmark.create_model("vit-tiny", num_classes=10)
+    >>> tagger = earmark.load("runs/fsdd/model")          # doctest: +SKIP
+    >>> tagger.tag("dog.wav", top_k=3)                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# The public API is imported lazily so that ``import earmark`` (and the CLI's help) stay fast.
+_API = {
+    "list_models": "earmark.models.registry",
+    "create_model": "earmark.models.registry",
+    "load_audio": "earmark.audio.io",
+    "load": "earmark.infer.tagger",
+    "Tagger": "earmark.infer.tagger",
+    "convert": "earmark.models.convert",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'earmark' has no attribute {name!r}")
