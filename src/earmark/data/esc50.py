@@ -1,0 +1,64 @@
+"""``esc50:DIR``: ESC-50, 2,000 five-second clips in 50 classes and five folds.
+
+Layout (as in the ESC-50 repository): ``DIR/meta/esc50.csv`` with the columns
+``filename,fold,target,category,esc10,src_file,take`` and the clips in ``DIR/audio/``.
+
+The label is ``category``; the vocabulary is ordered by the ``target`` index, so output ``k``
+of a model is the class the ESC-50 papers call ``k``. Every item keeps its fold (1-5) in
+``Item.fold``. The default split, for a single run, is fold 5 ``test``, fold 4 ``valid``
+and folds 1-3 ``train``; cross validation ignores it and uses ``Manifest.for_fold(k)``.
+The ESC-10 subset's categories are in ``manifest.meta["esc10"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from earmark.data.folder import absolute, check_audio_exists, read_table, require_dir, require_file
+from earmark.data.manifest import Item, Manifest, register_source
+from earmark.errors import DataError
+
+TEST_FOLD = 5
+VALID_FOLD = 4
+
+
+def split_of_fold(fold: int) -> str:
+    return "test" if fold == TEST_FOLD else "valid" if fold == VALID_FOLD else "train"
+
+
+@register_source("esc50")
+def load(root: str) -> Manifest:
+    """A manifest of ESC-50 under ``root``.
+
+    >>> m = load("ESC-50-master")  # doctest: +SKIP
+    >>> m.labels[:2], m.folds  # doctest: +SKIP
+    (['dog', 'rooster'], [1, 2, 3, 4, 5])
+    >>> train, test = m.for_fold(1)  # doctest: +SKIP
+    """
+    root_path = Path(root)
+    meta = require_file(root_path / "meta" / "esc50.csv", "ESC-50 metadata (meta/esc50.csv)")
+    audio_dir = require_dir(root_path / "audio", "ESC-50 audio folder")
+    rows = read_table(meta, ["filename", "fold", "target", "category"])
+    names: dict[int, str] = {}
+    esc10: set[str] = set()
+    items = []
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            fold, target = int(row["fold"]), int(row["target"])
+        except ValueError:
+            raise DataError(meta, f"line {n}: fold and target must be integers, got "
+                            f"{row['fold']!r} and {row['target']!r}") from None
+        category = row["category"]
+        if names.setdefault(target, category) != category:
+            raise DataError(meta, f"line {n}: target {target} is {category!r} here but "
+                            f"{names[target]!r} earlier")
+        if row.get("esc10", "").lower() == "true":
+            esc10.add(category)
+        items.append(Item(path=absolute(audio_dir / row["filename"]), labels=(category,),
+                          split=split_of_fold(fold), fold=fold))
+    if not items:
+        raise DataError(meta, "lists no clips")
+    check_audio_exists((it.path for it in items), meta)
+    labels = [names[t] for t in sorted(names)]
+    return Manifest(items=items, labels=labels, multi_label=False, name="esc50",
+                    meta={"esc10": sorted(esc10)})

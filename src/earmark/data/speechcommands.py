@@ -1,0 +1,59 @@
+"""``speechcommands:DIR``: Google Speech Commands v2 (35 words, one-second clips).
+
+Layout of the v2 archive: one folder per word (``DIR/yes/0a7c2a8d_nohash_0.wav``, ...),
+``validation_list.txt`` and ``testing_list.txt`` listing the ``valid`` and ``test`` files as
+``word/file.wav`` paths; every other clip is ``train``.
+
+``_background_noise_`` holds long noise recordings, not a class: its files are not items;
+their paths are in ``manifest.meta["background_noise"]`` for noise augmentation. The
+vocabulary is every word folder, sorted (the full 35-word task; the 12-class "10 words +
+unknown + silence" variant is not built here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from earmark.data.folder import absolute, audio_files, check_audio_exists, require_dir, require_file
+from earmark.data.manifest import Item, Manifest, register_source
+from earmark.errors import DataError
+
+NOISE_DIR = "_background_noise_"
+
+
+def _read_list(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+@register_source("speechcommands")
+def load(root: str) -> Manifest:
+    """A manifest of Speech Commands v2 under ``root``.
+
+    >>> m = load("speech_commands_v0.02")  # doctest: +SKIP
+    >>> len(m.labels), len(m.meta["background_noise"])  # doctest: +SKIP
+    (35, 6)
+    """
+    root_path = require_dir(root, "Speech Commands folder")
+    split_of: dict[str, str] = {}
+    for split, name in (("valid", "validation_list.txt"), ("test", "testing_list.txt")):
+        listing = require_file(root_path / name, f"Speech Commands v2 {split} list")
+        entries = _read_list(listing)
+        check_audio_exists((str(root_path / e) for e in entries), listing)
+        split_of.update({e: split for e in entries})
+
+    words = sorted(d.name for d in root_path.iterdir()
+                   if d.is_dir() and not d.name.startswith((".", "_")))
+    items = []
+    for word in words:
+        for path in audio_files(root_path / word):
+            rel = path.relative_to(root_path).as_posix()
+            items.append(Item(path=absolute(path), labels=(word,),
+                              split=split_of.get(rel, "train")))
+    if not items:
+        raise DataError(root_path, "no word folders with .wav files found")
+    noise_dir = root_path / NOISE_DIR
+    noise = [absolute(p) for p in audio_files(noise_dir)] if noise_dir.is_dir() else []
+    labels = sorted({it.labels[0] for it in items})
+    return Manifest(items=items, labels=labels, multi_label=False, name="speechcommands",
+                    meta={"background_noise": noise})

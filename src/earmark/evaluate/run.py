@@ -1,0 +1,82 @@
+"""``earmark eval``: score every file of a split with a saved model and compute the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from earmark.audio.io import load_audio
+from earmark.data.labels import targets as manifest_targets
+from earmark.data.manifest import Manifest
+from earmark.errors import AudioError, DataError
+from earmark.evaluate.metrics import evaluate
+
+
+def _segment(tagger, item) -> torch.Tensor:
+    wave, sr = load_audio(item.path, sample_rate=tagger.sample_rate)
+    if item.onset is not None or item.offset is not None:
+        a = int((item.onset or 0.0) * sr)
+        b = wave.shape[-1] if item.offset is None else int(item.offset * sr)
+        wave = wave[a:b]
+        if wave.numel() == 0:
+            raise AudioError(item.path, f"empty segment {item.onset}-{item.offset} s")
+    return wave
+
+
+def evaluate_model(model, manifest: Manifest, progress: bool = True) -> dict:
+    """Metrics of ``model`` (a Tagger, model directory or run directory) on ``manifest``.
+
+    Files that cannot be read are skipped and listed under ``"failed"``.
+    """
+    from earmark.infer.tagger import Tagger, load
+
+    tagger = model if isinstance(model, Tagger) else load(model)
+    if tagger.labels != manifest.labels:
+        missing = sorted(set(manifest.labels) - set(tagger.labels))
+        if missing:
+            raise DataError(manifest.name, f"labels the model does not know: {missing[:10]}")
+    index = {lab: i for i, lab in enumerate(tagger.labels)}
+    target_all = manifest_targets(manifest)  # (N, C_manifest)
+    # reorder the manifest's columns to the model's label order
+    cols = torch.zeros(target_all.shape[0], len(tagger.labels))
+    for j, lab in enumerate(manifest.labels):
+        cols[:, index[lab]] = target_all[:, j]
+    scores, targets, failed = [], [], []
+    for i, item in enumerate(tqdm(manifest.items, desc="eval", disable=not progress,
+                                  unit="file")):
+        try:
+            scores.append(tagger._score(_segment(tagger, item)))
+        except AudioError as err:
+            failed.append(str(err))
+            continue
+        targets.append(cols[i])
+    if not scores:
+        raise DataError(manifest.name, f"no file could be scored ({len(failed)} failed)")
+    metrics = evaluate(torch.stack(scores).numpy(), torch.stack(targets).numpy(),
+                       tagger.labels, multi_label=tagger.multi_label)
+    metrics["failed"] = failed
+    return metrics
+
+
+def write_report(metrics: dict, labels: list[str], out_dir: str | Path,
+                 multi_label: bool) -> list[Path]:
+    """metrics.json plus a confusion matrix (single-label) or per-class AP bars (multi-label)."""
+    from earmark.evaluate.plots import plot_confusion_matrix, plot_per_class_ap
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(path)
+    written = [path]
+    if not multi_label and "confusion_matrix" in metrics:
+        written.append(plot_confusion_matrix(metrics["confusion_matrix"], labels,
+                                             out_dir / "confusion_matrix.png"))
+    else:
+        ap = [row.get("ap", float("nan")) for row in metrics.get("per_class", [])]
+        written.append(plot_per_class_ap(ap, labels, out_dir / "per_class_ap.png"))
+    return written

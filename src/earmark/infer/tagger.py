@@ -1,0 +1,159 @@
+"""Tagging with a saved model: ``earmark.load(path)`` returns a :class:`Tagger`.
+
+    >>> import earmark
+    >>> tagger = earmark.load("runs/fsdd/model")                 # doctest: +SKIP
+    >>> tagger.tag("recording.wav", top_k=3)                     # doctest: +SKIP
+    [('7', 0.97), ('1', 0.01), ('9', 0.004)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from earmark.audio.io import audio_info, iter_blocks, load_audio
+from earmark.errors import AudioError, ModelError
+from earmark.models.directory import CONFIG, build_from_config, load_model_dir, load_state
+
+# Files longer than this are scored block by block, so memory stays bounded.
+LONG_FILE_SECONDS = 600.0
+BLOCK_SECONDS = 60.0
+
+
+@dataclass
+class ChunkScores:
+    start: float  # seconds
+    end: float
+    scores: torch.Tensor  # (C,)
+
+
+class Tagger:
+    """A model with its labels and front end, ready to tag raw audio."""
+
+    def __init__(self, model: nn.Module, config: dict, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.config = config
+        self.device = torch.device(device)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config["labels"])
+
+    @property
+    def sample_rate(self) -> int:
+        return self.model.sample_rate
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.model.multi_label)
+
+    def to(self, device: str | torch.device) -> "Tagger":
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
+
+    # ---- audio in ----------------------------------------------------------------------------
+
+    def waveform(self, audio, sample_rate: int | None = None) -> torch.Tensor:
+        """A path or an array/tensor ((N,) or (C, N)) -> mono float32 (N,) at the model's rate."""
+        if isinstance(audio, (str, Path)):
+            wave, _ = load_audio(audio, sample_rate=self.sample_rate)
+            return wave
+        wave = torch.as_tensor(np.asarray(audio) if not torch.is_tensor(audio) else audio)
+        wave = wave.float()
+        if wave.dim() == 2:
+            wave = wave.mean(0)
+        if wave.dim() != 1:
+            raise AudioError("<array>", f"expected (N,) or (C, N) samples, got {tuple(wave.shape)}")
+        if wave.numel() == 0:
+            raise AudioError("<array>", "zero samples")
+        if not torch.isfinite(wave).all():
+            raise AudioError("<array>", "contains NaN or infinite samples")
+        sr = sample_rate or self.sample_rate
+        if sr != self.sample_rate:
+            import soxr
+
+            wave = torch.from_numpy(soxr.resample(wave.numpy(), sr, self.sample_rate, "HQ"))
+        return wave.float()
+
+    def _fit(self, wave: torch.Tensor) -> torch.Tensor:
+        fit = getattr(self.model, "fit", None)
+        n = int(round(self.model.clip_seconds * self.sample_rate))
+        if fit and wave.shape[-1] < n:
+            from earmark.data.dataset import fit_length
+
+            wave = fit_length(wave, n, fit)
+        return wave
+
+    @torch.inference_mode()
+    def _score(self, wave: torch.Tensor) -> torch.Tensor:
+        logits = self.model(self._fit(wave).unsqueeze(0).to(self.device))
+        return self.model.activation(logits)[0].float().cpu()
+
+    # ---- public API --------------------------------------------------------------------------
+
+    def scores(self, audio, sample_rate: int | None = None) -> torch.Tensor:
+        """Clip scores, one per label (probabilities). Long files are read block by block."""
+        if isinstance(audio, (str, Path)) and audio_info(audio).duration > LONG_FILE_SECONDS:
+            total, weight = None, 0.0
+            for block in iter_blocks(audio, BLOCK_SECONDS, sample_rate=self.sample_rate):
+                s = self._score(block) * block.shape[-1]
+                total = s if total is None else total + s
+                weight += block.shape[-1]
+            return total / weight
+        return self._score(self.waveform(audio, sample_rate))
+
+    def tag(self, audio, sample_rate: int | None = None, top_k: int = 5) -> list[tuple[str, float]]:
+        """The ``top_k`` labels with their scores, best first."""
+        return self.top(self.scores(audio, sample_rate), top_k)
+
+    def top(self, scores: torch.Tensor, top_k: int = 5) -> list[tuple[str, float]]:
+        k = min(top_k, len(self.labels))
+        vals, idx = scores.topk(k)
+        return [(self.labels[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
+
+    def chunk_scores(self, audio, chunk_seconds: float,
+                     sample_rate: int | None = None) -> list[ChunkScores]:
+        """Scores of consecutive ``chunk_seconds`` pieces (the last one may be shorter)."""
+        if chunk_seconds <= 0:
+            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        if isinstance(audio, (str, Path)):
+            blocks = iter_blocks(audio, chunk_seconds, sample_rate=self.sample_rate)
+        else:
+            n = max(1, int(round(chunk_seconds * self.sample_rate)))
+            blocks = self.waveform(audio, sample_rate).split(n)
+        out, start = [], 0.0
+        for block in blocks:
+            dur = block.shape[-1] / self.sample_rate
+            out.append(ChunkScores(start, start + dur, self._score(block)))
+            start += dur
+        return out
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Tagger:
+    """Load a model directory, a training run directory or a training checkpoint (``.ckpt``)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / CONFIG).is_file():
+            model, config = load_model_dir(path)
+            return Tagger(model, config, device)
+        if (path / "model" / CONFIG).is_file():
+            model, config = load_model_dir(path / "model")
+            return Tagger(model, config, device)
+        raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
+                         "(model/config.json)")
+    if path.is_file() and path.suffix == ".ckpt":
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        config = ckpt.get("earmark_model")
+        if config is None:
+            raise ModelError(f"{path}: not an earmark training checkpoint (no earmark_model entry)")
+        model = build_from_config(config)
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+                 if k.startswith("model.")}
+        load_state(model, state, str(path))
+        return Tagger(model.eval(), config, device)
+    raise ModelError(f"{path}: no such model directory or checkpoint")

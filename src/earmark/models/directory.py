@@ -1,0 +1,119 @@
+"""Model directories: ``config.json`` + ``model.safetensors``, written atomically.
+
+``config.json`` holds everything needed to rebuild and use the model with nothing else
+configured: the registry name and arguments, the front end preset, the sample rate, the
+labels, single- or multi-label, and where the weights came from (provenance).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import earmark
+from earmark.errors import ModelError
+from earmark.models.registry import create_model
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def model_config(model: nn.Module, labels: list[str], provenance: dict | None = None) -> dict:
+    name = getattr(model, "registry_name", None)
+    if name is None:
+        raise ModelError("the model was not built by earmark.create_model; cannot save it")
+    if len(labels) != model.num_classes:
+        raise ModelError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
+    return {
+        "format": "earmark-model",
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "family": model.family,
+        "num_classes": model.num_classes,
+        "args": model.build_args(),
+        "frontend": model.frontend.config.to_dict(),
+        "sample_rate": model.sample_rate,
+        "clip_seconds": model.clip_seconds,
+        "multi_label": model.multi_label,
+        "labels": list(labels),
+        "provenance": {"earmark_version": earmark.__version__,
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(provenance or {})},
+    }
+
+
+def save_model_dir(model: nn.Module, out_dir: str | Path, labels: list[str],
+                   provenance: dict | None = None) -> Path:
+    """Write ``out_dir`` atomically: a crash leaves either the old directory or the new one."""
+    out_dir = Path(out_dir)
+    config = model_config(model, labels, provenance)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_config(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / CONFIG
+    if not path.is_file():
+        raise ModelError(f"{model_dir}: not a model directory (no {CONFIG})")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: not valid JSON ({err})") from None
+    for key in ("name", "num_classes", "args", "labels"):
+        if key not in config:
+            raise ModelError(f"{path}: missing key {key!r}")
+    return config
+
+
+def build_from_config(config: dict[str, Any]) -> nn.Module:
+    return create_model(config["name"], config["num_classes"], **config["args"])
+
+
+def load_model_dir(model_dir: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a model directory with its weights; returns (model in eval, config)."""
+    config = read_config(model_dir)
+    weights = Path(model_dir) / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"{model_dir}: no {WEIGHTS}")
+    model = build_from_config(config)
+    try:
+        state = load_file(str(weights), device=map_location)
+    except Exception as err:  # safetensors raises its own error types
+        raise ModelError(f"{weights}: unreadable weights ({err})") from None
+    load_state(model, state, source=str(weights))
+    return model.eval(), config
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly, naming the missing and unexpected keys in the error."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ModelError(f"{source}: weights do not fit the model ({err})") from None
+    if missing or unexpected:
+        raise ModelError(f"{source}: weights do not fit model {getattr(model, 'registry_name', '')}"
+                         f" (missing {missing[:5]}, unexpected {unexpected[:5]})")

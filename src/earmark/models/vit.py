@@ -1,0 +1,179 @@
+"""Audio Vision Transformer of paper 003 (Dinkel et al., "Streaming Audio Transformers").
+
+Full-context ViT-T/S/B: a per-mel-bin BatchNorm on the log-mel, 16x16 patches, separate
+learnable time and frequency position embeddings, pre-norm transformer blocks, mean (or
+class-token) pooling and a LayerNorm + Linear head. The parameter layout follows the
+official SAT repository (``patch_embed.proj``, ``time_pos_embed``, ``freq_pos_embed``,
+``blocks.i.attn.qkv``, ``outputlayer.0/1``) so its released checkpoints convert key by key.
+
+    >>> import torch, earmark
+    >>> model = earmark.create_model("vit-tiny", num_classes=10, clip_seconds=1.0).eval()
+    >>> model(torch.zeros(2, 16000)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from earmark.models.base import AudioModel
+from earmark.models.layers import Block, init_vit_weights
+from earmark.models.registry import register_model
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+class PatchEmbed(nn.Module):
+    """(B, 1, F, T) -> (B, D, F', T') by a strided convolution (equation 1 of paper 003)."""
+
+    def __init__(self, patch_size, patch_stride, embed_dim: int):
+        super().__init__()
+        self.patch_size = _pair(patch_size)
+        self.patch_stride = _pair(patch_stride)
+        self.proj = nn.Conv2d(1, embed_dim, self.patch_size, self.patch_stride)
+
+    def grid(self, n_mels: int, frames: int) -> tuple[int, int]:
+        (pf, pt), (sf, st) = self.patch_size, self.patch_stride
+        return (n_mels - pf) // sf + 1, (frames - pt) // st + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def drop_patches(x: torch.Tensor, dim: int, frac: float) -> torch.Tensor:
+    """Patch-out: keep a random, order-preserving subset of rows along ``dim``."""
+    n = x.shape[dim]
+    keep = torch.randperm(n, device=x.device)[: n - int(n * frac)].sort().values
+    return x.index_select(dim, keep)
+
+
+class AudioViT(AudioModel):
+    family = "vit"
+
+    def __init__(self, num_classes: int, embed_dim: int = 192, depth: int = 12,
+                 num_heads: int = 3, mlp_ratio: float = 4.0, patch_size=16, patch_stride=16,
+                 target_length: int = 1012, pooling: str = "mean", qkv_bias: bool = True,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0, time_patch_out: float | None = None,
+                 freq_patch_out: float | None = None, pad_last: bool = True,
+                 frontend: str | dict = "sat", clip_seconds: float = 10.0,
+                 multi_label: bool = True, fit: str | None = None):
+        super().__init__(num_classes, frontend, clip_seconds, multi_label)
+        if pooling not in ("mean", "token"):
+            raise ValueError(f"pooling must be 'mean' or 'token', got {pooling!r}")
+        self.init_args = dict(
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+            patch_size=patch_size, patch_stride=patch_stride, target_length=target_length,
+            pooling=pooling, qkv_bias=qkv_bias, drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            time_patch_out=time_patch_out, freq_patch_out=freq_patch_out, pad_last=pad_last,
+            frontend=self.frontend.config.to_dict(), clip_seconds=clip_seconds,
+            multi_label=multi_label, fit=fit)
+        self.fit = fit  # how the tagger fits shorter inputs to clip_seconds (None: as they are)
+        n_mels = self.frontend.config.n_mels
+        self.embed_dim = embed_dim
+        self.pooling = pooling
+        self.target_length = target_length
+        self.pad_last = pad_last
+        self.time_patch_out = time_patch_out
+        self.freq_patch_out = freq_patch_out
+
+        # paper 003, 4.3: "an initial batch-norm to normalize each Mel-filterbank independently"
+        self.init_bn = nn.BatchNorm2d(n_mels, momentum=0.01)
+        self.patch_embed = PatchEmbed(patch_size, patch_stride, embed_dim)
+        grid_f, grid_t = self.patch_embed.grid(n_mels, target_length)
+        self.time_pos_embed = nn.Parameter(torch.randn(1, embed_dim, 1, grid_t) * 0.02)
+        self.freq_pos_embed = nn.Parameter(torch.randn(1, embed_dim, grid_f, 1) * 0.02)
+        if pooling == "token":
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.token_pos_embed = nn.Parameter(torch.randn(1, embed_dim) * 0.02)
+        self.pos_drop = nn.Dropout(drop_rate)
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth grows
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, r)
+            for r in rates])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.outputlayer = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
+        self.apply(init_vit_weights)
+        if pooling == "token":
+            nn.init.normal_(self.cls_token, std=1e-6)
+
+    @property
+    def max_frames(self) -> int:
+        """Longest log-mel processed in one pass; longer inputs are split (official rule)."""
+        return self.target_length + self.patch_embed.patch_stride[1] - 1
+
+    def normalize(self, spec: torch.Tensor) -> torch.Tensor:
+        """(B, F, T) log-mel -> (B, 1, F, T) with each mel bin batch-normalised."""
+        return self.init_bn(spec.unsqueeze(2)).transpose(1, 2)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, F, T) normalised log-mel -> (B, N, D) tokens after the final norm."""
+        x = self.patch_embed(x)  # (B, D, F', T')
+        f, t = x.shape[-2:]
+        x = x + self.time_pos_embed[..., :t] + self.freq_pos_embed[:, :, :f]
+        if self.training and self.time_patch_out:
+            x = drop_patches(x, -1, self.time_patch_out)
+        if self.training and self.freq_patch_out:
+            x = drop_patches(x, -2, self.freq_patch_out)
+        x = x.flatten(2).transpose(1, 2)  # (B, F'*T', D), frequency-major as the official code
+        if self.pooling == "token":
+            cls = (self.cls_token + self.token_pos_embed).expand(x.shape[0], -1, -1)
+            x = torch.cat((cls, x), dim=1)
+        x = self.blocks(self.pos_drop(x))
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) tokens -> (B, C) logits."""
+        x = x[:, 0] if self.pooling == "token" else x.mean(1)
+        return self.outputlayer(x)
+
+    def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(spec)
+        if x.shape[-1] <= self.max_frames:
+            return self.forward_head(self.forward_features(x))
+        # Longer than the model: split into target_length pieces, score each, average scores.
+        pieces = list(x.split(self.target_length, -1))
+        if pieces[-1].shape[-1] < self.target_length and self.pad_last:
+            pieces[-1] = nn.functional.pad(pieces[-1],
+                                           (0, self.target_length - pieces[-1].shape[-1]))
+        else:
+            # The official code drops the last piece when it is not padded, also when it is
+            # full length; kept so that converted checkpoints give the official scores.
+            pieces = pieces[:-1]
+        n = len(pieces)
+        logits = self.forward_head(self.forward_features(torch.cat(pieces, 0)))  # (n*B, C)
+        scores = self.activation(logits).unflatten(0, (n, -1)).mean(0)
+        return self.scores_to_logits(scores)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.outputlayer[1] = nn.Linear(self.embed_dim, num_classes)
+        init_vit_weights(self.outputlayer[1])
+
+
+def _vit(num_classes: int, defaults: dict, overrides: dict) -> AudioViT:
+    return AudioViT(num_classes, **{**defaults, **overrides})
+
+
+@register_model("vit-tiny")
+def vit_tiny(num_classes: int, **overrides) -> AudioViT:
+    """ViT-T of paper 003: width 192, 3 heads, depth 12, mean pooling (official: mAP 44.2)."""
+    return _vit(num_classes, dict(embed_dim=192, depth=12, num_heads=3, pooling="mean"), overrides)
+
+
+@register_model("vit-small")
+def vit_small(num_classes: int, **overrides) -> AudioViT:
+    """ViT-S: width 384, 6 heads. Class-token pooling, as the released checkpoint uses."""
+    return _vit(num_classes, dict(embed_dim=384, depth=12, num_heads=6, pooling="token"),
+                overrides)
+
+
+@register_model("vit-base")
+def vit_base(num_classes: int, **overrides) -> AudioViT:
+    """ViT-B: width 768, 12 heads, mean pooling."""
+    return _vit(num_classes, dict(embed_dim=768, depth=12, num_heads=12, pooling="mean"),
+                overrides)

@@ -1,0 +1,105 @@
+"""The Lightning module that trains any earmark model on (waveform, target) batches."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from earmark.audio.augment import SpecAugment, WaveAugment, mixup
+from earmark.evaluate.metrics import mean_average_precision, top_k_accuracy
+from earmark.models.directory import model_config
+from earmark.train.config import TrainConfig
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then half-cycle cosine."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class TaggingModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, labels: list[str],
+                 steps_per_epoch: int):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.labels = labels
+        self.steps_per_epoch = steps_per_epoch
+        self.wave_augment = WaveAugment(config.gain_db, config.shift, config.polarity)
+        if config.time_mask or config.freq_mask:
+            model.spec_augment = SpecAugment(config.time_mask, config.freq_mask)
+        self._val_scores: list[torch.Tensor] = []
+        self._val_targets: list[torch.Tensor] = []
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.model.multi_label)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.cross_entropy(logits, target)  # target: (B, C) probabilities (one-hot or mixed)
+
+    def training_step(self, batch, batch_idx):
+        wave, target = batch
+        wave = self.wave_augment(wave)
+        wave, target = mixup(wave, target, self.config.mixup)
+        loss = self.loss(self.model(wave), target)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=wave.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        wave, target = batch
+        logits = self.model(wave)
+        self.log("val/loss", self.loss(logits, target), prog_bar=True, sync_dist=True,
+                 batch_size=wave.shape[0])
+        self._val_scores.append(self.model.activation(logits).float())
+        self._val_targets.append(target.float())
+
+    def on_validation_epoch_end(self):
+        if not self._val_scores:
+            return
+        scores = torch.cat(self._val_scores)
+        targets = torch.cat(self._val_targets)
+        self._val_scores, self._val_targets = [], []
+        if self.trainer.world_size > 1:
+            scores = self.all_gather(scores).flatten(0, 1)
+            targets = self.all_gather(targets).flatten(0, 1)
+        s, t = scores.cpu().numpy(), targets.cpu().numpy()
+        mAP = float(mean_average_precision(s, t))
+        self.log("val/mAP", mAP, prog_bar=self.multi_label)
+        if self.multi_label:
+            score = mAP
+        else:
+            score = float(top_k_accuracy(s, t, k=1))
+            self.log("val/accuracy", score, prog_bar=True)
+        # one name for "higher is better" that checkpoint file names can carry
+        self.log("val_score", score)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # no weight decay on norms, biases and position embeddings / tokens
+            (no_decay if p.dim() <= 1 or name.endswith(("pos_embed", "cls_token")) else decay
+             ).append(p)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.config.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr)
+        total = max(1, self.config.epochs * self.steps_per_epoch)
+        warmup = int(self.config.warmup_epochs * self.steps_per_epoch)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, warmup, total, self.config.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # lets earmark.load() rebuild the model from the checkpoint alone
+        checkpoint["earmark_model"] = model_config(self.model, self.labels,
+                                                   {"source": "earmark train"})
