@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from earmark.errors import ModelError
 
-__all__ = ["profile_model", "format_profile"]
+__all__ = ["format_profile", "profile_model"]
 
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -86,9 +86,13 @@ def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    with torch.inference_mode():
-        with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    recorder = torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    try:
+        with torch.inference_mode(), recorder as prof:
             model(wave)
+    except RuntimeError:
+        # Builds without kineto, or a profiler already running: memory is "not measured".
+        return None
     # The raw kineto events keep each allocation and free in time order; the aggregated
     # FunctionEvents fold them into per-op net sums, which hides the peak inside an op.
     results = getattr(prof.profiler, "kineto_results", None) if prof.profiler else None
@@ -254,13 +258,15 @@ def format_profile(result: dict[str, Any]) -> str:
     latency = result.get("latency_ms", {})
     peak = result.get("peak_memory_mb")
     rtf = result.get("real_time_factor")
+    setting = (f"{result.get('batch')} x {result.get('seconds', 0):.2f} s @ "
+               f"{result.get('sample_rate')} Hz ({result.get('device')}, "
+               f"{result.get('threads')} threads, torch {result.get('torch_version')})")
+    params = (f"{_count(result.get('params', 0))} "
+              f"({_count(result.get('trainable_params', 0))} trainable)")
     rows = [
         ("model", str(result.get("model", "?"))),
-        ("input", f"{result.get('batch')} x {result.get('seconds', 0):.2f} s @ "
-                  f"{result.get('sample_rate')} Hz ({result.get('device')}, "
-                  f"{result.get('threads')} threads, torch {result.get('torch_version')})"),
-        ("parameters", f"{_count(result.get('params', 0))} "
-                       f"({_count(result.get('trainable_params', 0))} trainable)"),
+        ("input", setting),
+        ("parameters", params),
         ("FLOPs per batch", _count(result.get("flops", 0))),
         ("GFLOPs per clip", f"{result.get('gflops_per_clip', 0):.4g}"),
         ("model memory", _megabytes(result.get("model_memory_mb", 0))),

@@ -8,7 +8,7 @@ is its display names in index order (527 classes) and every manifest is multi-la
 
 AudioSet is distributed as YouTube ids, so the audio is whatever the user downloaded. For
 each row earmark looks in the CSV's folder and in an ``audio/`` folder beside it for a file
-whose name (without extension, any of :data:`~earmark.data.folder.AUDIO_EXTENSIONS`) is
+whose name (without extension, any of :data:`earmark.audio.io.AUDIO_EXTENSIONS`) is
 
 - ``{YTID}`` or ``Y{YTID}`` (the PANNs/HTS-AT convention), or
 - ``{YTID}_{start}`` or ``{YTID}_{start}_{end}``, optionally with the ``Y`` prefix, where the

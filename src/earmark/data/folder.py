@@ -25,11 +25,9 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+from earmark.audio.io import AUDIO_EXTENSIONS
 from earmark.data.manifest import Item, Manifest, register_source
 from earmark.errors import DataError
-
-# What soundfile (libsndfile >= 1.1) decodes; anything else in a data folder is not audio.
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".opus")
 
 # How many missing paths an error message lists before "...".
 _SHOW = 3
@@ -40,11 +38,13 @@ def is_audio(path: str | Path) -> bool:
 
 
 def audio_files(directory: str | Path) -> list[Path]:
-    """Audio files under ``directory`` (recursively), sorted, skipping hidden folders.
+    """Audio files under ``directory`` (recursively), sorted, skipping hidden files and folders.
 
     >>> audio_files("data/dog")  # doctest: +SKIP
     [PosixPath('data/dog/a.wav'), PosixPath('data/dog/more/b.flac')]
     """
+    # Not earmark.audio.io.find_audio_files: it resolves every path to drop duplicates, which
+    # costs seconds on the 100k files of Speech Commands.
     found = []
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]

@@ -19,7 +19,7 @@ from earmark.data.manifest import Item, Manifest, register_source
 from earmark.errors import DataError
 
 LABELS = [str(d) for d in range(10)]
-TEST_TAKES = range(0, 5)  # official, from the FSDD README
+TEST_TAKES = range(5)  # official, from the FSDD README
 VALID_TAKES = range(5, 10)  # earmark's choice
 
 _NAME = re.compile(r"^(\d)_(.+)_(\d+)$")

@@ -25,15 +25,15 @@ from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
-    "top_k_accuracy",
-    "mean_average_precision",
-    "per_class_average_precision",
-    "per_class_auc",
-    "mean_auc",
-    "d_prime",
     "confusion_matrix",
+    "d_prime",
     "evaluate",
     "format_table",
+    "mean_auc",
+    "mean_average_precision",
+    "per_class_auc",
+    "per_class_average_precision",
+    "top_k_accuracy",
 ]
 
 
@@ -56,9 +56,8 @@ def _multi_hot(targets: Any, num_classes: int) -> np.ndarray:
     """``(N,)`` class indices or ``(N, C)`` multi-hot -> ``(N, C)`` int8 multi-hot."""
     t = _as_array(targets)
     if t.ndim == 1:
-        if t.size and not np.issubdtype(t.dtype, np.integer):
-            if not np.all(np.mod(t, 1) == 0):
-                raise ValueError("1-D targets must be integer class indices")
+        if not np.issubdtype(t.dtype, np.integer) and not np.all(np.mod(t, 1) == 0):
+            raise ValueError("1-D targets must be integer class indices")
         idx = t.astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= num_classes):
             raise ValueError(f"class index out of range [0, {num_classes}): "
@@ -267,8 +266,9 @@ def format_table(metrics: dict[str, Any]) -> str:
         >>> print(format_table(m).splitlines()[0])
         single-label, 2 clips, 2 classes
     """
-    lines = [f"{metrics.get('task', 'metrics')}, {metrics.get('num_clips', '?')} clips, "
-             f"{metrics.get('num_classes', '?')} classes"]
+    title = (f"{metrics.get('task', 'metrics')}, {metrics.get('num_clips', '?')} clips, "
+             f"{metrics.get('num_classes', '?')} classes")
+    lines = [title]
     headline: list[tuple[str, Any]] = []
     if "accuracy" in metrics:
         headline.append(("accuracy", metrics["accuracy"]))

@@ -1,0 +1,272 @@
+"""``earmark SUBCOMMAND``: a thin layer that parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from earmark.train.config import TrainConfig
+
+    d = TrainConfig(data="")
+    p.add_argument("--data", required=True, help="data SPEC, e.g. fsdd:DIR, esc50:DIR, synth:DIR")
+    p.add_argument("--model", default=d.model, help="registry name (earmark profile --list)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model argument (JSON value), e.g. patch_stride=[16,8]")
+    for name in ("epochs", "batch_size", "num_workers", "devices", "seed", "top_k_average",
+                 "early_stopping", "time_mask", "freq_mask"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "weight_decay", "warmup_epochs", "mixup", "gain_db", "shift", "polarity",
+                 "min_lr_ratio"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    p.add_argument("--clip-seconds", type=float, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--fit", choices=("crop", "pad", "repeat"), default=d.fit)
+    p.add_argument("--accelerator", default=d.accelerator)
+    p.add_argument("--precision", default=d.precision)
+    p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _train_config(a: argparse.Namespace, fold=None):
+    from earmark.train.config import TrainConfig
+
+    model_args = {}
+    for kv in a.model_arg:
+        key, _, value = kv.partition("=")
+        try:
+            model_args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            model_args[key] = value
+    return TrainConfig(
+        data=a.data, out=a.out, model=a.model, model_args=model_args, epochs=a.epochs,
+        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+        warmup_epochs=a.warmup_epochs, min_lr_ratio=a.min_lr_ratio, clip_seconds=a.clip_seconds,
+        fit=a.fit, mixup=a.mixup, time_mask=a.time_mask, freq_mask=a.freq_mask,
+        gain_db=a.gain_db, shift=a.shift, polarity=a.polarity, top_k_average=a.top_k_average,
+        early_stopping=a.early_stopping, balanced=a.balanced, seed=a.seed,
+        num_workers=a.num_workers, devices=a.devices, accelerator=a.accelerator,
+        precision=a.precision, fold=fold, max_minutes=a.max_minutes, progress=not a.no_progress)
+
+
+def cmd_train(a) -> int:
+    from earmark.train.run import train
+
+    result = train(_train_config(a, a.fold), resume=a.resume)
+    print(json.dumps(result, indent=2))
+    print(f"run directory: {a.out}  (model: {a.out}/model)")
+    return 0
+
+
+def cmd_cv(a) -> int:
+    from earmark.train.run import cross_validate
+
+    summary = cross_validate(_train_config(a))
+    for key, v in summary.items():
+        if key != "folds":
+            print(f"{key:<20} {v['mean']:.4f} +- {v['std']:.4f}")
+    print(f"per-fold runs and cv_metrics.json in {a.out}")
+    return 0
+
+
+def cmd_synth(a) -> int:
+    from earmark.data.synth import synthesize
+
+    out = synthesize(a.out, clips_per_class=a.clips_per_class, clip_seconds=a.clip_seconds,
+                     soundscapes=a.soundscapes, soundscape_seconds=a.soundscape_seconds,
+                     sample_rate=a.sample_rate, snr_db=a.snr_db, seed=a.seed)
+    print(f"wrote {out} (use it as --data synth:{out})")
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from earmark.data.manifest import from_spec
+    from earmark.evaluate.metrics import format_table
+    from earmark.evaluate.run import evaluate_model, write_report
+    from earmark.infer.tagger import load
+    from earmark.train.run import split_manifest
+
+    tagger = load(a.model)
+    manifest = from_spec(a.data)
+    if a.split != "all":
+        if a.fold is not None:
+            manifest = manifest.for_fold(a.fold)[1]
+        else:
+            manifest = dict(zip(("train", "valid", "test"), split_manifest(manifest, None)))[a.split]
+    metrics = evaluate_model(tagger, manifest, progress=not a.no_progress)
+    print(format_table(metrics))
+    if a.out:
+        for path in write_report(metrics, tagger.labels, a.out, tagger.multi_label):
+            print(f"wrote {path}")
+    if a.json:
+        print(json.dumps(metrics))
+    for f in metrics["failed"]:
+        print(f"skipped {f}", file=sys.stderr)
+    return 1 if metrics["failed"] else 0
+
+
+def cmd_tag(a) -> int:
+    from tqdm import tqdm
+
+    from earmark.audio.io import find_audio_files
+    from earmark.errors import AudioError
+    from earmark.infer.tagger import load
+
+    tagger = load(a.model)
+    failed = []
+    try:
+        files = find_audio_files(a.inputs)
+    except AudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rows = []  # (file, start, end, [(label, score)])
+    for path in tqdm(files, desc="tag", unit="file", disable=a.no_progress or len(files) < 2,
+                     file=sys.stderr):
+        try:
+            if a.chunk:
+                for c in tagger.chunk_scores(path, a.chunk):
+                    rows.append((str(path), c.start, c.end, tagger.top(c.scores, a.top_k)))
+            else:
+                rows.append((str(path), None, None, tagger.tag(path, top_k=a.top_k)))
+        except AudioError as err:
+            failed.append(str(err))
+    _print_tags(rows, a.format)
+    for f in failed:
+        print(f"skipped {f}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(files)} files failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_tags(rows, fmt: str) -> None:
+    if fmt == "json":
+        out = [{"file": f, **({"start": s, "end": e} if s is not None else {}),
+                "labels": [{"label": lab, "score": round(sc, 6)} for lab, sc in tags]}
+               for f, s, e, tags in rows]
+        print(json.dumps(out, indent=2))
+    elif fmt == "tsv":
+        print("file\tstart\tend\trank\tlabel\tscore")
+        for f, s, e, tags in rows:
+            for r, (lab, sc) in enumerate(tags, 1):
+                print(f"{f}\t{'' if s is None else f'{s:.3f}'}\t{'' if e is None else f'{e:.3f}'}"
+                      f"\t{r}\t{lab}\t{sc:.6f}")
+    else:
+        for f, s, e, tags in rows:
+            where = f"{f}" + ("" if s is None else f" [{s:7.2f}-{e:7.2f} s]")
+            print(f"{where}  " + "  ".join(f"{lab} {sc:.3f}" for lab, sc in tags))
+
+
+def cmd_profile(a) -> int:
+    from earmark.models.registry import create_model, list_models
+    from earmark.profile import format_profile, profile_model
+
+    if a.list:
+        print("\n".join(list_models()))
+        return 0
+    if a.target is None:
+        print("error: give a model name or directory (or --list)", file=sys.stderr)
+        return 2
+    if Path(a.target).exists():
+        from earmark.infer.tagger import load
+
+        model = load(a.target).model
+    else:
+        model = create_model(a.target, a.num_classes).eval()
+    result = profile_model(model, seconds=a.seconds, batch=a.batch, repeats=a.repeats,
+                           threads=a.threads)
+    print(json.dumps(result, indent=2) if a.json else format_profile(result))
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from earmark.demo import run_demo
+
+    run_demo(a.out, seed=a.seed, epochs=a.epochs)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import earmark
+
+    parser = argparse.ArgumentParser(prog="earmark", description="Efficient audio tagging.")
+    parser.add_argument("--version", action="version", version=f"earmark {earmark.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("demo", help="synthesise data, train, evaluate and tag, in a few minutes")
+    p.add_argument("--out", default="earmark-demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("synth", help="write the procedural sound-event data set")
+    p.add_argument("out")
+    p.add_argument("--clips-per-class", type=int, default=30)
+    p.add_argument("--clip-seconds", type=float, default=1.0)
+    p.add_argument("--soundscapes", type=int, default=20)
+    p.add_argument("--soundscape-seconds", type=float, default=10.0)
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--snr-db", type=float, default=10.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("train", help="train a model; writes a run directory")
+    _add_train_args(p)
+    p.add_argument("--fold", type=int, default=None, help="hold out this fold (ESC-50 style)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("cv", help="k-fold cross validation: one run per fold")
+    _add_train_args(p)
+    p.set_defaults(fn=cmd_cv)
+
+    p = sub.add_parser("eval", help="metrics of a model on a split")
+    p.add_argument("model", help="model or run directory")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"))
+    p.add_argument("--fold", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for metrics.json and the PNG plot")
+    p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("tag", help="top-k labels per file (or per chunk)")
+    p.add_argument("model")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
+    p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_tag)
+
+    p = sub.add_parser("profile", help="parameters, FLOPs, memory, latency, real-time factor")
+    p.add_argument("target", nargs="?", metavar="NAME_OR_MODEL")
+    p.add_argument("--list", action="store_true", help="list the registry names")
+    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=527)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from earmark.errors import EarmarkError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (EarmarkError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
