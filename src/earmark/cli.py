@@ -57,7 +57,11 @@ def cmd_train(a) -> int:
     from earmark.train.run import train
 
     result = train(_train_config(a, a.fold), resume=a.resume)
-    print(json.dumps(result, indent=2))
+    print(f"trained {result['epochs']} epochs in {result['train_seconds']:.0f} s; averaged "
+          f"{', '.join(result['averaged']) or 'last weights'}")
+    for key, value in result.get("test", {}).items():
+        if isinstance(value, float):
+            print(f"  test {key:<16} {value:.4f}")
     print(f"run directory: {a.out}  (model: {a.out}/model)")
     return 0
 

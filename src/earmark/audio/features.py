@@ -335,13 +335,14 @@ class FrontEnd(nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         c = self.config
+        # The front end stays in float32 under mixed precision or model.half(): the log of
+        # fp16 powers is coarse and they underflow.
         wave = wave.to(torch.float32)
-        # The front end stays in float32 under mixed precision: log of fp16 powers is coarse.
         with torch.autocast(wave.device.type, enabled=False):
-            x = spectrogram(wave, self.window, c.n_fft, c.hop_length, c.center, c.pad_mode,
-                            c.power)  # (..., freq, frames)
+            x = spectrogram(wave, self.window.float(), c.n_fft, c.hop_length, c.center,
+                            c.pad_mode, c.power)  # (..., freq, frames)
             if self.mel_fb is not None:
-                x = torch.matmul(self.mel_fb, x)  # (..., mel, frames)
+                x = torch.matmul(self.mel_fb.float(), x)  # (..., mel, frames)
             x = compress(x, c)
             if c.resize is not None:
                 x = resize_spectrogram(x, c.resize)

@@ -10,8 +10,8 @@
 Randomness (the crop position when ``train``) comes from a generator seeded with
 ``(seed, epoch, index)``: an item's clip depends on nothing else, so it is the same whatever
 the number of DataLoader workers or the order they run in. Call :meth:`ClipDataset.set_epoch`
-before each epoch for fresh crops; with ``persistent_workers=True`` the workers keep their
-own copies of the dataset and do not see that call.
+before each epoch (before iterating the loader) for fresh crops. The epoch lives in shared
+memory, so the call also reaches workers kept alive with ``persistent_workers=True``.
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ def fit_length(wave: torch.Tensor, n: int, mode: str = "crop",
             source = wave.repeat(*([1] * (wave.dim() - 1)), math.ceil((start + n) / length))
         out = source[..., start:start + n]
         return torch.nn.functional.pad(out, (0, n - out.shape[-1]))
-    # crop: the window starts at `shift` (negative: the clip begins inside the window)
-    lo, hi = min(0, length - n), max(0, length - n)
-    shift = (lo + hi) // 2 if rng is None else int(rng.integers(lo, hi + 1))
-    if shift >= 0:
+    # crop: a long clip's window starts `shift` samples in; a short clip starts `shift` in
+    span = abs(length - n)
+    shift = span // 2 if rng is None else int(rng.integers(span + 1))
+    if length > n:
         return wave[..., shift:shift + n]
-    return torch.nn.functional.pad(wave, (-shift, n - length + shift))
+    return torch.nn.functional.pad(wave, (shift, n - length - shift))
 
 
 def load_segment(path: str, sample_rate: int, onset: float | None = None,
@@ -127,7 +127,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.train = train
         self.fit = fit
         self.seed = seed
-        self.epoch = 0
+        # shared with DataLoader workers, persistent ones included (see the module docstring)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._index = manifest.label_index()
 
     def __len__(self) -> int:
@@ -142,9 +143,13 @@ class ClipDataset(torch.utils.data.Dataset):
         """(N, C) targets of all items, for samplers and metrics."""
         return targets(self.manifest)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose random crops ``__getitem__`` returns."""
-        self.epoch = int(epoch)
+        self._epoch.fill_(int(epoch))
 
     def _rng(self, i: int) -> np.random.Generator | None:
         return np.random.default_rng([self.seed, self.epoch, i]) if self.train else None

@@ -77,6 +77,6 @@ def write_report(metrics: dict, labels: list[str], out_dir: str | Path,
         written.append(plot_confusion_matrix(metrics["confusion_matrix"], labels,
                                              out_dir / "confusion_matrix.png"))
     else:
-        ap = [row.get("ap", float("nan")) for row in metrics.get("per_class", [])]
+        ap = [row.get("AP") for row in metrics.get("per_class", [])]
         written.append(plot_per_class_ap(ap, labels, out_dir / "per_class_ap.png"))
     return written

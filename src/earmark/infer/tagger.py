@@ -138,11 +138,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Tagger:
     """Load a model directory, a training run directory or a training checkpoint (``.ckpt``)."""
     path = Path(path)
     if path.is_dir():
-        if (path / CONFIG).is_file():
-            model, config = load_model_dir(path)
-            return Tagger(model, config, device)
-        if (path / "model" / CONFIG).is_file():
-            model, config = load_model_dir(path / "model")
+        # a run directory has its own config.json (the training config) beside model/
+        model_dir = path / "model" if (path / "model" / CONFIG).is_file() else path
+        if (model_dir / CONFIG).is_file():
+            model, config = load_model_dir(model_dir)
             return Tagger(model, config, device)
         raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
                          "(model/config.json)")

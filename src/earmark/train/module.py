@@ -45,6 +45,12 @@ class TaggingModule(L.LightningModule):
             return F.binary_cross_entropy_with_logits(logits, target)
         return F.cross_entropy(logits, target)  # target: (B, C) probabilities (one-hot or mixed)
 
+    def on_train_epoch_start(self) -> None:
+        # fresh random crops each epoch, reproducible from (seed, epoch, item)
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(self.current_epoch)
+
     def training_step(self, batch, batch_idx):
         wave, target = batch
         wave = self.wave_augment(wave)

@@ -8,6 +8,7 @@ model directory, the average of the best ``top_k_average`` checkpoints).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
@@ -86,6 +87,23 @@ def best_checkpoints(ckpt_dir: Path, k: int) -> list[Path]:
     return [p for _, p in scored[:k]]
 
 
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, header)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Train, export ``out/model`` and evaluate it on the test split; returns the final metrics."""
     from earmark.evaluate.run import evaluate_model
@@ -143,9 +161,13 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
         log_every_n_steps=min(50, steps_per_epoch), num_sanity_val_steps=0,
         deterministic="warn")
+    metrics_csv = out / "logs" / "metrics.csv"
+    earlier = _read_csv(metrics_csv) if resume else []
     t0 = time.time()
     trainer.fit(module, train_dl, valid_dl, ckpt_path=str(last) if resume else None)
     train_seconds = time.time() - t0
+    if earlier:  # the CSV logger starts a new file; keep the epochs before the resume
+        _write_csv(metrics_csv, earlier + _read_csv(metrics_csv))
 
     best = best_checkpoints(ckpt_dir, k)
     if best:
@@ -154,11 +176,15 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     model_dir = save_model_dir(model.cpu().eval(), out / "model", labels,
                                {"source": "earmark train", "data": config.data,
                                 "averaged_checkpoints": [p.name for p in best]})
-    result = {"train_seconds": round(train_seconds, 1), "epochs": trainer.current_epoch,
+    # read progress from the last checkpoint: with spawned processes the trainer here is idle
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    result = {"train_seconds": round(train_seconds, 1), "epochs": state["epoch"] + 1,
+              "steps": state["global_step"], "world_size": trainer.world_size,
               "averaged": [p.name for p in best], "model_dir": str(model_dir)}
     if len(test_m):
         metrics = evaluate_model(model_dir, test_m, progress=config.progress)
-        result["test"] = {k: v for k, v in metrics.items() if k != "per_class"}
+        result["test"] = {k: v for k, v in metrics.items()
+                          if k not in ("per_class", "confusion_matrix")}
         (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -176,9 +202,12 @@ def cross_validate(config: TrainConfig) -> dict:
         cfg = replace(config, fold=k, out=str(Path(config.out) / f"fold-{k}"))
         per_fold[k] = train(cfg).get("test", {})
     summary: dict = {"folds": per_fold}
-    keys = [key for key, v in per_fold[folds[0]].items() if isinstance(v, (int, float))]
-    for key in keys:
-        vals = [per_fold[k][key] for k in folds if key in per_fold[k]]
+    keys = {key for m in per_fold.values() for key, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for key in sorted(keys):
+        vals = [per_fold[k][key] for k in folds if isinstance(per_fold[k].get(key), (int, float))]
+        if not vals:
+            continue
         summary[key] = {"mean": statistics.fmean(vals),
                         "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
     path = Path(config.out) / "cv_metrics.json"

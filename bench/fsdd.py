@@ -1,0 +1,101 @@
+"""FSDD benchmark: train an audio ViT on spoken digits, report test accuracy, training
+time and the tagging real-time factor.
+
+    python bench/fsdd.py [--data ../shared/data/fsdd] [--epochs N] [--model-arg k=v ...]
+
+Writes bench/results/fsdd.json and leaves the run (with its model directory) in
+bench/results/fsdd-run/ so that ``earmark eval bench/results/fsdd-run --data fsdd:DIR``
+works on it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import earmark
+from earmark.data.manifest import from_spec
+from earmark.train.config import TrainConfig
+from earmark.train.run import train
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"
+
+# The configuration that reached the target on this machine (see BENCHMARKS.md).
+BEST = dict(model="vit-tiny", clip_seconds=1.0, fit="pad", epochs=40, batch_size=32, lr=1e-3,
+            weight_decay=0.05, warmup_epochs=2, gain_db=6.0, shift=0.1, polarity=0.5,
+            time_mask=10, freq_mask=8, top_k_average=3,
+            model_args={"depth": 6, "embed_dim": 192, "num_heads": 3, "patch_stride": [16, 8]})
+
+
+def tagging_rtf(model_dir: Path, files: list[str], repeats: int = 3) -> dict:
+    """Median over repeats of (compute time to tag all files) / (their total duration)."""
+    tagger = earmark.load(model_dir)
+    waves = [tagger.waveform(f) for f in files]
+    seconds = sum(w.shape[-1] for w in waves) / tagger.sample_rate
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for w in waves:
+            tagger._score(w)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"audio_seconds": round(seconds, 2), "tag_seconds_median": round(med, 3),
+            "real_time_factor": med / seconds, "files": len(files)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--epochs", type=int, default=BEST["epochs"])
+    p.add_argument("--max-minutes", type=float, default=10.0)
+    p.add_argument("--model-arg", action="append", default=[])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a training option (JSON value)")
+    p.add_argument("--name", default="fsdd")
+    a = p.parse_args(argv)
+    if not Path(a.data).is_dir():
+        print(f"FSDD not found at {a.data}", file=sys.stderr)
+        return 2
+    cfg = dict(BEST, epochs=a.epochs, model_args=dict(BEST["model_args"]))
+    for kv in a.model_arg:
+        k, _, v = kv.partition("=")
+        cfg["model_args"][k] = json.loads(v)
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        cfg[k] = json.loads(v)
+    run_dir = HERE / "results" / f"{a.name}-run"
+    config = TrainConfig(data=f"fsdd:{a.data}", out=str(run_dir), max_minutes=a.max_minutes,
+                         num_workers=0, progress=False, **cfg)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result = train(config)
+    test = from_spec(config.data).split("test")
+    rtf = tagging_rtf(Path(result["model_dir"]), [it.path for it in test.items])
+    report = {
+        "benchmark": "fsdd", "config": config.to_dict(),
+        "test_accuracy": result["test"]["accuracy"] if "accuracy" in result["test"]
+        else result["test"].get("top1_accuracy"),
+        "test_metrics": result["test"], "train_seconds": result["train_seconds"],
+        "epochs_run": result["epochs"], "tagging": rtf,
+        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__},
+    }
+    out = HERE / "results" / f"{a.name}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'test accuracy':<24} {report['test_accuracy']:.4f}")
+    print(f"{'training wall time':<24} {report['train_seconds']:.0f} s ({report['epochs_run']} epochs)")
+    print(f"{'tagging real-time factor':<24} {rtf['real_time_factor']:.4f} "
+          f"({rtf['files']} files, {rtf['audio_seconds']} s of audio)")
+    print(f"wrote {out}; model directory {result['model_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
