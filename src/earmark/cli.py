@@ -29,6 +29,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", default=d.accelerator)
     p.add_argument("--precision", default=d.precision)
     p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep decoded audio in memory (default: when the set is small)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -48,7 +50,7 @@ def _train_config(a: argparse.Namespace, fold=None):
         warmup_epochs=a.warmup_epochs, min_lr_ratio=a.min_lr_ratio, clip_seconds=a.clip_seconds,
         fit=a.fit, mixup=a.mixup, time_mask=a.time_mask, freq_mask=a.freq_mask,
         gain_db=a.gain_db, shift=a.shift, polarity=a.polarity, top_k_average=a.top_k_average,
-        early_stopping=a.early_stopping, balanced=a.balanced, seed=a.seed,
+        early_stopping=a.early_stopping, balanced=a.balanced, cache=a.cache, seed=a.seed,
         num_workers=a.num_workers, devices=a.devices, accelerator=a.accelerator,
         precision=a.precision, fold=fold, max_minutes=a.max_minutes, progress=not a.no_progress)
 

@@ -116,7 +116,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, manifest: Manifest, sample_rate: int, clip_seconds: float,
-                 train: bool = False, fit: str = "crop", seed: int = 0):
+                 train: bool = False, fit: str = "crop", seed: int = 0, cache: bool = False):
         if fit not in FIT_MODES:
             raise ValueError(f"fit mode {fit!r} is not one of {', '.join(FIT_MODES)}")
         self.manifest = manifest
@@ -130,6 +130,8 @@ class ClipDataset(torch.utils.data.Dataset):
         # shared with DataLoader workers, persistent ones included (see the module docstring)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._index = manifest.label_index()
+        # decoded (and resampled) segments, kept when ``cache``: small sets are then read once
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.manifest.items)
@@ -156,6 +158,11 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.manifest.items[i]
-        wave = load_segment(item.path, self.sample_rate, item.onset, item.offset)
+        if self._cache is not None and i in self._cache:
+            wave = self._cache[i]
+        else:
+            wave = load_segment(item.path, self.sample_rate, item.onset, item.offset)
+            if self._cache is not None:
+                self._cache[i] = wave
         wave = fit_length(wave, self.clip_samples, self.fit, self._rng(i))
         return wave.float(), encode(item.labels, self._index)

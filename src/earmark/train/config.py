@@ -20,7 +20,9 @@ class TrainConfig:
     warmup_epochs: float = 2.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.01
     clip_seconds: float | None = None  # None: the model's own clip length
-    fit: str = "pad"  # how clips are fitted to clip_seconds: crop, pad or repeat
+    fit: str = "repeat"  # how clips are fitted to clip_seconds: crop, pad or repeat
+    cache: bool | None = None  # keep decoded audio in memory; None = when under cache_hours
+    cache_hours: float = 2.0
     mixup: float = 0.0  # Beta(alpha, alpha); 0 turns mixup off
     time_mask: int = 0  # SpecAugment: max masked frames (paper 003 uses 192 on 10 s clips)
     freq_mask: int = 0  # SpecAugment: max masked mel bins (paper 003 uses 24)

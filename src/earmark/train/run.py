@@ -87,6 +87,25 @@ def best_checkpoints(ckpt_dir: Path, k: int) -> list[Path]:
     return [p for _, p in scored[:k]]
 
 
+def _hours(*manifests: Manifest, limit: int = 50_000) -> float:
+    """Total duration in hours from the file headers (inf for sets too large to look at)."""
+    from earmark.audio.io import audio_info
+
+    items = [it for m in manifests for it in m.items]
+    if len(items) > limit:
+        return float("inf")
+    total = 0.0
+    for it in items:
+        if it.onset is not None and it.offset is not None:
+            total += it.offset - it.onset
+        else:
+            try:
+                total += audio_info(it.path).duration
+            except Exception:  # unreadable files fail later with a clear error
+                pass
+    return total / 3600
+
+
 def _read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -128,9 +147,13 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                                             if config.clip_seconds else {}),
                          **config.model_args)
     clip = model.clip_seconds
+    cache = config.cache
+    if cache is None:
+        cache = config.num_workers == 0 and _hours(train_m, valid_m) <= config.cache_hours
     train_ds = ClipDataset(train_m, model.sample_rate, clip, train=True, fit=config.fit,
-                           seed=config.seed)
-    valid_ds = ClipDataset(valid_m, model.sample_rate, clip, train=False, fit=config.fit)
+                           seed=config.seed, cache=cache)
+    valid_ds = ClipDataset(valid_m, model.sample_rate, clip, train=False, fit=config.fit,
+                           cache=cache)
     balanced = manifest.multi_label if config.balanced is None else config.balanced
     sampler = (BalancedSampler(manifest_targets(train_m), num_samples=len(train_ds),
                                seed=config.seed) if balanced else None)
