@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from earmark.cli import main
+
+TINY = ["--model-arg", "depth=1", "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synth data set and a tiny model trained on it through the command line."""
+    root = tmp_path_factory.mktemp("cli")
+    assert main(["synth", str(root / "data"), "--clips-per-class", "4", "--clip-seconds", "0.5",
+                 "--soundscapes", "1", "--soundscape-seconds", "2"]) == 0
+    assert main(["train", "--data", f"synth:{root / 'data'}", "--out", str(root / "run"),
+                 "--epochs", "1", "--clip-seconds", "0.5", "--no-progress", *TINY]) == 0
+    return root
+
+
+def test_synth_and_train_write_their_folders(trained):
+    assert (trained / "data" / "clips.csv").is_file()
+    assert (trained / "data" / "soundscapes.tsv").is_file()
+    assert (trained / "run" / "model" / "config.json").is_file()
+
+
+def test_tag_skips_bad_files_reports_them_and_exits_non_zero(trained, capsys, tmp_path):
+    clips = sorted((trained / "data" / "clips").rglob("*.wav"))[:2]
+    bad = tmp_path / "corrupt.wav"
+    bad.write_bytes(b"not audio at all")
+    code = main(["tag", str(trained / "run"), str(clips[0]), str(bad), str(clips[1]),
+                 "--format", "json", "--top-k", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    rows = json.loads(out)
+    assert [r["file"] for r in rows] == [str(clips[0]), str(clips[1])]
+    assert len(rows[0]["labels"]) == 2
+    assert "corrupt.wav" in err and "1 of 3 files failed" in err
+
+
+def test_tag_a_folder_per_chunk_as_tsv(trained, capsys):
+    scapes = trained / "data" / "soundscapes"
+    assert main(["tag", str(trained / "run" / "model"), str(scapes), "--chunk", "1",
+                 "--format", "tsv", "--top-k", "1", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "file\tstart\tend\trank\tlabel\tscore"
+    assert [ln.split("\t")[1] for ln in lines[1:]] == ["0.000", "1.000"]  # a 2 s soundscape
+
+
+def test_eval_prints_a_table_and_writes_json_and_plot(trained, capsys, tmp_path):
+    code = main(["eval", str(trained / "run"), "--data", f"synth:{trained / 'data'}",
+                 "--out", str(tmp_path / "eval"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "accuracy" in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["num_classes"] == 8
+    assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_profile_a_registry_name_as_json(capsys):
+    assert main(["profile", "vit-tiny", "--seconds", "1", "--repeats", "2", "--json",
+                 "--num-classes", "10"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params"] > 5e6 and result["flops"] > 0
+    assert result["latency_ms"]["median"] > 0
+
+
+def test_errors_are_reported_without_a_traceback(capsys, tmp_path):
+    assert main(["tag", str(tmp_path / "nope"), str(tmp_path)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["train", "--data", "nosuchkind:/x", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown data kind" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_at_a_small_size(tmp_path, capsys):
+    from earmark.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", epochs=1, clips_per_class=4, progress=False)
+    out = capsys.readouterr().out
+    assert "[demo] done" in out and (tmp_path / "demo" / "eval" / "metrics.json").is_file()
+    assert result["metrics"]["num_classes"] == 8
