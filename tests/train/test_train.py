@@ -7,8 +7,8 @@ import torch
 import earmark
 from earmark.data.manifest import from_spec
 from earmark.train.config import TrainConfig
-from earmark.train.run import average_checkpoints, cross_validate, train
 from earmark.train.module import warmup_cosine
+from earmark.train.run import average_checkpoints, cross_validate, train
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_stride": [16, 8]}
 

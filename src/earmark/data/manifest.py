@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from earmark.errors import DataError
 
@@ -43,18 +43,18 @@ class Manifest:
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items)
 
-    def subset(self, keep: Callable[[Item], bool]) -> "Manifest":
+    def subset(self, keep: Callable[[Item], bool]) -> Manifest:
         """A manifest with the same vocabulary and only the items ``keep`` accepts."""
         return replace(self, items=[it for it in self.items if keep(it)])
 
-    def split(self, name: str) -> "Manifest":
+    def split(self, name: str) -> Manifest:
         return self.subset(lambda it: it.split == name)
 
     @property
     def folds(self) -> list[int]:
         return sorted({it.fold for it in self.items if it.fold is not None})
 
-    def for_fold(self, k: int) -> tuple["Manifest", "Manifest"]:
+    def for_fold(self, k: int) -> tuple[Manifest, Manifest]:
         """(train, test) for cross validation: fold ``k`` is held out."""
         if k not in self.folds:
             raise DataError(self.name, f"fold {k} not in folds {self.folds}")

@@ -51,7 +51,7 @@ class Tagger:
     def multi_label(self) -> bool:
         return bool(self.model.multi_label)
 
-    def to(self, device: str | torch.device) -> "Tagger":
+    def to(self, device: str | torch.device) -> Tagger:
         self.model.to(device)
         self.device = torch.device(device)
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import statistics
 import time
@@ -85,6 +86,21 @@ def best_checkpoints(ckpt_dir: Path, k: int) -> list[Path]:
               if (m := _SCORE.search(p.name))]
     scored.sort(key=lambda sp: (-sp[0], sp[1].name))
     return [p for _, p in scored[:k]]
+
+
+class LastCheckpoint(L.Callback):
+    """Writes ``last.ckpt`` after every epoch (Lightning's ``save_last`` only writes it when a
+    top-k checkpoint is saved), through a temporary file so a crash never leaves half of it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)
+        trainer.strategy.barrier()
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
 
 
 def _hours(*manifests: Manifest, limit: int = 50_000) -> float:
@@ -169,7 +185,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     k = max(1, config.top_k_average)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="epoch={epoch:03d}-score={val_score:.4f}",
                                  auto_insert_metric_name=False, monitor="val_score", mode="max",
-                                 save_top_k=k, save_last=True)]
+                                 save_top_k=k),
+                 LastCheckpoint(last)]
     if config.early_stopping:
         callbacks.append(EarlyStopping("val_score", patience=config.early_stopping, mode="max"))
     if config.max_minutes:
