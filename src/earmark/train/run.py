@@ -15,6 +15,7 @@ import os
 import re
 import statistics
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,6 +104,14 @@ class LastCheckpoint(L.Callback):
             os.replace(tmp, self.path)
 
 
+def _quiet_lightning() -> None:
+    """Keep Lightning's banners, tips and third-party deprecation notes out of the output."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    for pattern in (r".*LeafSpec.*", r".*weights_only.*", r".*exists and is not empty.*",
+                    r".*does not have many workers.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def _hours(*manifests: Manifest, limit: int = 50_000) -> float:
     """Total duration in hours from the file headers (inf for sets too large to look at)."""
     from earmark.audio.io import audio_info
@@ -153,6 +162,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
         config = replace(saved, epochs=config.epochs, progress=config.progress)
     config.write(out / "config.json")
+    _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     manifest = from_spec(config.data)
