@@ -98,7 +98,7 @@ class LastCheckpoint(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
