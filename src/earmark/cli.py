@@ -17,8 +17,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument (JSON value), e.g. patch_stride=[16,8]")
+    p.add_argument("--recipe", default=None,
+                   help="a paper's training settings (htsat-audioset, htsat-esc50, htsat-scv2); "
+                        "options given explicitly win")
+    p.add_argument("--lr-schedule", choices=("cosine", "htsat"), default=d.lr_schedule)
     for name in ("epochs", "batch_size", "num_workers", "devices", "seed", "top_k_average",
-                 "early_stopping", "time_mask", "freq_mask"):
+                 "early_stopping", "time_mask", "freq_mask", "time_masks", "freq_masks"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "weight_decay", "warmup_epochs", "mixup", "gain_db", "shift", "polarity",
                  "min_lr_ratio"):
@@ -36,6 +40,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
 def _train_config(a: argparse.Namespace, fold=None):
     from earmark.train.config import TrainConfig
+    from earmark.train.recipes import apply_recipe
 
     model_args = {}
     for kv in a.model_arg:
@@ -44,7 +49,7 @@ def _train_config(a: argparse.Namespace, fold=None):
             model_args[key] = json.loads(value)
         except json.JSONDecodeError:
             model_args[key] = value
-    return TrainConfig(
+    config = TrainConfig(
         data=a.data, out=a.out, model=a.model, model_args=model_args, epochs=a.epochs,
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         warmup_epochs=a.warmup_epochs, min_lr_ratio=a.min_lr_ratio, clip_seconds=a.clip_seconds,
@@ -52,7 +57,14 @@ def _train_config(a: argparse.Namespace, fold=None):
         gain_db=a.gain_db, shift=a.shift, polarity=a.polarity, top_k_average=a.top_k_average,
         early_stopping=a.early_stopping, balanced=a.balanced, cache=a.cache, seed=a.seed,
         num_workers=a.num_workers, devices=a.devices, accelerator=a.accelerator,
-        precision=a.precision, fold=fold, max_minutes=a.max_minutes, progress=not a.no_progress)
+        precision=a.precision, fold=fold, max_minutes=a.max_minutes, progress=not a.no_progress,
+        lr_schedule=a.lr_schedule, time_masks=a.time_masks, freq_masks=a.freq_masks)
+    if a.recipe:
+        given = {arg.lstrip("-").split("=")[0].replace("-", "_") for arg in a.argv
+                 if arg.startswith("--")}
+        given |= {"model_args"} if a.model_arg else set()
+        config = apply_recipe(a.recipe, config, given)
+    return config
 
 
 def cmd_train(a) -> int:
@@ -265,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     from earmark.errors import EarmarkError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.fn(args)
     except (EarmarkError, FileNotFoundError) as err:

@@ -113,3 +113,30 @@ def test_two_cpu_processes_over_gloo(synth_dir, tmp_path):
     assert result["epochs"] == 1 and result["world_size"] == 2
     # each process sees half of the data, so an epoch takes half the optimizer steps
     assert result["steps"] * 2 == single["steps"]
+
+
+def test_htsat_schedule_follows_the_released_code():
+    from earmark.train.module import htsat_lr_factor
+
+    got = [htsat_lr_factor(e) for e in (0, 1, 2, 3, 10, 11, 20, 21, 30, 31, 60)]
+    assert got == pytest.approx([0.02, 0.05, 0.1, 0.1, 0.1, 0.05, 0.05, 0.02, 0.02, 0.03, 0.03])
+
+
+def test_recipe_fills_the_paper_settings_but_explicit_options_win():
+    from earmark.train.recipes import apply_recipe
+
+    cfg = apply_recipe("htsat-esc50", TrainConfig(data="x", epochs=3), explicit={"epochs"})
+    assert (cfg.model, cfg.mixup, cfg.lr_schedule, cfg.epochs) == ("htsat", 0.5, "htsat", 3)
+    assert (cfg.time_mask * cfg.time_masks, cfg.freq_mask * cfg.freq_masks) == (128, 16)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        apply_recipe("nope", cfg, set())
+
+
+def test_htsat_tiny_trains_on_synthetic_events(synth_dir, tmp_path):
+    result = train(config(synth_dir, tmp_path / "htsat", model="htsat-tiny", model_args={},
+                          clip_seconds=1.0, lr_schedule="htsat", lr=1e-3, mixup=0.5,
+                          time_mask=20, freq_mask=8, time_masks=2, freq_masks=2, epochs=1))
+    tagger = earmark.load(result["model_dir"])
+    assert tagger.sample_rate == 32000 and tagger.model.family == "htsat"
+    clip, frames = tagger.model.forward_frames(torch.zeros(1, 32000))
+    assert frames.shape == (1, 101, 8)

@@ -24,8 +24,11 @@ class TrainConfig:
     cache: bool | None = None  # keep decoded audio in memory; None = when under cache_hours
     cache_hours: float = 2.0
     mixup: float = 0.0  # Beta(alpha, alpha); 0 turns mixup off
+    lr_schedule: str = "cosine"  # "cosine" (warm-up then cosine) or "htsat" (paper 002's steps)
     time_mask: int = 0  # SpecAugment: max masked frames (paper 003 uses 192 on 10 s clips)
     freq_mask: int = 0  # SpecAugment: max masked mel bins (paper 003 uses 24)
+    time_masks: int = 1  # number of time masks per clip
+    freq_masks: int = 1  # number of frequency masks per clip
     gain_db: float = 0.0  # random gain in +-dB
     shift: float = 0.0  # random circular shift, fraction of the clip
     polarity: float = 0.0  # probability of inverting the sign
