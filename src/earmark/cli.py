@@ -200,6 +200,69 @@ def cmd_profile(a) -> int:
     return 0
 
 
+def cmd_convert(a) -> int:
+    from earmark.models.convert import convert
+
+    out = convert(a.kind, a.checkpoint, a.out, labels=a.labels)
+    print(f"wrote model directory {out}")
+    return 0
+
+
+def _detection_config(a, tagger):
+    from earmark.infer.detect import DetectionConfig, desed_label_map
+
+    saved = tagger.config.get("detection")
+    config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
+    changes = {}
+    if a.threshold is not None:
+        changes["threshold"] = a.threshold
+    if a.median is not None:
+        changes["median_filter"] = a.median
+    if a.min_duration is not None:
+        changes["min_duration"] = a.min_duration
+    if a.min_gap is not None:
+        changes["min_gap"] = a.min_gap
+    if a.label_map == "desed":
+        changes["label_map"] = desed_label_map(tagger.labels)
+    elif a.label_map:
+        changes["label_map"] = json.loads(Path(a.label_map).read_text())
+    return DetectionConfig.from_dict({**config.to_dict(), **changes})
+
+
+def cmd_detect(a) -> int:
+    from earmark.audio.io import audio_info, find_audio_files
+    from earmark.errors import AudioError
+    from earmark.infer.detect import write_events_tsv
+    from earmark.infer.tagger import load
+
+    tagger = load(a.model)
+    config = _detection_config(a, tagger)
+    try:
+        files = find_audio_files(a.inputs)
+    except AudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    found, durations, failed = {}, {}, []
+    for path in files:
+        try:
+            found[path.name] = tagger.detect(path, config=config, chunk_seconds=a.chunk)
+            durations[path.name] = audio_info(path).duration
+        except AudioError as err:
+            failed.append(str(err))
+    for name, events in found.items():
+        for e in events:
+            print(f"{name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}\t{e.score:.3f}")
+    if a.out:
+        print(f"wrote {write_events_tsv(found, a.out)}", file=sys.stderr)
+    if a.plot and found:
+        from earmark.evaluate.plots import plot_timeline
+
+        print(f"wrote {plot_timeline(found, a.plot, durations)}", file=sys.stderr)
+    for f in failed:
+        print(f"skipped {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_demo(a) -> int:
     from earmark.demo import run_demo
 
@@ -259,6 +322,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_tag)
+
+    p = sub.add_parser("detect", help="sound events as a DESED-style TSV, optional timeline PNG")
+    p.add_argument("model")
+    p.add_argument("inputs", nargs="+", metavar="FILE")
+    p.add_argument("--out", default=None, help="events TSV (filename onset offset event_label)")
+    p.add_argument("--plot", default=None, help="timeline PNG")
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--median", type=float, default=None, help="median filter, seconds")
+    p.add_argument("--min-duration", type=float, default=None, help="seconds")
+    p.add_argument("--min-gap", type=float, default=None, help="merge gaps shorter than this")
+    p.add_argument("--label-map", default=None,
+                   help="'desed' (AudioSet -> DESED, as HTS-AT) or a JSON file label -> label")
+    p.add_argument("--chunk", type=float, default=None,
+                   help="detect from chunk scores every S seconds (models without frames)")
+    p.set_defaults(fn=cmd_detect)
+
+    p = sub.add_parser("convert", help="official checkpoint -> model directory")
+    p.add_argument("kind", choices=("htsat-official",))
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--labels", default=None, help="label file (default: the 527 AudioSet ones)")
+    p.set_defaults(fn=cmd_convert)
 
     p = sub.add_parser("profile", help="parameters, FLOPs, memory, latency, real-time factor")
     p.add_argument("target", nargs="?", metavar="NAME_OR_MODEL")

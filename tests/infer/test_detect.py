@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from earmark.evaluate.sed import Event
 
 from earmark.data.desed import LABELS as DESED_LABELS
+from earmark.evaluate.sed import Event
 from earmark.infer import detect
 from earmark.infer.detect import (
     HTSAT_DESED_THRESHOLDS,

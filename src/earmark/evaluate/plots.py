@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -124,4 +125,38 @@ def plot_per_class_ap(per_class_ap: Any, labels: Sequence[str], path: str | Path
         f"{defined.size} classes"
     ax.set_title(f"Per-class AP ({shown}, mAP {ap[defined].mean():.3f})")
     ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_timeline(events_by_file: dict, path: str | Path, durations: dict | None = None,
+                  max_files: int = 8) -> Path:
+    """Sound events as horizontal bars, one row per label, one panel per file (PNG).
+
+    ``events_by_file`` maps a file name to events with ``onset``, ``offset``, ``label`` and
+    optionally ``score`` (bar opacity). ``durations`` (seconds per file) sets the x range.
+    """
+    names = list(events_by_file)[:max_files]
+    if not names:
+        raise ValueError("no files to plot")
+    heights = [max(1, len({e.label for e in events_by_file[n]})) for n in names]
+    fig = Figure(figsize=(10, 1.0 + 0.35 * sum(heights) + 0.6 * len(names)))
+    axes = fig.subplots(len(names), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": heights})[:, 0]
+    cmap = matplotlib.colormaps["tab10"]
+    for ax, name in zip(axes, names):
+        events = events_by_file[name]
+        labels = sorted({e.label for e in events})
+        for e in events:
+            y = labels.index(e.label)
+            alpha = 0.35 + 0.65 * float(e.score) if getattr(e, "score", None) is not None else 0.9
+            ax.barh(y, e.offset - e.onset, left=e.onset, height=0.7,
+                    color=cmap(y % 10), alpha=min(1.0, alpha))
+        ax.set_yticks(range(len(labels)), labels)
+        end = (durations or {}).get(name) or max((e.offset for e in events), default=1.0)
+        ax.set_xlim(0, end)
+        ax.set_ylim(-0.6, max(len(labels), 1) - 0.4)
+        ax.set_title(Path(str(name)).name + ("" if events else " (no events)"), fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].set_xlabel("time (s)")
+    fig.tight_layout()
     return _save(fig, path)

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +116,59 @@ class Tagger:
         vals, idx = scores.topk(k)
         return [(self.labels[i], float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
 
+    # ---- detection -----------------------------------------------------------------------------
+
+    @property
+    def has_frames(self) -> bool:
+        return hasattr(self.model, "forward_frames")
+
+    @torch.inference_mode()
+    def frame_scores(self, audio, sample_rate: int | None = None) -> tuple[torch.Tensor, float]:
+        """Frame scores ``(T, C)`` of a model that localises, and the seconds per frame."""
+        if not self.has_frames:
+            raise ModelError(f"{self.config.get('name')} has no frame outputs; use chunk_scores")
+        # no fitting to the clip length: frames must stay aligned with the input
+        wave = self.waveform(audio, sample_rate)
+        _, frames = self.model.forward_frames(wave.unsqueeze(0).to(self.device))
+        return frames[0].float().cpu(), self.model.frame_seconds
+
+    def detect(self, audio, sample_rate: int | None = None, threshold=None, config=None,
+               chunk_seconds: float | None = None) -> list:
+        """Sound events ``[Event(onset, offset, label, score)]`` sorted by onset.
+
+        Models with frame outputs (HTS-AT) detect from their frame scores; others from the
+        scores of consecutive chunks (``chunk_seconds``, by default the model's clip length).
+        ``config`` is a :class:`earmark.infer.detect.DetectionConfig` (thresholds, median
+        filter, minimum length, gap merging, label map); by default the one saved with the
+        model, if any. ``threshold`` overrides its thresholds. Long files are read block by
+        block.
+        """
+        from earmark.infer.detect import DetectionConfig, chunks_to_events, frames_to_events
+
+        if config is None:
+            saved = self.config.get("detection")
+            config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
+        if threshold is not None:
+            config = replace(config, threshold=threshold)
+        if not self.has_frames or chunk_seconds is not None:
+            chunk = chunk_seconds or self.model.clip_seconds
+            return chunks_to_events(self.chunk_scores(audio, chunk, sample_rate), self.labels,
+                                    config)
+        if isinstance(audio, (str, Path)) and audio_info(audio).duration > LONG_FILE_SECONDS:
+            events, start = [], 0.0
+            for block in iter_blocks(audio, BLOCK_SECONDS, sample_rate=self.sample_rate):
+                frames, hop = self.frame_scores(block, self.sample_rate)
+                dur = block.shape[-1] / self.sample_rate
+                found = frames_to_events(frames.numpy(), self.labels, hop, config,
+                                         offset_seconds=start, duration=dur)
+                events = _join_at(events + found, start) if events else found
+                start += dur
+            return events
+        wave = self.waveform(audio, sample_rate)
+        frames, hop = self.frame_scores(wave, self.sample_rate)
+        return frames_to_events(frames.numpy(), self.labels, hop, config,
+                                duration=wave.shape[-1] / self.sample_rate)
+
     def chunk_scores(self, audio, chunk_seconds: float,
                      sample_rate: int | None = None) -> list[ChunkScores]:
         """Scores of consecutive ``chunk_seconds`` pieces (the last one may be shorter)."""
@@ -132,6 +185,21 @@ class Tagger:
             out.append(ChunkScores(start, start + dur, self._score(block)))
             start += dur
         return out
+
+
+def _join_at(events: list, boundary: float) -> list:
+    """Merge events of one label that a block boundary at ``boundary`` cut in two."""
+    out: list = []
+    for ev in sorted(events, key=lambda e: (e.label, e.onset)):
+        prev = out[-1] if out else None
+        if (prev is not None and prev.label == ev.label and abs(prev.offset - boundary) < 1e-6
+                and abs(ev.onset - boundary) < 1e-6):
+            best = max(s for s in (prev.score, ev.score) if s is not None) \
+                if prev.score is not None or ev.score is not None else None
+            out[-1] = type(ev)(prev.onset, ev.offset, ev.label, best)
+        else:
+            out.append(ev)
+    return sorted(out, key=lambda e: (e.onset, e.label))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Tagger:
