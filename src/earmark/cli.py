@@ -33,6 +33,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accelerator", default=d.accelerator)
     p.add_argument("--precision", default=d.precision)
     p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--multi-label", action=argparse.BooleanOptionalAction, default=None,
+                   help="sigmoid outputs and BCE (default: as the data)")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="keep decoded audio in memory (default: when the set is small)")
     p.add_argument("--no-progress", action="store_true")
@@ -55,7 +57,7 @@ def _train_config(a: argparse.Namespace, fold=None):
         warmup_epochs=a.warmup_epochs, min_lr_ratio=a.min_lr_ratio, clip_seconds=a.clip_seconds,
         fit=a.fit, mixup=a.mixup, time_mask=a.time_mask, freq_mask=a.freq_mask,
         gain_db=a.gain_db, shift=a.shift, polarity=a.polarity, top_k_average=a.top_k_average,
-        early_stopping=a.early_stopping, balanced=a.balanced, cache=a.cache, seed=a.seed,
+        early_stopping=a.early_stopping, balanced=a.balanced, cache=a.cache, multi_label=a.multi_label, seed=a.seed,
         num_workers=a.num_workers, devices=a.devices, accelerator=a.accelerator,
         precision=a.precision, fold=fold, max_minutes=a.max_minutes, progress=not a.no_progress,
         lr_schedule=a.lr_schedule, time_masks=a.time_masks, freq_masks=a.freq_masks)
@@ -118,7 +120,7 @@ def cmd_eval(a) -> int:
     metrics = evaluate_model(tagger, manifest, progress=not a.no_progress)
     print(format_table(metrics))
     if a.out:
-        for path in write_report(metrics, tagger.labels, a.out, tagger.multi_label):
+        for path in write_report(metrics, tagger.labels, a.out):
             print(f"wrote {path}")
     if a.json:
         print(json.dumps(metrics))

@@ -143,6 +143,8 @@ def plot_timeline(events_by_file: dict, path: str | Path, durations: dict | None
     axes = fig.subplots(len(names), 1, squeeze=False,
                         gridspec_kw={"height_ratios": heights})[:, 0]
     cmap = matplotlib.colormaps["tab10"]
+    everyone = sorted({e.label for n in names for e in events_by_file[n]})
+    color = {lab: cmap(i % 10) for i, lab in enumerate(everyone)}  # one colour per label
     for ax, name in zip(axes, names):
         events = events_by_file[name]
         labels = sorted({e.label for e in events})
@@ -150,7 +152,7 @@ def plot_timeline(events_by_file: dict, path: str | Path, durations: dict | None
             y = labels.index(e.label)
             alpha = 0.35 + 0.65 * float(e.score) if getattr(e, "score", None) is not None else 0.9
             ax.barh(y, e.offset - e.onset, left=e.onset, height=0.7,
-                    color=cmap(y % 10), alpha=min(1.0, alpha))
+                    color=color[e.label], alpha=min(1.0, alpha))
         ax.set_yticks(range(len(labels)), labels)
         end = (durations or {}).get(name) or max((e.offset for e in events), default=1.0)
         ax.set_xlim(0, end)

@@ -55,14 +55,14 @@ def evaluate_model(model, manifest: Manifest, progress: bool = True) -> dict:
         targets.append(cols[i])
     if not scores:
         raise DataError(manifest.name, f"no file could be scored ({len(failed)} failed)")
+    # the metrics follow the data: a sigmoid model on single-label data still gets accuracy
     metrics = evaluate(torch.stack(scores).numpy(), torch.stack(targets).numpy(),
-                       tagger.labels, multi_label=tagger.multi_label)
+                       tagger.labels, multi_label=manifest.multi_label)
     metrics["failed"] = failed
     return metrics
 
 
-def write_report(metrics: dict, labels: list[str], out_dir: str | Path,
-                 multi_label: bool) -> list[Path]:
+def write_report(metrics: dict, labels: list[str], out_dir: str | Path) -> list[Path]:
     """metrics.json plus a confusion matrix (single-label) or per-class AP bars (multi-label)."""
     from earmark.evaluate.plots import plot_confusion_matrix, plot_per_class_ap
 
@@ -73,7 +73,7 @@ def write_report(metrics: dict, labels: list[str], out_dir: str | Path,
     tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     tmp.replace(path)
     written = [path]
-    if not multi_label and "confusion_matrix" in metrics:
+    if "confusion_matrix" in metrics:
         written.append(plot_confusion_matrix(metrics["confusion_matrix"], labels,
                                              out_dir / "confusion_matrix.png"))
     else:

@@ -384,7 +384,9 @@ def _max_matching(hits: np.ndarray) -> np.ndarray:
         i = free
         while i >= 0:  # flip the path: every reference on it takes the next estimate
             j = came_from[i]
-            i, ref_match[j], est_owner[i] = ref_match[j], i, j
+            previous = ref_match[j]
+            ref_match[j], est_owner[i] = i, j
+            i = previous
     return ref_match
 
 

@@ -34,6 +34,7 @@ class TrainConfig:
     polarity: float = 0.0  # probability of inverting the sign
     top_k_average: int = 1  # average the weights of the k best checkpoints (paper 003: 4)
     early_stopping: int = 0  # patience in epochs; 0 = off
+    multi_label: bool | None = None  # sigmoid + BCE even for single-label data (None: as data)
     balanced: bool | None = None  # balanced sampling; None = on for multi-label data
     seed: int = 0
     num_workers: int = 0

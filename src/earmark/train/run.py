@@ -168,7 +168,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     manifest = from_spec(config.data)
     train_m, valid_m, test_m = split_manifest(manifest, config.fold, config.seed)
     labels = manifest.labels
-    model = create_model(config.model, len(labels), multi_label=manifest.multi_label,
+    multi_label = manifest.multi_label if config.multi_label is None else config.multi_label
+    model = create_model(config.model, len(labels), multi_label=multi_label,
                          fit=config.fit, **({"clip_seconds": config.clip_seconds}
                                             if config.clip_seconds else {}),
                          **config.model_args)
