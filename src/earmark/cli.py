@@ -239,6 +239,19 @@ def cmd_detect(a) -> int:
 
     tagger = load(a.model)
     config = _detection_config(a, tagger)
+    if a.tune:
+        from earmark.data.manifest import from_spec
+
+        manifest = from_spec(a.tune)
+        split = manifest.split("valid")
+        config = tagger.tune_detection(split if len(split) else manifest, config,
+                                       chunk_seconds=a.chunk)
+        print("tuned thresholds: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                              config.threshold.items()), file=sys.stderr)
+        if a.save:
+            model_dir = Path(a.model) / "model" if (Path(a.model) / "model").is_dir() \
+                else Path(a.model)
+            print(f"saved in {tagger.save_detection(model_dir, config)}", file=sys.stderr)
     try:
         files = find_audio_files(a.inputs)
     except AudioError as err:
@@ -338,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'desed' (AudioSet -> DESED, as HTS-AT) or a JSON file label -> label")
     p.add_argument("--chunk", type=float, default=None,
                    help="detect from chunk scores every S seconds (models without frames)")
+    p.add_argument("--tune", default=None, metavar="SPEC",
+                   help="tune per-class thresholds on the strong labels of a data SPEC "
+                        "(its valid split if it has one)")
+    p.add_argument("--save", action="store_true", help="store the tuned thresholds in the model")
     p.set_defaults(fn=cmd_detect)
 
     p = sub.add_parser("convert", help="official checkpoint -> model directory")

@@ -210,9 +210,23 @@ def test_psds_of_imperfect_detections_is_between_zero_and_one():
     one = psds(TRUTH, _degraded_tables(), DURATIONS, **PSDS_SCENARIOS["dcase2021-1"])
     two = psds(TRUTH, _degraded_tables(), DURATIONS, **PSDS_SCENARIOS["dcase2021-2"])
     assert 0.0 < one["psds"] < 1.0 and 0.0 < two["psds"] < 1.0
+    # Below 180 false alarms per hour the true positive rates are Dog 1, Cat 0.5, Speech 0:
+    # eTPR = mean - std = 0.5 - sqrt(1/6); from 180 per hour on every class is at 1.
+    low = 0.5 - math.sqrt(1 / 6)
+    assert one["psds"] == pytest.approx(low)
+    wider = psds(TRUTH, _degraded_tables(), DURATIONS, max_efpr=200.0)
+    assert wider["psds"] == pytest.approx((180 * low + 20 * 1.0) / 200)
     assert (one["dtc"], one["gtc"], one["alpha_ct"]) == (0.7, 0.7, 0.0)
     assert (two["dtc"], two["gtc"], two["alpha_ct"]) == (0.1, 0.1, 0.5)
     assert psds(TRUTH, {0.5: {}}, DURATIONS)["psds"] == 0.0
+
+
+def test_psds_with_a_single_class():
+    # psds_eval alone scores any one-class evaluation 0 (its cross-trigger average is NaN).
+    truth = {"a.wav": [Event(1.0, 3.0, "Dog")]}
+    noisy = {"a.wav": [Event(1.0, 3.0, "Dog"), Event(5.0, 6.0, "Dog")]}  # 360 false alarms/h
+    assert psds(truth, {0.3: noisy, 0.5: truth}, {"a.wav": 10.0})["psds"] == 1.0
+    assert psds(truth, {0.3: noisy}, {"a.wav": 10.0})["psds"] == 0.0
 
 
 def test_psds_staircase_helpers_match_psds_eval_definitions():

@@ -80,3 +80,23 @@ def test_detect_command_writes_tsv_and_timeline(htsat_dir, write_wav, tmp_path, 
     assert lines[0] == "filename\tonset\toffset\tevent_label"
     assert len(lines) == 4 and all(ln.startswith("good.wav\t0.000\t2.000\t") for ln in lines[1:])
     assert (tmp_path / "tl.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_thresholds_tuned_on_strong_labels_are_saved_with_the_model(tmp_path):
+    from earmark.data.synth import CLASSES, load_soundscapes, synthesize
+
+    root = synthesize(tmp_path / "s", clips_per_class=1, soundscapes=3, soundscape_seconds=3.0)
+    torch.manual_seed(0)
+    m = earmark.create_model("htsat-tiny", len(CLASSES), embed_dim=16,
+                             num_heads=(1, 1, 2, 2)).eval()
+    model_dir = save_model_dir(m, tmp_path / "model", list(CLASSES))
+    t = earmark.load(model_dir)
+    config = t.tune_detection(load_soundscapes(root))
+    assert set(config.threshold) == set(CLASSES)
+    assert all(0.0 < v < 1.0 for v in config.threshold.values())
+    t.save_detection(model_dir, config)
+    again = earmark.load(model_dir)
+    assert again.config["detection"]["threshold"] == config.threshold
+    code = main(["detect", str(model_dir), str(root / "soundscapes" / "scape_0000.wav"),
+                 "--tune", f"synth:{root}/soundscapes.csv", "--out", str(tmp_path / "e.tsv")])
+    assert code == 0 and (tmp_path / "e.tsv").is_file()

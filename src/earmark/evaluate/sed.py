@@ -32,8 +32,8 @@ prediction names a path). Without a durations table a file lasts until its lates
 in either table; give DESED's ``*_durations.tsv`` for PSDS, whose false-positive rate is per hour
 of audio.
 
-    >>> truth = {"a.wav": [Event(1.0, 3.0, "Dog")]}
-    >>> pred = {"a.wav": [Event(1.15, 3.5, "Dog", 0.9)]}
+    >>> truth = {"a.wav": [Event(1.0, 4.0, "Dog")]}
+    >>> pred = {"a.wav": [Event(1.15, 4.5, "Dog", 0.9)]}  # offset collar: 20 % of 3 s
     >>> event_based(truth, pred)["macro"]["f1"]
     1.0
 """
@@ -546,10 +546,18 @@ def _psds_eval_class() -> type:
 
     class _PSDSEval(PSDSEval):
         # psds_eval 0.5.3 (the latest release) fails on pandas >= 3 (step_curve calls
-        # DataFrame.fillna(method=...)) and numpy >= 2.3 (_auc calls int() on a 2-D array);
-        # these two helpers compute the same curves and areas with numpy alone.
+        # DataFrame.fillna(method=...)) and on recent numpy (_auc calls int() on a 2-D
+        # array); these two helpers compute the same curves and areas with numpy alone.
         step_curve = staticmethod(_step_curve)
         _auc = staticmethod(_staircase_area)
+
+        def _effective_fp_rate(self, alpha_ct=0.0):
+            # With a single class there is no cross-trigger rate to average: psds_eval's eFPR
+            # becomes NaN (even for alpha_ct = 0) and PSDS 0. Count no cross-triggers instead.
+            rates = super()._effective_fp_rate(alpha_ct)
+            efpr = rates.effective_fp_rate
+            return rates._replace(effective_fp_rate=np.where(np.isnan(efpr), rates.fp_rate,
+                                                             efpr))
 
     return _PSDSEval
 

@@ -169,6 +169,48 @@ class Tagger:
         return frames_to_events(frames.numpy(), self.labels, hop, config,
                                 duration=wave.shape[-1] / self.sample_rate)
 
+    def tune_detection(self, manifest, config=None, metric: str = "event_f1",
+                       chunk_seconds: float | None = None):
+        """Per-class thresholds tuned on strongly labelled files (``manifest.meta["events"]``,
+        as the ``desed`` and synth soundscape sources give); returns a DetectionConfig.
+        The thresholds apply to the detection labels (after ``config.label_map``)."""
+        from earmark.infer.detect import DetectionConfig, tune_thresholds
+
+        config = config or DetectionConfig()
+        events = manifest.meta.get("events")
+        if not events:
+            raise ModelError(f"{manifest.name}: no strong labels (meta['events']) to tune on")
+        scores, truths, hop = [], [], None
+        for item in manifest.items:
+            if item.path not in events:
+                continue
+            if self.has_frames and chunk_seconds is None:
+                frames, hop = self.frame_scores(item.path)
+            else:
+                chunks = self.chunk_scores(item.path, chunk_seconds or self.model.clip_seconds)
+                frames = torch.stack([c.scores for c in chunks])
+                hop = chunks[0].end - chunks[0].start
+            scores.append(frames.numpy())
+            truths.append(events[item.path])
+        if not scores:
+            raise ModelError(f"{manifest.name}: none of its files has strong labels")
+        thresholds = tune_thresholds(scores, truths, self.labels, hop, metric=metric,
+                                     config=config)
+        return replace(config, threshold=thresholds)
+
+    def save_detection(self, model_dir: str | Path, config) -> Path:
+        """Store a DetectionConfig in the model directory's config.json (atomically)."""
+        import json
+
+        path = Path(model_dir) / CONFIG
+        data = json.loads(path.read_text())
+        data["detection"] = config.to_dict()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(path)
+        self.config["detection"] = data["detection"]
+        return path
+
     def chunk_scores(self, audio, chunk_seconds: float,
                      sample_rate: int | None = None) -> list[ChunkScores]:
         """Scores of consecutive ``chunk_seconds`` pieces (the last one may be shorter)."""
