@@ -278,6 +278,17 @@ def cmd_detect(a) -> int:
     return 1 if failed else 0
 
 
+def cmd_sed_eval(a) -> int:
+    from earmark.evaluate.sed import format_sed_table, run_sed_eval
+
+    result = run_sed_eval(a.truth, a.pred, a.meta, threshold=a.threshold)
+    print(format_sed_table(result))
+    if a.json:
+        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {a.json}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from earmark.demo import run_demo
 
@@ -356,6 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its valid split if it has one)")
     p.add_argument("--save", action="store_true", help="store the tuned thresholds in the model")
     p.set_defaults(fn=cmd_detect)
+
+    p = sub.add_parser("sed-eval", help="event- and segment-based F1 and PSDS of detections")
+    p.add_argument("--truth", required=True, help="reference events, DESED TSV")
+    p.add_argument("--pred", required=True,
+                   help="detections TSV, or a folder of predictions_th_<T>.tsv for PSDS")
+    p.add_argument("--meta", default=None, help="filename/duration TSV")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="which folder table gives the F1 scores (default 0.5)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.set_defaults(fn=cmd_sed_eval)
 
     p = sub.add_parser("convert", help="official checkpoint -> model directory")
     p.add_argument("kind", choices=("htsat-official",))

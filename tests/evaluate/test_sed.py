@@ -7,6 +7,7 @@ import random
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from earmark.errors import DataError
@@ -231,13 +232,13 @@ def test_psds_with_a_single_class():
 
 def test_psds_staircase_helpers_match_psds_eval_definitions():
     # TPR per FPR: best value at each x, non-decreasing, 0 before the first point.
-    xp = sed.np.array([0.0, 2.0, 2.0, 5.0, 1.0])
-    yp = sed.np.array([0.0, 0.4, 0.6, 0.5, 0.3])
-    x = sed.np.array([0.0, 1.0, 1.5, 2.0, 5.0, 7.0])
+    xp = np.array([0.0, 2.0, 2.0, 5.0, 1.0])
+    yp = np.array([0.0, 0.4, 0.6, 0.5, 0.3])
+    x = np.array([0.0, 1.0, 1.5, 2.0, 5.0, 7.0])
     assert sed._step_curve(x, xp, yp).tolist() == [0.0, 0.3, 0.3, 0.6, 0.6, 0.6]
     # Area as rectangles up to max_x, the last step extended: 1*0 + 1*0.3 + 2*0.6 = 1.5.
-    area = sed._staircase_area(sed.np.array([0.0, 1.0, 2.0, 5.0]),
-                               sed.np.array([0.0, 0.3, 0.6, 0.6]), max_x=4.0)
+    area = sed._staircase_area(np.array([0.0, 1.0, 2.0, 5.0]),
+                               np.array([0.0, 0.3, 0.6, 0.6]), max_x=4.0)
     assert area == pytest.approx(1.5)
 
 

@@ -104,7 +104,7 @@ _THRESHOLD_NAME = re.compile(r"_th_(\d+(?:\.\d*)?)\.tsv$")
 
 def _lines(path: Path) -> list[str]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # tolerate a byte-order mark
     except FileNotFoundError:
         raise DataError(path, "no such file") from None
     except IsADirectoryError:
