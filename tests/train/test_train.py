@@ -128,6 +128,9 @@ def test_recipe_fills_the_paper_settings_but_explicit_options_win():
     cfg = apply_recipe("htsat-esc50", TrainConfig(data="x", epochs=3), explicit={"epochs"})
     assert (cfg.model, cfg.mixup, cfg.lr_schedule, cfg.epochs) == ("htsat", 0.5, "htsat", 3)
     assert (cfg.time_mask * cfg.time_masks, cfg.freq_mask * cfg.freq_masks) == (128, 16)
+    scv2 = apply_recipe("htsat-scv2", TrainConfig(data="x"), explicit=set())
+    model = earmark.create_model(scv2.model, 35, **scv2.model_args)
+    assert model.sample_rate == 16000 and model.frontend.config.hop_length == 160
     with pytest.raises(ValueError, match="unknown recipe"):
         apply_recipe("nope", cfg, set())
 
