@@ -234,7 +234,7 @@ def _detection_config(a, tagger):
 def cmd_detect(a) -> int:
     from earmark.audio.io import audio_info, find_audio_files
     from earmark.errors import AudioError
-    from earmark.infer.detect import write_events_tsv
+    from earmark.evaluate.events import write_events
     from earmark.infer.tagger import load
 
     tagger = load(a.model)
@@ -268,7 +268,7 @@ def cmd_detect(a) -> int:
         for e in events:
             print(f"{name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}\t{e.score:.3f}")
     if a.out:
-        print(f"wrote {write_events_tsv(found, a.out)}", file=sys.stderr)
+        print(f"wrote {write_events(a.out, found, keep_empty=False)}", file=sys.stderr)
     if a.plot and found:
         from earmark.evaluate.plots import plot_timeline
 

@@ -71,8 +71,9 @@ def detect_soundscape(tagger, data: Path, out: Path) -> list[Path]:
     """Detect the events of the first synthetic soundscape from half-second chunk scores."""
     from earmark.audio.io import audio_info
     from earmark.data.synth import load_soundscapes
+    from earmark.evaluate.events import write_events
     from earmark.evaluate.plots import plot_timeline
-    from earmark.infer.detect import DetectionConfig, write_events_tsv
+    from earmark.infer.detect import DetectionConfig
 
     scapes = load_soundscapes(data)
     item = scapes.items[0]
@@ -85,7 +86,7 @@ def detect_soundscape(tagger, data: Path, out: Path) -> list[Path]:
         print(f"  truth     {onset:6.2f}-{offset:6.2f} s  {label}")
     for e in events:
         print(f"  detected  {e.onset:6.2f}-{e.offset:6.2f} s  {e.label}  ({e.score:.2f})")
-    tsv = write_events_tsv({name: events}, out / "events.tsv")
+    tsv = write_events(out / "events.tsv", {name: events}, keep_empty=False)
     from earmark.evaluate.sed import Event
 
     seconds = audio_info(item.path).duration

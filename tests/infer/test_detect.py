@@ -8,20 +8,18 @@ import pytest
 import torch
 
 from earmark.data.desed import LABELS as DESED_LABELS
-from earmark.evaluate.sed import Event
-from earmark.infer import detect
+from earmark.evaluate import events as events_module
+from earmark.evaluate.events import Event, write_events
 from earmark.infer.detect import (
     HTSAT_DESED_THRESHOLDS,
     DetectionConfig,
     chunks_to_events,
     desed_label_map,
-    events_to_rows,
     frames_to_events,
     kernel_frames,
     map_scores,
     median_filter,
     tune_thresholds,
-    write_events_tsv,
 )
 
 HOP = 0.1  # seconds per frame in these tests
@@ -226,7 +224,7 @@ def test_events_tsv_round_trip(tmp_path):
               "silent.wav": []}
     path = tmp_path / "pred.tsv"
     path.write_text("old contents\n")
-    assert write_events_tsv(events, path) == path
+    assert write_events(path, events, keep_empty=False) == path
     lines = path.read_text().splitlines()
     assert lines[0] == "filename\tonset\toffset\tevent_label"
     assert lines[1:] == ["b.wav\t0.100\t0.200\tCat", "b.wav\t1.235\t2.500\tDog",
@@ -234,8 +232,8 @@ def test_events_tsv_round_trip(tmp_path):
     with path.open(newline="") as f:
         rows = [(r["filename"], float(r["onset"]), float(r["offset"]), r["event_label"])
                 for r in csv.DictReader(f, delimiter="\t")]
-    assert rows == [(n, round(on, 3), round(off, 3), lab)
-                    for n, on, off, lab in events_to_rows(events)]
+    assert rows == [("b.wav", 0.1, 0.2, "Cat"), ("b.wav", 1.235, 2.5, "Dog"),
+                    ("a.wav", 0.0, 10.0, "Speech")]
     assert [p.name for p in tmp_path.iterdir()] == ["pred.tsv"]  # no temp file left
 
 
@@ -243,13 +241,13 @@ def test_events_tsv_failure_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch
     path = tmp_path / "pred.tsv"
     path.write_text("old contents\n")
     with pytest.raises(ValueError, match="tab"):
-        write_events_tsv({"bad\tname.wav": [Event(0.0, 1.0, "Dog")]}, path)
+        write_events(path, {"bad\tname.wav": [Event(0.0, 1.0, "Dog")]})
 
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(detect.os, "replace", crash)
+    monkeypatch.setattr(events_module.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        write_events_tsv({"a.wav": [Event(0.0, 1.0, "Dog")]}, path)
+        write_events(path, {"a.wav": [Event(0.0, 1.0, "Dog")]})
     assert path.read_text() == "old contents\n"
     assert [p.name for p in tmp_path.iterdir()] == ["pred.tsv"]

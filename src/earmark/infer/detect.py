@@ -28,12 +28,9 @@ its frames. Thresholds are tuned per class on a validation split with
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,13 +47,11 @@ __all__ = [
     "DetectionConfig",
     "chunks_to_events",
     "desed_label_map",
-    "events_to_rows",
     "frames_to_events",
     "kernel_frames",
     "map_scores",
     "median_filter",
     "tune_thresholds",
-    "write_events_tsv",
 ]
 
 # Used for a class that a threshold dict does not name.
@@ -533,48 +528,3 @@ def tune_thresholds(frame_scores_list: Sequence[Any], truth_events_list: Sequenc
 
 
 # ---- output ----------------------------------------------------------------------------------
-
-
-def events_to_rows(events_by_file: Mapping[str, Iterable[Event]]
-                   ) -> list[tuple[str, float, float, str]]:
-    """``(filename, onset, offset, event_label)`` rows: files in the given order, events by
-    onset then label.
-
-    >>> events_to_rows({"a.wav": [Event(1.0, 2.0, "Dog"), Event(0.5, 1.0, "Cat")]})
-    [('a.wav', 0.5, 1.0, 'Cat'), ('a.wav', 1.0, 2.0, 'Dog')]
-    """
-    rows = []
-    for name, events in events_by_file.items():
-        name = str(name)
-        if any(ch in name for ch in "\t\n\r"):
-            raise ValueError(f"file name {name!r} contains a tab or line break")
-        for e in sorted(events, key=lambda e: (e.onset, e.label, e.offset)):
-            rows.append((name, float(e.onset), float(e.offset), str(e.label)))
-    return rows
-
-
-def write_events_tsv(events_by_file: Mapping[str, Iterable[Event]], path: str | Path) -> Path:
-    """Write events as a DESED TSV (``filename onset offset event_label``, times to 3
-    decimals); atomically, so a crash leaves the old file or none, never half of one.
-
-    Files without events have no row, as in DESED's own tables.
-
-    >>> write_events_tsv({"a.wav": [Event(0.5, 1.25, "Dog")]}, "pred.tsv")  # doctest: +SKIP
-    PosixPath('pred.tsv')
-    """
-    path = Path(path)
-    rows = events_to_rows(events_by_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write("\t".join(DESED_HEADER) + "\n")
-            for name, onset, offset, label in rows:
-                f.write(f"{name}\t{onset:.3f}\t{offset:.3f}\t{label}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
