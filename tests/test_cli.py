@@ -79,3 +79,11 @@ def test_demo_runs_end_to_end_at_a_small_size(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[demo] done" in out and (tmp_path / "demo" / "eval" / "metrics.json").is_file()
     assert result["metrics"]["num_classes"] == 8
+
+
+def test_profile_a_model_directory(trained, capsys):
+    assert main(["profile", str(trained / "run" / "model"), "--seconds", "0.5", "--batch", "2",
+                 "--repeats", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["batch"] == 2 and result["seconds"] == 0.5
+    assert result["real_time_factor"] > 0

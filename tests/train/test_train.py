@@ -143,3 +143,9 @@ def test_htsat_tiny_trains_on_synthetic_events(synth_dir, tmp_path):
     assert tagger.sample_rate == 32000 and tagger.model.family == "htsat"
     clip, frames = tagger.model.forward_frames(torch.zeros(1, 32000))
     assert frames.shape == (1, 101, 8)
+
+
+def test_early_stopping_ends_a_run_that_does_not_improve(synth_dir, tmp_path):
+    # lr 0: the validation score never improves, so patience 1 stops after two epochs
+    result = train(config(synth_dir, tmp_path / "es", epochs=10, lr=0.0, early_stopping=1))
+    assert result["epochs"] == 2
