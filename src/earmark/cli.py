@@ -379,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sed_eval)
 
     p = sub.add_parser("convert", help="official checkpoint -> model directory")
-    p.add_argument("kind", choices=("htsat-official",))
+    p.add_argument("kind", choices=("htsat-official", "sat-official", "vit-official"))
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--labels", default=None, help="label file (default: the 527 AudioSet ones)")

@@ -125,8 +125,73 @@ def htsat_official(path: str | Path) -> tuple[nn.Module, int]:
     return model.eval(), num_classes
 
 
+# ---- ViT and SAT (RicherMans/SAT) -----------------------------------------------------------
+
+VIT_HEADS = {192: 3, 384: 6, 768: 12}  # ViT-T/S/B of paper 003
+VIT_DROPPED = ((re.compile(r"^front_end\."),
+                "torchaudio STFT window and mel buffers; rebuilt from the 'sat' preset"),)
+
+
+def _fit_pos_embed(value: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Crop a position embedding to ``size`` along ``dim``, or interpolate it bilinearly when
+    it is shorter: the rule of the official loader."""
+    if value.shape[dim] >= size:
+        return value.narrow(dim, 0, size)
+    target = (1, size) if dim == 3 else (size, 1)
+    return torch.nn.functional.interpolate(value, size=target, mode="bilinear",
+                                           align_corners=False)
+
+
+def _vit_like(path: str | Path, streaming: bool, **overrides) -> tuple[nn.Module, int]:
+    state = dict(_load_state(path))
+    state = {k: v for k, v in state.items() if not any(rx.search(k) for rx, _ in VIT_DROPPED)}
+    if "patch_embed.proj.weight" not in state or "outputlayer.1.weight" not in state:
+        raise ModelError(f"{path}: not a SAT-repository audio transformer checkpoint "
+                         "(no patch_embed.proj.weight / outputlayer.1.weight)")
+    # init_bn is Sequential(Rearrange, BatchNorm2d, Rearrange) there: its weights sit at .1
+    state = {re.sub(r"^init_bn\.1\.", "init_bn.", k): v for k, v in state.items()}
+    depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+    for i in range(depth):  # SAT: separate to_q and to_kv -> one fused qkv
+        q = f"blocks.{i}.attn.to_q."
+        if q + "weight" in state:
+            kv = f"blocks.{i}.attn.to_kv."
+            for part in ("weight", "bias"):
+                if q + part in state:
+                    state[f"blocks.{i}.attn.qkv.{part}"] = torch.cat(
+                        (state.pop(q + part), state.pop(kv + part)))
+    embed_dim = state["patch_embed.proj.weight"].shape[0]
+    if embed_dim not in VIT_HEADS:
+        raise ModelError(f"{path}: embedding width {embed_dim} is none of ViT-T/S/B "
+                         f"({sorted(VIT_HEADS)})")
+    num_classes = state["outputlayer.1.weight"].shape[0]
+    args = dict(embed_dim=embed_dim, depth=depth, num_heads=VIT_HEADS[embed_dim],
+                pooling="token" if "cls_token" in state else "mean")
+    if streaming:
+        grid_t = state["time_pos_embed"].shape[-1]  # covers chunk + cache
+        args["chunk_seconds"] = 2.0 if grid_t * 16 >= 2 * 192 else 1.0
+    name = {(False, 192): "vit-tiny", (False, 384): "vit-small", (False, 768): "vit-base",
+            (True, 192): "sat-tiny", (True, 384): "sat-small", (True, 768): "sat-base"}
+    model = create_model(name[(streaming, embed_dim)], num_classes, **{**args, **overrides})
+    for key, dim in (("time_pos_embed", 3), ("freq_pos_embed", 2)):
+        state[key] = _fit_pos_embed(state[key], getattr(model, key).shape[dim], dim)
+    _strict_load(model, state, str(path))
+    return model.eval(), num_classes
+
+
+def vit_official(path: str | Path) -> tuple[nn.Module, int]:
+    """A full-context audio transformer released with the SAT code (``audiotransformer_*``)."""
+    return _vit_like(path, streaming=False)
+
+
+def sat_official(path: str | Path) -> tuple[nn.Module, int]:
+    """A streaming SAT released with the SAT code (``SAT_{T,S,B}_{1,2}s``)."""
+    return _vit_like(path, streaming=True)
+
+
 CONVERTERS: dict[str, Callable[[str | Path], tuple[nn.Module, int]]] = {
     "htsat-official": htsat_official,
+    "sat-official": sat_official,
+    "vit-official": vit_official,
 }
 
 

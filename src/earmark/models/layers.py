@@ -49,13 +49,32 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_cached(x)[0]
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``x`` (B, N, D), each (B, heads, N, head_dim)."""
+        b, n, d = x.shape
+        w, bias = self.qkv.weight[d:], None if self.qkv.bias is None else self.qkv.bias[d:]
+        kv = F.linear(x, w, bias).reshape(b, n, 2, self.num_heads, d // self.num_heads)
+        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
+    def forward_cached(self, x: torch.Tensor, past_k: torch.Tensor | None = None,
+                       past_v: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Attention of ``x`` over ``past`` keys/values and its own: (out, k, v of ``x``).
+
+        Streaming models cache a chunk's keys and values instead of its hidden states, so the
+        next chunk does not project them again (Transformer-XL memory, paper 003 eq. 3)."""
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+        keys = k if past_k is None else torch.cat((past_k, k), dim=2)
+        values = v if past_v is None else torch.cat((past_v, v), dim=2)
         # the fused kernel computes softmax(q k^T / sqrt(head_dim)) v without materialising copies
-        x = F.scaled_dot_product_attention(q, k, v,
-                                           dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, d)))
+        out = F.scaled_dot_product_attention(q, keys, values,
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, n, d))), k, v
 
 
 class Block(nn.Module):
@@ -75,6 +94,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
         return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+    def forward_cached(self, x: torch.Tensor, past_k: torch.Tensor | None,
+                       past_v: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`forward`, attending also to cached keys/values; returns this chunk's."""
+        y, k, v = self.attn.forward_cached(self.norm1(x), past_k, past_v)
+        x = x + self.drop_path1(y)
+        return x + self.drop_path2(self.mlp(self.norm2(x))), k, v
 
 
 def init_vit_weights(module: nn.Module) -> None:

@@ -14,6 +14,8 @@ official SAT repository (``patch_embed.proj``, ``time_pos_embed``, ``freq_pos_em
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -176,4 +178,162 @@ def vit_small(num_classes: int, **overrides) -> AudioViT:
 def vit_base(num_classes: int, **overrides) -> AudioViT:
     """ViT-B: width 768, 12 heads, mean pooling."""
     return _vit(num_classes, dict(embed_dim=768, depth=12, num_heads=12, pooling="mean"),
+                overrides)
+
+
+# ---- streaming: SAT ---------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkCache:
+    """What a streaming transformer carries from one chunk to the next (explicit state).
+
+    The first block keeps the input tokens of the last chunk (the official model adds the
+    time embeddings of the last positions to them before re-using them); every other block
+    keeps that chunk's keys and values, so a new chunk costs one chunk's work.
+    """
+
+    h0: torch.Tensor  # (B, M, D) first block's input tokens of the previous chunk
+    keys: torch.Tensor  # (L-1, B, heads, M, head_dim) keys of blocks 1..L-1
+    values: torch.Tensor  # (L-1, B, heads, M, head_dim)
+
+    @property
+    def tokens(self) -> int:
+        return self.h0.shape[1]
+
+    def detach(self) -> ChunkCache:
+        return ChunkCache(self.h0.detach(), self.keys.detach(), self.values.detach())
+
+
+class StreamingAudioViT(AudioViT):
+    """SAT (paper 003, section 3): each block attends to the current chunk and to a cache of
+    the previous chunk (Transformer-XL style, stop-gradient). ``chunk_seconds`` 1 or 2 gives
+    96 or 192 frames per chunk, as the released models."""
+
+    family = "vit"
+
+    def __init__(self, num_classes: int, chunk_seconds: float = 2.0, pad_last: bool = False,
+                 target_length: int | None = None, cache_length: int | None = None,
+                 **kwargs):
+        stride = _pair(kwargs.get("patch_stride", 16))[1]
+        target = target_length or int(round(chunk_seconds * 100)) // stride * stride
+        cache = target if cache_length is None else cache_length
+        # position embeddings cover the chunk and its cache (the official max_length)
+        super().__init__(num_classes, target_length=target + cache, pad_last=pad_last, **kwargs)
+        self.init_args.update(chunk_seconds=chunk_seconds, target_length=target,
+                              cache_length=cache)
+        self.target_length = target
+        self.cache_length = cache
+        self.chunk_seconds = chunk_seconds
+        grid_f = self.freq_pos_embed.shape[2]
+        self.cache_tokens = grid_f * (cache // stride)
+
+    @property
+    def max_frames(self) -> int:
+        return self.target_length
+
+    def empty_cache(self, batch: int = 1, device=None) -> ChunkCache:
+        d, blk = self.embed_dim, self.blocks[0].attn
+        hd = d // blk.num_heads
+        dev = device or self.time_pos_embed.device
+        kv = torch.zeros(len(self.blocks) - 1, batch, blk.num_heads, 0, hd, device=dev)
+        return ChunkCache(torch.zeros(batch, 0, d, device=dev), kv, kv.clone())
+
+    def forward_features_cached(self, x: torch.Tensor, cache: ChunkCache
+                                ) -> tuple[torch.Tensor, ChunkCache]:
+        """(B, 1, F, T) normalised log-mel of one chunk -> (B, N, D) tokens, updated cache."""
+        x = self.patch_embed(x)
+        f, t = x.shape[-2:]
+        x = x + self.time_pos_embed[..., :t] + self.freq_pos_embed[:, :, :f]
+        if self.training and self.time_patch_out:
+            x = drop_patches(x, -1, self.time_patch_out)
+        if self.training and self.freq_patch_out:
+            x = drop_patches(x, -2, self.freq_patch_out)
+        x = x.flatten(2).transpose(1, 2)  # (B, F'*T', D)
+        if self.pooling == "token":
+            cls = (self.cls_token + self.token_pos_embed).expand(x.shape[0], -1, -1)
+            x = torch.cat((cls, x), dim=1)
+        x = self.pos_drop(x)
+        h0 = x
+        past_k = past_v = None
+        m = cache.tokens
+        if m:
+            # the cached first-block tokens get the last m time embeddings (official rule)
+            grid_f = self.freq_pos_embed.shape[2]
+            c = cache.h0.transpose(1, 2).unflatten(2, (grid_f, m // grid_f))  # (B, D, F', m')
+            c = c + self.time_pos_embed[..., -(m // grid_f):] + self.freq_pos_embed
+            blk = self.blocks[0]
+            past_k, past_v = blk.attn.project_kv(blk.norm1(c.flatten(2).transpose(1, 2)))
+        x, _, _ = self.blocks[0].forward_cached(x, past_k, past_v)
+        keys, values = [], []
+        for i, blk in enumerate(self.blocks[1:]):
+            pk, pv = (cache.keys[i], cache.values[i]) if m else (None, None)
+            x, k, v = blk.forward_cached(x, pk, pv)
+            keys.append(k)
+            values.append(v)
+        n = self.cache_tokens
+        new = ChunkCache(torch.cat((cache.h0, h0), 1)[:, -n:],
+                         torch.cat((cache.keys, torch.stack(keys)), 3)[..., -n:, :],
+                         torch.cat((cache.values, torch.stack(values)), 3)[..., -n:, :])
+        return self.norm(x), new.detach()  # stop-gradient into the past (paper 003, eq. 3)
+
+    def forward_spectrogram_cached(self, spec: torch.Tensor, cache: ChunkCache | None = None
+                                   ) -> tuple[torch.Tensor, ChunkCache]:
+        """(B, F, T) -> (B, C) logits and the cache, by the official rules: pieces of
+        ``target_length`` frames in turn through the cache, a shorter tail dropped (or padded
+        to whole patches when ``pad_last``), scores averaged."""
+        x = self.normalize(spec)
+        cache = cache if cache is not None else self.empty_cache(x.shape[0], x.device)
+        if x.shape[-1] <= self.target_length:
+            feats, cache = self.forward_features_cached(x, cache)
+            return self.forward_head(feats), cache
+        stride = self.patch_embed.patch_stride[1]
+        scores = []
+        for piece in x.split(self.target_length, -1):
+            n = piece.shape[-1]
+            if n != self.target_length:
+                if not self.pad_last:
+                    continue
+                piece = nn.functional.pad(piece, (0, -(-n // stride) * stride - n))
+            feats, cache = self.forward_features_cached(piece, cache)
+            scores.append(self.activation(self.forward_head(feats)))
+        return self.scores_to_logits(torch.stack(scores).mean(0)), cache
+
+    def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
+        return self.forward_spectrogram_cached(spec)[0]
+
+    def forward_chunk(self, wave: torch.Tensor, cache: ChunkCache | None = None
+                      ) -> tuple[torch.Tensor, ChunkCache]:
+        """One chunk of waveform (B, N), with its own front end pass -> (logits, cache)."""
+        return self.forward_spectrogram_cached(self.frontend(wave), cache)
+
+    def prime_cache(self, batch: int = 1) -> ChunkCache:
+        """A cache primed with silence, as the official inference script starts a stream."""
+        n = int(self.cache_length / 100 * self.sample_rate)
+        with torch.no_grad():
+            return self.forward_chunk(self.time_pos_embed.new_zeros(batch, n))[1]
+
+
+def _sat(num_classes: int, defaults: dict, overrides: dict) -> StreamingAudioViT:
+    return StreamingAudioViT(num_classes, **{**defaults, **overrides})
+
+
+@register_model("sat-tiny")
+def sat_tiny(num_classes: int, **overrides) -> StreamingAudioViT:
+    """SAT-T: the ViT-T with a one-chunk cache; ``chunk_seconds`` 1 or 2."""
+    return _sat(num_classes, dict(embed_dim=192, depth=12, num_heads=3, pooling="mean"),
+                overrides)
+
+
+@register_model("sat-small")
+def sat_small(num_classes: int, **overrides) -> StreamingAudioViT:
+    """SAT-S: class-token pooling, as the released checkpoints."""
+    return _sat(num_classes, dict(embed_dim=384, depth=12, num_heads=6, pooling="token"),
+                overrides)
+
+
+@register_model("sat-base")
+def sat_base(num_classes: int, **overrides) -> StreamingAudioViT:
+    """SAT-B: width 768, 12 heads, mean pooling."""
+    return _sat(num_classes, dict(embed_dim=768, depth=12, num_heads=12, pooling="mean"),
                 overrides)
