@@ -103,3 +103,16 @@ def test_convert_resizes_position_embeddings_as_the_official_loader(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "junk.pt")
     with pytest.raises(ModelError, match="not a SAT-repository"):
         convert("vit-official", tmp_path / "junk.pt", tmp_path / "c")
+
+
+def test_traced_chunk_step_gives_the_eager_numbers():
+    m = tiny(chunk_seconds=1.0)
+    wave = torch.randn(1, 16000)
+    cache = m.prime_cache(1)
+    step = m.traced_chunk_step(wave, cache)
+    a, ca = m.forward_chunk(wave, cache)
+    b, cb = step(wave, cache)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ca.keys, cb.keys)
+    short = torch.randn(1, 9000)  # another shape falls back to the eager path
+    torch.testing.assert_close(step(short, cb)[0], m.forward_chunk(short, cb)[0])

@@ -1,0 +1,206 @@
+"""Streaming cost: per-chunk latency, memory and FLOPs of SAT against a sliding-window ViT.
+
+    python bench/streaming.py [--reference DIR] [--chunks 60]
+
+For ``sat-tiny`` at 1 s and 2 s chunks: median and p95 latency of one chunk (front end
+included, cache primed with silence, as a stream runs), GFLOPs per chunk and peak
+activation memory; the same through onnxruntime when ``earmark.export`` can export it; and
+the cost of re-running a full-context ``vit-tiny`` over a sliding 10 s window for every
+chunk (paper 003, table 2), as a ratio. With ``--reference DIR`` (a checkout of the SAT
+code with einops and loguru importable) the official streaming model is timed in the same
+run; torchaudio cannot be installed beside this torch, so its front end runs on a
+stand-in with torchaudio's conventions written here. Writes bench/results/streaming.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import earmark
+from earmark.profile import _count_flops, _cpu_peak_bytes
+
+HERE = Path(__file__).resolve().parent
+SR = 16000
+
+
+def timed(step, chunks: int) -> dict:
+    """Median and p95 of ``step()`` in milliseconds over ``chunks`` calls after 5 warm-ups."""
+    with torch.inference_mode():
+        for _ in range(5):
+            step()
+        times = []
+        for _ in range(chunks):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p95_ms": times[int(0.95 * (len(times) - 1))]}
+
+
+def sat_eager(chunk: float, chunks: int) -> dict:
+    torch.manual_seed(0)
+    model = earmark.create_model("sat-tiny", 527, chunk_seconds=chunk).eval()
+    wave = torch.randn(1, int(chunk * SR)) * 0.1
+    state = {"cache": model.prime_cache(1)}
+
+    def step():
+        _, state["cache"] = model.forward_chunk(wave, state["cache"])
+
+    result = timed(step, chunks)
+    cache = model.prime_cache(1)
+    one_chunk = _Call(lambda w: model.forward_chunk(w, cache))
+    result["gflops_per_chunk"] = _count_flops(one_chunk, wave) / 1e9
+    peak = _cpu_peak_bytes(one_chunk, wave)
+    result["peak_activation_mb"] = None if peak is None else peak / 2**20
+    result["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    return result
+
+
+class _Call(nn.Module):
+    """Lets the profiler helpers, which call ``model(wave)``, measure any callable."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, wave):
+        return self.fn(wave)
+
+
+def sat_onnx(chunk: float, chunks: int) -> dict | None:
+    try:
+        from earmark.export import export_onnx, load_onnx
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = earmark.create_model("sat-tiny", 527, chunk_seconds=chunk).eval()
+    from earmark.models.convert import audioset_labels
+    from earmark.models.directory import save_model_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = save_model_dir(model, Path(tmp) / "m", audioset_labels())
+        path = export_onnx(model_dir, Path(tmp) / "sat.onnx")
+        onnx_model = load_onnx(path).model
+        wave = torch.randn(1, int(chunk * SR)) * 0.1
+        state = {"cache": onnx_model.prime_cache(1)}
+
+        def step():
+            _, state["cache"] = onnx_model.forward_chunk(wave, state["cache"])
+
+        return timed(step, chunks)
+
+
+def sliding_vit(chunks: int) -> dict:
+    torch.manual_seed(0)
+    model = earmark.create_model("vit-tiny", 527).eval()
+    window = torch.randn(1, 10 * SR) * 0.1
+    result = timed(lambda: model(window), max(10, chunks // 3))
+    result["gflops_per_chunk"] = _count_flops(model, window) / 1e9
+    return result
+
+
+def official_sat(ref_dir: str, chunk: float, chunks: int) -> dict:
+    import librosa
+
+    class MelSpectrogram(nn.Module):  # torchaudio's conventions: HTK mel, no norm, power 2
+        def __init__(self, sample_rate, n_fft, win_length, hop_length, f_min, f_max, n_mels,
+                     center=True):
+            super().__init__()
+            self.args = (n_fft, hop_length, win_length)
+            self.register_buffer("window", torch.hann_window(win_length))
+            fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min,
+                                     fmax=f_max, htk=True, norm=None)
+            self.register_buffer("fb", torch.tensor(fb, dtype=torch.float32))
+
+        def forward(self, x):
+            n_fft, hop, win = self.args
+            spec = torch.stft(x, n_fft, hop, win, self.window, center=True, pad_mode="reflect",
+                              return_complex=True).abs() ** 2
+            return self.fb @ spec
+
+    class AmplitudeToDB(nn.Module):
+        def __init__(self, top_db=None):
+            super().__init__()
+            self.top_db = top_db
+
+        def forward(self, x):
+            db = 10 * torch.log10(torch.clamp(x, min=1e-10))
+            return torch.max(db, db.amax(dim=(-2, -1), keepdim=True) - self.top_db)
+
+    audio = types.ModuleType("torchaudio")
+    transforms = types.ModuleType("torchaudio.transforms")
+    transforms.MelSpectrogram, transforms.AmplitudeToDB = MelSpectrogram, AmplitudeToDB
+    audio.transforms = transforms
+    sys.modules.setdefault("torchaudio", audio)
+    sys.modules.setdefault("torchaudio.transforms", transforms)
+    sys.path.insert(0, ref_dir)
+    from models.audiotransformer import Streaming_AudioTransformer
+
+    torch.manual_seed(0)
+    frames = 192 if chunk == 2.0 else 96
+    model = Streaming_AudioTransformer(outputdim=527, patch_size=16, embed_dim=192, depth=12,
+                                       num_heads=3, init_bn=True, mlp_ratio=4,
+                                       target_length=frames, cache_length=frames).eval()
+    wave = torch.randn(1, int(chunk * SR)) * 0.1
+    with torch.inference_mode():
+        *_, cache = model(torch.zeros(1, int(frames / 100 * SR)), return_cache=True)
+    state = {"cache": cache}
+
+    def step():
+        _, state["cache"] = model(wave, cache=state["cache"], return_cache=True)
+
+    return timed(step, chunks)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--chunks", type=int, default=60)
+    p.add_argument("--reference", default=None, help="checkout of the official SAT code")
+    a = p.parse_args(argv)
+    report = {"benchmark": "streaming", "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "platform": platform.platform(), "rows": {}}
+    rows = report["rows"]
+    for chunk in (2.0, 1.0):
+        rows[f"sat-tiny {chunk:.0f} s eager"] = sat_eager(chunk, a.chunks)
+        onnx = sat_onnx(chunk, a.chunks)
+        if onnx:
+            rows[f"sat-tiny {chunk:.0f} s onnxruntime"] = onnx
+        if a.reference:
+            rows[f"official SAT-T {chunk:.0f} s"] = official_sat(a.reference, chunk, a.chunks)
+    rows["vit-tiny 10 s sliding window"] = sliding_vit(a.chunks)
+    vit = rows["vit-tiny 10 s sliding window"]
+    for chunk in (2.0, 1.0):
+        sat = rows[f"sat-tiny {chunk:.0f} s eager"]
+        report[f"sliding_vit_over_sat_{chunk:.0f}s_latency"] = vit["median_ms"] / sat["median_ms"]
+        report[f"sliding_vit_over_sat_{chunk:.0f}s_flops"] = (vit["gflops_per_chunk"]
+                                                              / sat["gflops_per_chunk"])
+    out = HERE / "results" / "streaming.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{'':<32}{'median ms':>10}{'p95 ms':>9}{'GFLOPs':>9}{'peak MB':>9}")
+    for name, r in rows.items():
+        gf = r.get("gflops_per_chunk")
+        mb = r.get("peak_activation_mb")
+        print(f"{name:<32}{r['median_ms']:>10.2f}{r['p95_ms']:>9.2f}"
+              f"{'' if gf is None else f'{gf:.3f}':>9}{'' if mb is None else f'{mb:.1f}':>9}")
+    for chunk in (2, 1):
+        print(f"sliding 10 s ViT-T / SAT-T at {chunk} s: "
+              f"{report[f'sliding_vit_over_sat_{chunk}s_latency']:.1f}x latency, "
+              f"{report[f'sliding_vit_over_sat_{chunk}s_flops']:.1f}x FLOPs")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
