@@ -48,6 +48,19 @@ def timed(step, chunks: int) -> dict:
     return {"median_ms": statistics.median(times), "p95_ms": times[int(0.95 * (len(times) - 1))]}
 
 
+def sat_traced(chunk: float, chunks: int) -> dict:
+    torch.manual_seed(0)
+    model = earmark.create_model("sat-tiny", 527, chunk_seconds=chunk).eval()
+    wave = torch.randn(1, int(chunk * SR)) * 0.1
+    state = {"cache": model.prime_cache(1)}
+    fast = model.traced_chunk_step(wave, state["cache"])
+
+    def step():
+        _, state["cache"] = fast(wave, state["cache"])
+
+    return timed(step, chunks)
+
+
 def sat_eager(chunk: float, chunks: int) -> dict:
     torch.manual_seed(0)
     model = earmark.create_model("sat-tiny", 527, chunk_seconds=chunk).eval()
@@ -173,6 +186,7 @@ def main(argv=None) -> int:
     rows = report["rows"]
     for chunk in (2.0, 1.0):
         rows[f"sat-tiny {chunk:.0f} s eager"] = sat_eager(chunk, a.chunks)
+        rows[f"sat-tiny {chunk:.0f} s traced"] = sat_traced(chunk, a.chunks)
         onnx = sat_onnx(chunk, a.chunks)
         if onnx:
             rows[f"sat-tiny {chunk:.0f} s onnxruntime"] = onnx
