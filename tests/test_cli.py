@@ -87,3 +87,20 @@ def test_profile_a_model_directory(trained, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["batch"] == 2 and result["seconds"] == 0.5
     assert result["real_time_factor"] > 0
+
+
+def test_stream_a_file_prints_a_line_per_chunk(tmp_path, capsys, write_wav):
+    import torch
+
+    import earmark
+    from earmark.models.directory import save_model_dir
+
+    torch.manual_seed(0)
+    m = earmark.create_model("sat-tiny", 2, depth=1, embed_dim=48, num_heads=3,
+                             chunk_seconds=1.0)
+    model_dir = save_model_dir(m.eval(), tmp_path / "sat", ["a", "b"])
+    wav = write_wav("x.wav", seconds=3.5)
+    assert main(["stream", str(model_dir), str(wav), "--top-k", "1"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    assert len(lines) == 4 and "ms)" in lines[0]  # 3 chunks and the padded tail
+    assert main(["stream", str(model_dir)]) == 2

@@ -289,6 +289,24 @@ def cmd_sed_eval(a) -> int:
     return 0
 
 
+def cmd_stream(a) -> int:
+    from earmark.infer.stream import stream_file, stream_mic
+    from earmark.infer.tagger import load
+
+    tagger = load(a.model)
+    if a.mic:
+        stream_mic(tagger, chunk_seconds=a.chunk, top_k=a.top_k, device=a.device,
+                   seconds=a.seconds)
+        return 0
+    if not a.file:
+        print("error: give a FILE or --mic", file=sys.stderr)
+        return 2
+    n = stream_file(tagger, a.file, chunk_seconds=a.chunk, realtime=a.realtime, top_k=a.top_k,
+                    collect=False, tail=a.tail)
+    print(f"{n} chunks", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(a) -> int:
     from earmark.demo import run_demo
 
@@ -367,6 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its valid split if it has one)")
     p.add_argument("--save", action="store_true", help="store the tuned thresholds in the model")
     p.set_defaults(fn=cmd_detect)
+
+    p = sub.add_parser("stream", help="online tagging: a line per chunk with its latency")
+    p.add_argument("model")
+    p.add_argument("file", nargs="?", help="an audio file, read block by block")
+    p.add_argument("--mic", action="store_true", help="listen to the microphone (earmark[mic])")
+    p.add_argument("--device", default=None, help="input device for --mic")
+    p.add_argument("--seconds", type=float, default=None, help="stop --mic after this long")
+    p.add_argument("--chunk", type=float, default=None,
+                   help="seconds per chunk (default: the model's, 1 s for full-context models)")
+    p.add_argument("--realtime", action="store_true", help="pace a file at real time")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--tail", choices=("pad", "drop"), default="pad")
+    p.set_defaults(fn=cmd_stream)
 
     p = sub.add_parser("sed-eval", help="event- and segment-based F1 and PSDS of detections")
     p.add_argument("--truth", required=True, help="reference events, DESED TSV")

@@ -116,3 +116,9 @@ def test_traced_chunk_step_gives_the_eager_numbers():
     torch.testing.assert_close(ca.keys, cb.keys)
     short = torch.randn(1, 9000)  # another shape falls back to the eager path
     torch.testing.assert_close(step(short, cb)[0], m.forward_chunk(short, cb)[0])
+
+
+def test_a_single_block_sat_streams():
+    m = tiny(depth=1, chunk_seconds=1.0)
+    logits, cache = m.forward_chunk(torch.randn(1, 16000), m.prime_cache(1))
+    assert logits.shape == (1, 5) and cache.keys.shape[0] == 0 and cache.h0.shape[1] == 24

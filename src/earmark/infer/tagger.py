@@ -228,6 +228,18 @@ class Tagger:
             start += dur
         return out
 
+    def stream(self, chunk_seconds: float | None = None, **kw) -> StreamSession:  # noqa: F821
+        """An online tagging session (:class:`earmark.infer.stream.StreamSession`): push
+        blocks of samples, get one result per chunk. ``kw``: ``top_k``, ``tail`` ("pad" or
+        "drop"), ``sample_rate``, ``window_seconds``.
+
+            >>> session = tagger.stream(chunk_seconds=1.0)            # doctest: +SKIP
+            >>> results = session.push(block) + session.flush()       # doctest: +SKIP
+        """
+        from earmark.infer.stream import StreamSession
+
+        return StreamSession(self, chunk_seconds, **kw)
+
 
 def _join_at(events: list, boundary: float) -> list:
     """Merge events of one label that a block boundary at ``boundary`` cut in two."""

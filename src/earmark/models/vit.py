@@ -272,7 +272,11 @@ class StreamingAudioViT(AudioViT):
             keys.append(k)
             values.append(v)
         n = self.cache_tokens
-        keys, values = torch.stack(keys), torch.stack(values)
+        if keys:
+            keys, values = torch.stack(keys), torch.stack(values)
+        else:  # a single block: nothing but the first block's tokens to keep
+            keys = values = cache.keys.new_zeros(0, *cache.keys.shape[1:3], h0.shape[1],
+                                                 cache.keys.shape[-1])
         if h0.shape[1] >= n:  # a whole chunk: the old cache drops out entirely
             new = ChunkCache(h0[:, -n:], keys[..., -n:, :], values[..., -n:, :])
         else:  # a short chunk: keep the newest n tokens of old and new, as the official code

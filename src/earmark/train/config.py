@@ -1,10 +1,24 @@
-"""The training configuration: one dataclass, written resolved into every run directory."""
+"""The training configuration: one dataclass, written resolved into every run directory.
+
+``stage`` picks one of the three training stages of paper 003 (figure 1), each starting
+from the previous one's model directory (``init``):
+
+    mae       masked-autoencoder pretraining of a ViT encoder; no labels needed
+    finetune  full-context supervised training (the default; any model family)
+    psl       a streaming SAT student learns a teacher's scores on crops (pseudo-strong labels)
+
+    >>> cfg = TrainConfig(data="synth:data", stage="psl", model="sat-tiny", teacher="runs/vit")
+    >>> cfg.stage, cfg.mixup
+    ('psl', 0.0)
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+STAGES = ("mae", "finetune", "psl")
 
 
 @dataclass
@@ -44,6 +58,41 @@ class TrainConfig:
     fold: int | None = None  # hold this fold out (fold-based sets); None = the split's test set
     max_minutes: float | None = None  # stop training after this wall time
     progress: bool = True
+    stage: str = "finetune"  # one of STAGES
+    init: str | None = None  # model/run directory or .ckpt whose matching weights start the run
+    teacher: str | None = None  # psl: the model whose scores on the crops are the targets
+    # ViT regularisers of paper 003, 4.3 (finetune there: 0.25, 0.25, 0.1); None = model default
+    time_patch_out: float | None = None  # fraction of time patches dropped in training
+    freq_patch_out: float | None = None  # fraction of frequency patches dropped in training
+    drop_path_rate: float | None = None  # stochastic depth of the last block
+    # mae: masked fraction of patches and the decoder (official SAT code: width 512, 8 heads,
+    # depth 4 behind ViT-T and 8 behind ViT-S/B; None = that rule)
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int | None = None
+    decoder_heads: int = 8
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; known: {', '.join(STAGES)}")
+        if self.stage == "psl" and not self.teacher:
+            raise ValueError("stage 'psl' needs a teacher model (--teacher MODEL_DIR)")
+        if self.teacher and self.stage != "psl":
+            raise ValueError(f"a teacher is only used by stage 'psl', not {self.stage!r}")
+        if self.stage == "psl":
+            augment = [name for name in ("mixup", "time_mask", "freq_mask", "gain_db", "shift",
+                                         "polarity") if getattr(self, name)]
+            if augment:  # paper 003, 4.4: the student learns the teacher's view of clean crops
+                raise ValueError("stage 'psl' trains without augmentation and mixup; unset "
+                                 + ", ".join(augment))
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
+
+    def regularisers(self) -> dict:
+        """The patch-out and stochastic-depth options that are set, as model arguments."""
+        return {name: getattr(self, name)
+                for name in ("time_patch_out", "freq_patch_out", "drop_path_rate")
+                if getattr(self, name) is not None}
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -103,12 +103,13 @@ class TaggingModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        # the model and any training-only parts (the MAE decoder); a PSL teacher is no parameter
+        for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             # no weight decay on norms, biases and position embeddings / tokens
-            (no_decay if p.dim() <= 1 or name.endswith(("pos_embed", "cls_token")) else decay
-             ).append(p)
+            (no_decay if p.dim() <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token"))
+             else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.config.weight_decay},
              {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr,
@@ -129,4 +130,5 @@ class TaggingModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # lets earmark.load() rebuild the model from the checkpoint alone
         checkpoint["earmark_model"] = model_config(self.model, self.labels,
-                                                   {"source": "earmark train"})
+                                                   {"source": "earmark train",
+                                                    "stage": self.config.stage})

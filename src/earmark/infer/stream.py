@@ -1,0 +1,352 @@
+"""Online tagging: audio arrives in blocks of any size, scores leave one chunk at a time.
+
+A :class:`StreamSession` holds all of a stream's state explicitly (the samples of the
+chunk being filled, the model's cache or the sliding window, the resampler, the clock), so
+one tagger can serve several streams and :meth:`StreamSession.reset` starts afresh.
+
+    >>> import earmark
+    >>> tagger = earmark.load("runs/audioset/model")            # doctest: +SKIP
+    >>> session = tagger.stream(chunk_seconds=1.0)               # doctest: +SKIP
+    >>> for block in microphone_blocks():                        # doctest: +SKIP
+    ...     for r in session.push(block):
+    ...         print(r.start, r.end, r.labels)
+    >>> session.flush()                                          # doctest: +SKIP
+
+Two kinds of model:
+
+- streaming models (SAT, paper 003 section 3) have ``forward_chunk(wave, cache)`` and
+  ``prime_cache(batch)``: each chunk is one model call that attends to the cache of the
+  previous chunk. The cache starts primed with silence, as the official inference script
+  does, and the chunk length defaults to the one the model was trained for.
+- full-context models (ViT, HTS-AT, ...) see a sliding window: at the end of each chunk the
+  last ``window_seconds`` of audio (the model's clip length, at most 10 s; less while the
+  stream is younger than that) are scored, so each result costs a full clip's work.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from earmark.audio.io import RESAMPLE_QUALITY, iter_blocks
+from earmark.errors import AudioError, EarmarkError
+
+if TYPE_CHECKING:
+    from earmark.infer.tagger import Tagger
+
+# Sliding windows longer than this cost more than the clip models were trained on (10 s).
+MAX_WINDOW_SECONDS = 10.0
+# Chunk length of full-context models when none is given.
+DEFAULT_CHUNK_SECONDS = 1.0
+STREAM_NAME = "<stream>"  # how AudioError names a live stream
+
+
+@dataclass
+class ChunkResult:
+    """The scores of one chunk of a stream.
+
+    ``start``/``end`` are seconds from the start of the stream (``end`` is where the audio
+    ended for a zero-padded last chunk). ``window`` is the span of the stream whose samples
+    went into this model call: the chunk itself for a streaming model (which also carries
+    its cache of the previous chunk), the sliding window for a full-context model.
+    """
+
+    start: float
+    end: float
+    scores: torch.Tensor  # (C,) probabilities
+    labels: list[tuple[str, float]]  # top-k (label, score), best first
+    latency_ms: float  # wall time of the model call(s), front end included
+    window: tuple[float, float] | None = None
+
+
+def is_streaming(model: torch.nn.Module) -> bool:
+    """Whether ``model`` tags chunk by chunk with a cache (SAT) rather than whole clips."""
+    return callable(getattr(model, "forward_chunk", None)) and callable(
+        getattr(model, "prime_cache", None))
+
+
+class StreamSession:
+    """One live stream through a tagger; see the module docstring.
+
+    ``push`` takes 1-D blocks of any size (numpy or torch, float or integer PCM) at
+    ``sample_rate`` (default the model's; other rates are resampled with a streaming
+    resampler, so block boundaries do not change the results) and returns one
+    :class:`ChunkResult` per chunk completed. Memory is bounded: the session keeps at most
+    one chunk (streaming models) or one window (full-context models) of samples.
+
+        >>> session = tagger.stream(chunk_seconds=2.0, top_k=3)    # doctest: +SKIP
+        >>> results = session.push(block) + session.flush()        # doctest: +SKIP
+    """
+
+    def __init__(self, tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 3,
+                 tail: str = "pad", sample_rate: int | None = None,
+                 window_seconds: float | None = None):
+        model = tagger.model
+        self.tagger = tagger
+        self.streaming = is_streaming(model)
+        self.sample_rate = int(tagger.sample_rate)  # the model's rate; the clock counts at it
+        self.input_rate = int(sample_rate or self.sample_rate)
+        if chunk_seconds is None:
+            chunk_seconds = model.chunk_seconds if self.streaming else DEFAULT_CHUNK_SECONDS
+        if not chunk_seconds > 0:
+            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        if tail not in ("pad", "drop"):
+            raise ValueError(f"tail must be 'pad' or 'drop', got {tail!r}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if self.input_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        self.chunk_seconds = float(chunk_seconds)
+        self.chunk_samples = max(1, round(chunk_seconds * self.sample_rate))
+        self.top_k = top_k
+        self.tail = tail
+        if self.streaming:
+            if window_seconds is not None:
+                raise ValueError("window_seconds is for full-context models; a streaming model "
+                                 "carries its past in its cache")
+            self.window_samples = 0
+        else:
+            if window_seconds is None:
+                window_seconds = min(float(model.clip_seconds), MAX_WINDOW_SECONDS)
+            if not window_seconds > 0:
+                raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+            self.window_samples = max(1, round(window_seconds * self.sample_rate))
+        self.reset()
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Start a new stream: fresh cache and buffers, the clock back at 0 s."""
+        self._chunks = 0  # chunks emitted so far
+        self._fill = 0  # samples of the current chunk received so far
+        self._resampler = None
+        if self.input_rate != self.sample_rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(self.input_rate, self.sample_rate, 1,
+                                                  dtype="float32", quality=RESAMPLE_QUALITY)
+        self.cache = None
+        if self.streaming:
+            self._chunk = torch.zeros(self.chunk_samples)  # (N,) the chunk being filled
+            with torch.inference_mode():
+                self.cache = self.tagger.model.prime_cache(1)
+        else:
+            # ring buffer of the last window_samples samples; _pos is where the next one goes
+            self._ring = torch.zeros(self.window_samples)
+            self._pos = 0
+            self._filled = 0
+
+    @property
+    def time(self) -> float:
+        """Seconds of audio received since the stream started (at the model's rate)."""
+        return (self._chunks * self.chunk_samples + self._fill) / self.sample_rate
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the session holds between calls (sample buffers and cache)."""
+        if not self.streaming:
+            return [self._ring]
+        cache = [t for t in vars(self.cache).values() if torch.is_tensor(t)]
+        return [self._chunk, *cache]
+
+    # ---- audio in ----------------------------------------------------------------------------
+
+    def push(self, samples) -> list[ChunkResult]:
+        """Add a block of samples; returns the results of the chunks it completed, in order."""
+        x = self._as_array(samples)
+        if not np.isfinite(x).all():
+            raise AudioError(STREAM_NAME,
+                             f"NaN or infinite samples in the block after {self.time:.2f} s")
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(x)
+        return self._consume(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+
+    def flush(self) -> list[ChunkResult]:
+        """End the stream: the tail shorter than a chunk is zero-padded to a chunk and scored
+        (``tail="pad"``) or dropped (``"drop"``). The session then starts afresh, as after
+        :meth:`reset`."""
+        out: list[ChunkResult] = []
+        if self._resampler is not None:
+            rest = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            out += self._consume(torch.from_numpy(np.ascontiguousarray(rest, dtype=np.float32)))
+        if self._fill and self.tail == "pad":
+            real = self._fill
+            self._write(torch.zeros(self.chunk_samples - real))
+            out.append(self._emit(real))
+        self.reset()
+        return out
+
+    def _as_array(self, samples) -> np.ndarray:
+        """A block -> float32 (N,) numpy array; integer PCM is scaled to [-1, 1)."""
+        if torch.is_tensor(samples):
+            samples = samples.detach().cpu().numpy()
+        x = np.asarray(samples)
+        if x.ndim != 1:
+            raise AudioError(STREAM_NAME, f"expected a 1-D block of mono samples, got shape "
+                                          f"{x.shape}; mix channels down first")
+        if np.issubdtype(x.dtype, np.integer):
+            return x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+        return x.astype(np.float32, copy=False)
+
+    def _consume(self, x: torch.Tensor) -> list[ChunkResult]:
+        out = []
+        i = 0
+        while i < x.shape[0]:
+            take = min(x.shape[0] - i, self.chunk_samples - self._fill)
+            self._write(x[i:i + take])
+            i += take
+            if self._fill == self.chunk_samples:
+                out.append(self._emit(self.chunk_samples))
+        return out
+
+    def _write(self, piece: torch.Tensor) -> None:
+        """Append ``piece`` (at most what the current chunk still needs) to the buffers."""
+        n = piece.shape[0]
+        if self.streaming:
+            self._chunk[self._fill:self._fill + n] = piece
+        else:
+            w = self.window_samples
+            if n >= w:
+                self._ring.copy_(piece[-w:])
+                self._pos, self._filled = 0, w
+            else:
+                first = min(n, w - self._pos)
+                self._ring[self._pos:self._pos + first] = piece[:first]
+                self._ring[:n - first] = piece[first:]
+                self._pos = (self._pos + n) % w
+                self._filled = min(w, self._filled + n)
+        self._fill += n
+
+    def _window(self) -> torch.Tensor:
+        """The last ``window_samples`` samples (fewer early in the stream), oldest first."""
+        if self._filled < self.window_samples:
+            return self._ring[:self._filled]  # nothing has wrapped yet: _pos == _filled
+        return torch.cat((self._ring[self._pos:], self._ring[:self._pos]))
+
+    # ---- scores out --------------------------------------------------------------------------
+
+    def _emit(self, real: int) -> ChunkResult:
+        """Score the full chunk just completed; ``real`` of its samples are audio, not padding."""
+        model, sr = self.tagger.model, self.sample_rate
+        first = self._chunks * self.chunk_samples  # sample index of the chunk's start
+        last = first + self.chunk_samples
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if self.streaming:
+                wave = self._chunk.unsqueeze(0).to(self.tagger.device)  # (1, N)
+                logits, self.cache = model.forward_chunk(wave, self.cache)
+                scores = model.activation(logits)[0].float().cpu()
+                window = (first / sr, last / sr)
+            else:
+                wave = self._window()
+                scores = self.tagger._score(wave)
+                window = ((last - wave.shape[0]) / sr, last / sr)
+        latency = (time.perf_counter() - t0) * 1000.0
+        self._chunks += 1
+        self._fill = 0
+        return ChunkResult(first / sr, (first + real) / sr, scores,
+                           self.tagger.top(scores, self.top_k), latency, window)
+
+
+# ---- helpers for the command line -------------------------------------------------------------
+
+
+def format_result(result: ChunkResult) -> str:
+    """One line per chunk: ``[   2.00-   4.00 s]  Speech 0.91  Music 0.12  (3.4 ms)``."""
+    labels = "  ".join(f"{label} {score:.2f}" for label, score in result.labels)
+    return f"[{result.start:7.2f}-{result.end:7.2f} s]  {labels}  ({result.latency_ms:.1f} ms)"
+
+
+def _sink(out: Callable[[str], object] | None, collect: bool):
+    """A handler of results that prints them and keeps them (``collect``) or only counts."""
+    results: list[ChunkResult] = []
+    count = [0]
+
+    def handle(batch: list[ChunkResult]) -> None:
+        for r in batch:
+            if out is not None:
+                out(format_result(r))
+            if collect:
+                results.append(r)
+            count[0] += 1
+
+    return handle, lambda: results if collect else count[0]
+
+
+def stream_file(tagger: Tagger, path: str | Path, chunk_seconds: float | None = None,
+                realtime: bool = False, top_k: int = 3, block_seconds: float = 0.1,
+                out: Callable[[str], object] | None = print, collect: bool = True,
+                tail: str = "pad") -> list[ChunkResult] | int:
+    """Tag a sound file as if it arrived live, read block by block in bounded memory.
+
+    Prints one line per chunk with ``out`` (None: silent). ``realtime`` paces the blocks at
+    the speed of the audio. Returns the results, or only their number when ``collect`` is
+    False (hour-long files).
+
+        >>> stream_file(tagger, "street.wav", chunk_seconds=2.0)   # doctest: +SKIP
+        [   0.00-   2.00 s]  Traffic 0.81  Speech 0.33  Horn 0.05  (4.1 ms)
+    """
+    session = StreamSession(tagger, chunk_seconds, top_k=top_k, tail=tail)
+    handle, result = _sink(out, collect)
+    t0, pushed = time.perf_counter(), 0.0
+    for block in iter_blocks(path, block_seconds, sample_rate=tagger.sample_rate):
+        if realtime:
+            # a block is available once the audio it holds has been "played"
+            pushed += block.shape[-1] / tagger.sample_rate
+            time.sleep(max(0.0, t0 + pushed - time.perf_counter()))
+        handle(session.push(block))
+    handle(session.flush())
+    return result()
+
+
+def _import_sounddevice():
+    try:
+        import sounddevice
+    except (ImportError, OSError) as err:  # OSError: the module is there, PortAudio is not
+        raise EarmarkError(
+            f"microphone input needs the sounddevice package and PortAudio ({err}); "
+            "install them with: pip install 'earmark[mic]'") from err
+    return sounddevice
+
+
+def stream_mic(tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 3,
+               device: int | str | None = None, seconds: float | None = None,
+               out: Callable[[str], object] | None = print, block_seconds: float = 0.1,
+               collect: bool = False) -> list[ChunkResult] | int:
+    """Tag the microphone live until ``seconds`` have been recorded or Ctrl-C.
+
+    Records at the input device's own rate (the session resamples), prints one line per
+    chunk and returns the number of chunks (the results when ``collect``). Needs the
+    optional ``sounddevice`` package: ``pip install 'earmark[mic]'``.
+
+        >>> stream_mic(tagger, seconds=10)                        # doctest: +SKIP
+    """
+    sd = _import_sounddevice()
+    rate = int(sd.query_devices(device, "input")["default_samplerate"])
+    session = StreamSession(tagger, chunk_seconds, top_k=top_k, sample_rate=rate)
+    handle, result = _sink(out, collect)
+    frames = max(1, round(block_seconds * rate))
+    total = None if seconds is None else round(seconds * rate)
+    got, warned = 0, False
+    try:
+        with sd.InputStream(samplerate=rate, channels=1, dtype="float32", device=device,
+                            blocksize=frames) as stream:
+            while total is None or got < total:
+                n = frames if total is None else min(frames, total - got)
+                data, overflowed = stream.read(n)  # data: (n, channels)
+                if overflowed and not warned:
+                    warnings.warn("microphone input overflowed: samples were lost because "
+                                  "tagging is slower than real time", stacklevel=2)
+                    warned = True
+                got += n
+                handle(session.push(np.asarray(data).mean(axis=1)))
+    except KeyboardInterrupt:
+        pass
+    handle(session.flush())
+    return result()
