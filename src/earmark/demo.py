@@ -2,7 +2,8 @@
 
 Synthesises sound-event clips and soundscapes, trains a small audio ViT on the clips,
 evaluates it on the held-out clips, tags a few files, detects the events of a soundscape
-(a DESED-style TSV and a timeline PNG) and prints where everything went.
+(a DESED-style TSV and a timeline PNG), streams it a second at a time, and prints where
+everything went.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def run_demo(out: str | Path = "earmark-demo", seed: int = 0, epochs: int | None
         print(f"  {Path(item.path).name:<28} truth {item.labels[0]:<9} -> "
               + ", ".join(f"{lab} {s:.2f}" for lab, s in tags))
     detected = detect_soundscape(tagger, data, out / "detect")
+    stream_soundscape(tagger, data)
     print(f"[demo] done in {time.time() - t0:.0f} s. Written:")
     print(f"  data        {data}")
     print(f"  run         {config.out}  (checkpoints, logs, metrics.json)")
@@ -94,3 +96,15 @@ def detect_soundscape(tagger, data: Path, out: Path) -> list[Path]:
               f"{name} (detected)": events}
     png = plot_timeline(panels, out / "timeline.png", {k: seconds for k in panels})
     return [tsv, png]
+
+
+def stream_soundscape(tagger, data: Path) -> None:
+    """Tag the first soundscape online, one line per second, as ``earmark stream`` does."""
+    from earmark.data.synth import load_soundscapes
+    from earmark.infer.stream import stream_file
+
+    item = load_soundscapes(data).items[0]
+    print(f"[demo] streaming {Path(item.path).name}, one line per 1 s chunk "
+          "(sliding window for this full-context model):")
+    stream_file(tagger, item.path, chunk_seconds=1.0, top_k=2, collect=False,
+                out=lambda line: print("  " + line))

@@ -87,8 +87,10 @@ class StreamSession:
 
     def __init__(self, tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 3,
                  tail: str = "pad", sample_rate: int | None = None,
-                 window_seconds: float | None = None):
+                 window_seconds: float | None = None, fast: bool = True):
         model = tagger.model
+        self.fast = fast  # streaming models: run chunks through a traced step (same numbers)
+        self._step = None
         self.tagger = tagger
         self.streaming = is_streaming(model)
         self.sample_rate = int(tagger.sample_rate)  # the model's rate; the clock counts at it
@@ -135,8 +137,13 @@ class StreamSession:
         self.cache = None
         if self.streaming:
             self._chunk = torch.zeros(self.chunk_samples)  # (N,) the chunk being filled
-            with torch.inference_mode():
-                self.cache = self.tagger.model.prime_cache(1)
+            model = self.tagger.model
+            with torch.no_grad():
+                self.cache = model.prime_cache(1)
+                if self._step is None and hasattr(model, "traced_chunk_step") and self.fast:
+                    # same numbers, less per-op overhead: a traced and frozen chunk step
+                    example = torch.zeros(1, self.chunk_samples, device=self.tagger.device)
+                    self._step = model.traced_chunk_step(example, self.cache)
         else:
             # ring buffer of the last window_samples samples; _pos is where the next one goes
             self._ring = torch.zeros(self.window_samples)
@@ -240,7 +247,8 @@ class StreamSession:
         with torch.inference_mode():
             if self.streaming:
                 wave = self._chunk.unsqueeze(0).to(self.tagger.device)  # (1, N)
-                logits, self.cache = model.forward_chunk(wave, self.cache)
+                step = self._step or model.forward_chunk
+                logits, self.cache = step(wave, self.cache)
                 scores = model.activation(logits)[0].float().cpu()
                 window = (first / sr, last / sr)
             else:
