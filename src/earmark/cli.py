@@ -38,6 +38,27 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="keep decoded audio in memory (default: when the set is small)")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("stages of paper 003 (MAE -> full-context finetune -> SAT by PSL)")
+    g.add_argument("--stage", choices=("mae", "finetune", "psl"), default=d.stage,
+                   help="mae: masked-autoencoder pretraining (no labels); finetune: supervised "
+                        "training (default); psl: a sat-* student learns --teacher's scores on "
+                        "crops of two chunks")
+    g.add_argument("--init", default=None, metavar="MODEL",
+                   help="start from the matching weights of a model or run directory (or "
+                        ".ckpt); a head for other labels is re-initialised")
+    g.add_argument("--teacher", default=None, metavar="MODEL",
+                   help="psl: the model (directory) whose scores the student learns")
+    g.add_argument("--mask-ratio", type=float, default=d.mask_ratio, help="mae: masked patches")
+    g.add_argument("--decoder-dim", type=int, default=d.decoder_dim, help="mae decoder width")
+    g.add_argument("--decoder-depth", type=int, default=None,
+                   help="mae decoder blocks (default: 4 behind ViT-T, 8 behind ViT-S/B)")
+    g.add_argument("--decoder-heads", type=int, default=d.decoder_heads)
+    g.add_argument("--time-patch-out", type=float, default=None,
+                   help="ViT/SAT: fraction of time patches dropped in training (paper: 0.25)")
+    g.add_argument("--freq-patch-out", type=float, default=None,
+                   help="ViT/SAT: fraction of frequency patches dropped (paper: 0.25)")
+    g.add_argument("--drop-path-rate", type=float, default=None,
+                   help="ViT/SAT: stochastic depth of the last block (paper: 0.1)")
 
 
 def _train_config(a: argparse.Namespace, fold=None):
@@ -51,21 +72,30 @@ def _train_config(a: argparse.Namespace, fold=None):
             model_args[key] = json.loads(value)
         except json.JSONDecodeError:
             model_args[key] = value
-    config = TrainConfig(
-        data=a.data, out=a.out, model=a.model, model_args=model_args, epochs=a.epochs,
-        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-        warmup_epochs=a.warmup_epochs, min_lr_ratio=a.min_lr_ratio, clip_seconds=a.clip_seconds,
-        fit=a.fit, mixup=a.mixup, time_mask=a.time_mask, freq_mask=a.freq_mask,
-        gain_db=a.gain_db, shift=a.shift, polarity=a.polarity, top_k_average=a.top_k_average,
-        early_stopping=a.early_stopping, balanced=a.balanced, cache=a.cache, multi_label=a.multi_label, seed=a.seed,
-        num_workers=a.num_workers, devices=a.devices, accelerator=a.accelerator,
-        precision=a.precision, fold=fold, max_minutes=a.max_minutes, progress=not a.no_progress,
-        lr_schedule=a.lr_schedule, time_masks=a.time_masks, freq_masks=a.freq_masks)
-    if a.recipe:
-        given = {arg.lstrip("-").split("=")[0].replace("-", "_") for arg in a.argv
-                 if arg.startswith("--")}
-        given |= {"model_args"} if a.model_arg else set()
-        config = apply_recipe(a.recipe, config, given)
+    try:
+        config = TrainConfig(
+            data=a.data, out=a.out, model=a.model, model_args=model_args, epochs=a.epochs,
+            batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+            warmup_epochs=a.warmup_epochs, min_lr_ratio=a.min_lr_ratio,
+            clip_seconds=a.clip_seconds, fit=a.fit, mixup=a.mixup, time_mask=a.time_mask,
+            freq_mask=a.freq_mask, gain_db=a.gain_db, shift=a.shift, polarity=a.polarity,
+            top_k_average=a.top_k_average, early_stopping=a.early_stopping, balanced=a.balanced,
+            cache=a.cache, multi_label=a.multi_label, seed=a.seed, num_workers=a.num_workers,
+            devices=a.devices, accelerator=a.accelerator, precision=a.precision, fold=fold,
+            max_minutes=a.max_minutes, progress=not a.no_progress, lr_schedule=a.lr_schedule,
+            time_masks=a.time_masks, freq_masks=a.freq_masks, stage=a.stage, init=a.init,
+            teacher=a.teacher, mask_ratio=a.mask_ratio, decoder_dim=a.decoder_dim,
+            decoder_depth=a.decoder_depth, decoder_heads=a.decoder_heads,
+            time_patch_out=a.time_patch_out, freq_patch_out=a.freq_patch_out,
+            drop_path_rate=a.drop_path_rate)
+        if a.recipe:
+            given = {arg.lstrip("-").split("=")[0].replace("-", "_") for arg in a.argv
+                     if arg.startswith("--")}
+            given |= {"model_args"} if a.model_arg else set()
+            config = apply_recipe(a.recipe, config, given)
+    except ValueError as err:  # options that do not go together: a usage error, as argparse's
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     return config
 
 
@@ -73,7 +103,10 @@ def cmd_train(a) -> int:
     from earmark.train.run import train
 
     result = train(_train_config(a, a.fold), resume=a.resume)
-    print(f"trained {result['epochs']} epochs in {result['train_seconds']:.0f} s; averaged "
+    if "init" in result:
+        print(f"init: {result['init']}")
+    print(f"{result['stage']}: trained {result['epochs']} epochs in "
+          f"{result['train_seconds']:.0f} s; averaged "
           f"{', '.join(result['averaged']) or 'last weights'}")
     for key, value in result.get("test", {}).items():
         if isinstance(value, float):

@@ -85,6 +85,11 @@ class TrainConfig:
             if augment:  # paper 003, 4.4: the student learns the teacher's view of clean crops
                 raise ValueError("stage 'psl' trains without augmentation and mixup; unset "
                                  + ", ".join(augment))
+        if self.stage == "mae":
+            spec = [name for name in ("mixup", "time_mask", "freq_mask") if getattr(self, name)]
+            if spec:  # masking is the pretext task; mixed or masked inputs have no place there
+                raise ValueError("stage 'mae' takes no mixup or SpecAugment; unset "
+                                 + ", ".join(spec))
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
 

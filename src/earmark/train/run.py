@@ -2,12 +2,22 @@
 
 A run directory holds ``config.json`` (the resolved TrainConfig), ``checkpoints/``
 (Lightning checkpoints: ``last.ckpt`` and the best epochs), ``logs/metrics.csv`` and
-``logs/tensorboard/``, ``metrics.json`` (final test metrics) and ``model/`` (the exported
-model directory, the average of the best ``top_k_average`` checkpoints).
+``logs/tensorboard/``, ``metrics.json`` (final test metrics), ``init.json`` (with ``init``:
+which weights were loaded) and ``model/`` (the exported model directory, the average of the
+best ``top_k_average`` checkpoints).
+
+Every stage of paper 003 (``TrainConfig.stage``) writes the same kind of run directory, and
+the next stage starts from it with ``init``:
+
+    >>> mae = train(TrainConfig(data="audioset:a.csv", stage="mae", out="runs/mae"))  # doctest: +SKIP
+    >>> vit = train(TrainConfig(data="audioset:a.csv", init="runs/mae", out="runs/vit"))  # doctest: +SKIP
+    >>> sat = train(TrainConfig(data="audioset:a.csv", stage="psl", model="sat-tiny",
+    ...                         init="runs/vit", teacher="runs/vit", out="runs/sat"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -16,26 +26,30 @@ import re
 import statistics
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from safetensors.torch import load_file
+from torch import nn
 
 from earmark.data.dataset import ClipDataset
 from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest, from_spec
 from earmark.data.sampler import BalancedSampler
-from earmark.errors import DataError
-from earmark.models.directory import save_model_dir
+from earmark.errors import DataError, ModelError
+from earmark.models.convert import _fit_pos_embed
+from earmark.models.directory import CONFIG, WEIGHTS, read_config, save_model_dir
 from earmark.models.registry import create_model
+from earmark.models.vit import AudioViT, StreamingAudioViT
 from earmark.train.config import TrainConfig
 from earmark.train.module import TaggingModule
 
 log = logging.getLogger("earmark.train")
-_SCORE = re.compile(r"score=([0-9.]+)\.ckpt$")
+_SCORE = re.compile(r"score=(-?[0-9.]+)\.ckpt$")  # MAE scores are minus a loss
 
 
 def split_manifest(manifest: Manifest, fold: int | None, seed: int = 0
@@ -148,8 +162,269 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+# ---- --init: start from another run's weights ------------------------------------------------
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_weights` did with each tensor."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)  # copied as they are
+    resized: list[str] = field(default_factory=list)  # position embeddings cropped/interpolated
+    reinitialised: list[str] = field(default_factory=list)  # head tensors left freshly drawn
+    unused: list[str] = field(default_factory=list)  # in the source, with no place in the model
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded) + len(self.resized)} tensors from {self.source}"]
+        if self.resized:
+            parts.append(f"resized {', '.join(self.resized)}")
+        if self.reinitialised:
+            parts.append(f"head re-initialised ({', '.join(self.reinitialised)})")
+        if self.unused:
+            parts.append(f"{len(self.unused)} unused ({', '.join(self.unused[:3])}"
+                         f"{', ...' if len(self.unused) > 3 else ''})")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, model config) of a model directory, a run directory or a training .ckpt."""
+    path = Path(source)
+    if path.is_file() and path.suffix == ".ckpt":
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if "earmark_model" not in ckpt:
+            raise ModelError(f"{path}: not an earmark training checkpoint (no earmark_model)")
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+                 if k.startswith("model.")}
+        return state, ckpt["earmark_model"]
+    model_dir = path / "model" if (path / "model" / CONFIG).is_file() else path
+    config = read_config(model_dir)
+    weights = model_dir / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"{model_dir}: no {WEIGHTS}")
+    return load_file(str(weights)), config
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of the classifier: those that ``reset_classifier`` replaces."""
+    probe = copy.deepcopy(model)
+    try:
+        probe.reset_classifier(model.num_classes + 1)
+    except NotImplementedError:
+        return set()
+    before, after = model.state_dict(), probe.state_dict()
+    return {k for k, v in after.items() if k not in before or v.shape != before[k].shape}
+
+
+def init_weights(model: nn.Module, source: str | Path, labels: list[str]) -> InitReport:
+    """Load the matching weights of ``source`` (a model or run directory, or a .ckpt).
+
+    Every tensor must be there with the model's shape, with two exceptions: the head is
+    kept freshly initialised unless the source was trained on exactly ``labels`` (an MAE
+    encoder's placeholder head never is), and the time and frequency position embeddings
+    of a ViT/SAT are cropped or interpolated to the model's length, as the official loader
+    does. A SAT has the ViT's parameter layout, so a ViT directory initialises a SAT.
+    Anything else that differs raises :class:`ModelError` naming the keys.
+
+    >>> report = init_weights(create_model("vit-tiny", 8), "runs/mae", labels)  # doctest: +SKIP
+    >>> report.reinitialised  # doctest: +SKIP
+    ['outputlayer.1.bias', 'outputlayer.1.weight']
+    """
+    state, config = _read_weights(source)
+    report = InitReport(str(source))
+    head = head_keys(model)
+    stage = config.get("provenance", {}).get("stage")
+    same_head = stage != "mae" and list(config["labels"]) == list(labels)
+    new_state, missing, mismatched = {}, [], []
+    for key, own in model.state_dict().items():
+        theirs = state.get(key)
+        if key in head and (theirs is None or not same_head or theirs.shape != own.shape):
+            report.reinitialised.append(key)
+        elif theirs is None:
+            missing.append(key)
+        elif theirs.shape == own.shape:
+            new_state[key] = theirs
+            report.loaded.append(key)
+        elif key in ("time_pos_embed", "freq_pos_embed") and theirs.dim() == own.dim() == 4 \
+                and theirs.shape[:2] == own.shape[:2]:
+            dim = 3 if key == "time_pos_embed" else 2
+            new_state[key] = _fit_pos_embed(theirs, own.shape[dim], dim)
+            report.resized.append(key)
+        else:
+            mismatched.append(f"{key} {tuple(theirs.shape)} vs {tuple(own.shape)}")
+    if missing or mismatched:
+        raise ModelError(f"{source}: weights do not fit {getattr(model, 'registry_name', '')}"
+                         f" (missing {missing[:5]}, shape differs {mismatched[:5]})")
+    report.unused = sorted(set(state) - set(model.state_dict()))
+    model.load_state_dict(new_state, strict=False)
+    return report
+
+
+# ---- the stages: what each one trains on ---------------------------------------------------
+
+
+@dataclass
+class RunSetup:
+    """What a stage trains: the model, its labels, the Lightning module and the data."""
+
+    model: nn.Module
+    labels: list[str]
+    module: TaggingModule
+    train_loader: torch.utils.data.DataLoader
+    valid_loader: torch.utils.data.DataLoader
+    test: Manifest | None  # evaluated after training with the exported model; None: not tagging
+    provenance: dict  # written into model/config.json
+    init: InitReport | None = None
+
+
+def _create(config: TrainConfig, num_classes: int, multi_label: bool) -> nn.Module:
+    extra = config.regularisers()
+    try:
+        return create_model(config.model, num_classes, multi_label=multi_label, fit=config.fit,
+                            **({"clip_seconds": config.clip_seconds}
+                               if config.clip_seconds else {}),
+                            **config.model_args, **extra)
+    except TypeError as err:
+        if not extra:
+            raise
+        raise ModelError(f"model {config.model!r} does not take {', '.join(extra)} ({err})"
+                         ) from None
+
+
+def _use_cache(config: TrainConfig, *manifests: Manifest) -> bool:
+    if config.cache is not None:
+        return config.cache
+    return config.num_workers == 0 and _hours(*manifests) <= config.cache_hours
+
+
+def _loaders(config: TrainConfig, train_ds, valid_ds, sampler=None):
+    loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers,
+                       persistent_workers=config.num_workers > 0)
+    train_dl = torch.utils.data.DataLoader(train_ds, shuffle=sampler is None, sampler=sampler,
+                                           drop_last=len(train_ds) > config.batch_size,
+                                           **loader_args)
+    valid_dl = torch.utils.data.DataLoader(valid_ds, **loader_args)
+    return train_dl, valid_dl, max(1, len(train_dl) // max(1, config.devices))
+
+
+def _sampler(config: TrainConfig, manifest: Manifest, train_m: Manifest, size: int):
+    balanced = manifest.multi_label if config.balanced is None else config.balanced
+    return (BalancedSampler(manifest_targets(train_m), num_samples=size, seed=config.seed)
+            if balanced else None)
+
+
+def _init(config: TrainConfig, model: nn.Module, labels: list[str]) -> InitReport | None:
+    if not config.init:
+        return None
+    report = init_weights(model, config.init, labels)
+    log.info("init: %s", report.summary())
+    return report
+
+
+def _prepare_finetune(config: TrainConfig, manifest: Manifest, train_m: Manifest,
+                      valid_m: Manifest, test_m: Manifest) -> RunSetup:
+    labels = manifest.labels
+    multi_label = manifest.multi_label if config.multi_label is None else config.multi_label
+    model = _create(config, len(labels), multi_label)
+    report = _init(config, model, labels)
+    cache = _use_cache(config, train_m, valid_m)
+    train_ds = ClipDataset(train_m, model.sample_rate, model.clip_seconds, train=True,
+                           fit=config.fit, seed=config.seed, cache=cache)
+    valid_ds = ClipDataset(valid_m, model.sample_rate, model.clip_seconds, train=False,
+                           fit=config.fit, cache=cache)
+    train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds,
+                                         _sampler(config, manifest, train_m, len(train_ds)))
+    module = TaggingModule(model, config, labels, steps)
+    return RunSetup(model, labels, module, train_dl, valid_dl, test_m, {}, report)
+
+
+def _prepare_mae(config: TrainConfig, manifest: Manifest, train_m: Manifest,
+                 valid_m: Manifest, test_m: Manifest) -> RunSetup:
+    from earmark.train.mae import PLACEHOLDER_LABEL, MAEModule, max_seconds
+
+    labels = [PLACEHOLDER_LABEL]
+    model = _create(config, 1, True)
+    if not isinstance(model, AudioViT):
+        raise ModelError(f"stage 'mae' pretrains an audio ViT or SAT encoder; {config.model!r} "
+                         "is not one")
+    report = _init(config, model, labels)
+    clip = config.clip_seconds or min(model.clip_seconds, max_seconds(model))
+    frames = model.frontend(torch.zeros(1, round(clip * model.sample_rate))).shape[-1]
+    grid_t = model.patch_embed.grid(model.frontend.config.n_mels, frames)[1]
+    if grid_t > model.time_pos_embed.shape[-1]:
+        raise ModelError(f"{clip} s clips are longer than the {config.model} encoder's position "
+                         f"embeddings; give --clip-seconds {max_seconds(model):.2f} or less")
+    cache = _use_cache(config, train_m, valid_m)
+    train_ds = ClipDataset(train_m, model.sample_rate, clip, train=True, fit=config.fit,
+                           seed=config.seed, cache=cache)
+    valid_ds = ClipDataset(valid_m, model.sample_rate, clip, train=False, fit=config.fit,
+                           cache=cache)
+    train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds)
+    module = MAEModule(model, config, steps)
+    d = module.decoder
+    provenance = {"mask_ratio": config.mask_ratio, "clip_seconds_trained": clip,
+                  "decoder": {"dim": d.input_proj.out_features, "depth": len(d.blocks),
+                              "heads": d.blocks[0].attn.num_heads if len(d.blocks) else 0},
+                  "note": "MAE-pretrained encoder; its one-output head is a placeholder"}
+    return RunSetup(model, labels, module, train_dl, valid_dl, None, provenance, report)
+
+
+def _prepare_psl(config: TrainConfig, manifest: Manifest, train_m: Manifest,
+                 valid_m: Manifest, test_m: Manifest) -> RunSetup:
+    from earmark.infer.tagger import load
+    from earmark.train.psl import PseudoLabelModule, TeacherCrops, crop_seconds, to_vocabulary
+
+    tagger = load(config.teacher)
+    teacher, labels = tagger.model, tagger.labels
+    multi_label = teacher.multi_label if config.multi_label is None else config.multi_label
+    if teacher.multi_label and not multi_label:
+        raise ModelError(f"{config.teacher}: a multi-label teacher needs a multi-label student")
+    model = _create(config, len(labels), multi_label)
+    if not isinstance(model, StreamingAudioViT):
+        raise ModelError(f"stage 'psl' trains a streaming SAT student (sat-tiny, sat-small, "
+                         f"sat-base); {config.model!r} is not one")
+    report = _init(config, model, labels)
+    crop = crop_seconds(model)
+    valid_m = to_vocabulary(valid_m, labels)
+    cache = _use_cache(config, train_m, valid_m)
+    crops = ClipDataset(train_m, model.sample_rate, crop, train=True, fit=config.fit,
+                        seed=config.seed, cache=cache)
+    train_ds = TeacherCrops(crops, teacher.sample_rate)
+    valid_ds = ClipDataset(valid_m, model.sample_rate, model.clip_seconds, train=False,
+                           fit=config.fit, cache=cache)
+    train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds,
+                                         _sampler(config, manifest, train_m, len(train_ds)))
+    module = PseudoLabelModule(model, teacher, config, labels, steps)
+    test = to_vocabulary(test_m, labels) if len(test_m) else test_m
+    provenance = {"teacher": str(config.teacher), "teacher_model": tagger.config.get("name"),
+                  "crop_seconds": crop}
+    return RunSetup(model, labels, module, train_dl, valid_dl, test, provenance, report)
+
+
+_STAGES = {"mae": _prepare_mae, "finetune": _prepare_finetune, "psl": _prepare_psl}
+
+
+def prepare_run(config: TrainConfig) -> RunSetup:
+    """Build what ``config.stage`` trains, with ``config.init`` loaded, without training.
+
+    >>> setup = prepare_run(TrainConfig(data="synth:data", stage="psl", model="sat-tiny",
+    ...                                 teacher="runs/vit"))  # doctest: +SKIP
+    >>> wave, teacher_wave = next(iter(setup.train_loader))  # doctest: +SKIP
+    """
+    manifest = from_spec(config.data)
+    train_m, valid_m, test_m = split_manifest(manifest, config.fold, config.seed)
+    return _STAGES[config.stage](config, manifest, train_m, valid_m, test_m)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Train, export ``out/model`` and evaluate it on the test split; returns the final metrics."""
+    """Train one stage, export ``out/model`` and evaluate it on the test split (not after
+    ``mae``); returns the final metrics."""
     from earmark.evaluate.run import evaluate_model
 
     out = Path(config.out)
@@ -165,33 +440,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    manifest = from_spec(config.data)
-    train_m, valid_m, test_m = split_manifest(manifest, config.fold, config.seed)
-    labels = manifest.labels
-    multi_label = manifest.multi_label if config.multi_label is None else config.multi_label
-    model = create_model(config.model, len(labels), multi_label=multi_label,
-                         fit=config.fit, **({"clip_seconds": config.clip_seconds}
-                                            if config.clip_seconds else {}),
-                         **config.model_args)
-    clip = model.clip_seconds
-    cache = config.cache
-    if cache is None:
-        cache = config.num_workers == 0 and _hours(train_m, valid_m) <= config.cache_hours
-    train_ds = ClipDataset(train_m, model.sample_rate, clip, train=True, fit=config.fit,
-                           seed=config.seed, cache=cache)
-    valid_ds = ClipDataset(valid_m, model.sample_rate, clip, train=False, fit=config.fit,
-                           cache=cache)
-    balanced = manifest.multi_label if config.balanced is None else config.balanced
-    sampler = (BalancedSampler(manifest_targets(train_m), num_samples=len(train_ds),
-                               seed=config.seed) if balanced else None)
-    loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers,
-                       persistent_workers=config.num_workers > 0)
-    train_dl = torch.utils.data.DataLoader(train_ds, shuffle=sampler is None, sampler=sampler,
-                                           drop_last=len(train_ds) > config.batch_size,
-                                           **loader_args)
-    valid_dl = torch.utils.data.DataLoader(valid_ds, **loader_args)
-    steps_per_epoch = max(1, len(train_dl) // max(1, config.devices))
-    module = TaggingModule(model, config, labels, steps_per_epoch)
+    setup = prepare_run(config)
+    model, module = setup.model, setup.module
+    if setup.init is not None:
+        (out / "init.json").write_text(json.dumps(setup.init.to_dict(), indent=2) + "\n")
 
     k = max(1, config.top_k_average)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="epoch={epoch:03d}-score={val_score:.4f}",
@@ -210,12 +462,13 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         logger=[CSVLogger(out, name="logs", version=""),
                 TensorBoardLogger(out / "logs", name="tensorboard", version="")],
         callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,
-        log_every_n_steps=min(50, steps_per_epoch), num_sanity_val_steps=0,
+        log_every_n_steps=min(50, module.steps_per_epoch), num_sanity_val_steps=0,
         deterministic="warn")
     metrics_csv = out / "logs" / "metrics.csv"
     earlier = _read_csv(metrics_csv) if resume else []
     t0 = time.time()
-    trainer.fit(module, train_dl, valid_dl, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, setup.train_loader, setup.valid_loader,
+                ckpt_path=str(last) if resume else None)
     train_seconds = time.time() - t0
     if earlier:  # the CSV logger starts a new file; keep the epochs before the resume
         _write_csv(metrics_csv, earlier + _read_csv(metrics_csv))
@@ -224,16 +477,20 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     if best:
         model.load_state_dict(average_checkpoints(best))
     model.spec_augment = None
-    model_dir = save_model_dir(model.cpu().eval(), out / "model", labels,
-                               {"source": "earmark train", "data": config.data,
-                                "averaged_checkpoints": [p.name for p in best]})
+    provenance = {"source": "earmark train", "stage": config.stage, "data": config.data,
+                  **({"init": str(config.init)} if config.init else {}), **setup.provenance,
+                  "averaged_checkpoints": [p.name for p in best]}
+    model_dir = save_model_dir(model.cpu().eval(), out / "model", setup.labels, provenance)
     # read progress from the last checkpoint: with spawned processes the trainer here is idle
     state = torch.load(last, map_location="cpu", weights_only=False)
-    result = {"train_seconds": round(train_seconds, 1), "epochs": state["epoch"] + 1,
-              "steps": state["global_step"], "world_size": trainer.world_size,
-              "averaged": [p.name for p in best], "model_dir": str(model_dir)}
-    if len(test_m):
-        metrics = evaluate_model(model_dir, test_m, progress=config.progress)
+    result = {"stage": config.stage, "train_seconds": round(train_seconds, 1),
+              "epochs": state["epoch"] + 1, "steps": state["global_step"],
+              "world_size": trainer.world_size, "averaged": [p.name for p in best],
+              "model_dir": str(model_dir)}
+    if setup.init is not None:
+        result["init"] = setup.init.summary()
+    if setup.test is not None and len(setup.test):
+        metrics = evaluate_model(model_dir, setup.test, progress=config.progress)
         result["test"] = {k: v for k, v in metrics.items()
                           if k not in ("per_class", "confusion_matrix")}
         (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

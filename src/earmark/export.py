@@ -1,0 +1,598 @@
+"""ONNX export of earmark models, checked against PyTorch, and an onnxruntime tagger.
+
+    >>> from earmark.export import export_onnx, load_onnx
+    >>> export_onnx("runs/esc50/model", "esc50.onnx")              # doctest: +SKIP
+    PosixPath('esc50.onnx')
+    >>> load_onnx("esc50.onnx").tag("dog.wav", top_k=3)             # doctest: +SKIP
+    [('dog', 0.93), ('rooster', 0.02), ('rain', 0.01)]
+
+What the file holds
+-------------------
+The whole model, front end included: ``torch.stft``, the mel filter bank and the log
+compression are in the graph (ONNX opset 18, ``STFT`` op), so a runtime feeds raw samples
+at ``sample_rate`` and needs nothing from earmark. Graphs come from the dynamo-based
+exporter (``torch.export`` then ``torch.onnx.export``): the TorchScript-based exporter
+(``dynamo=False``) refuses the complex output of ``torch.stft`` ("STFT does not currently
+support complex types"). When the exporter's own decompositions fail on an operator (HTS-AT's
+masked attention), the graph is decomposed with torch's default table first and exported again.
+
+Two kinds of graph, named in the metadata (``earmark.export["kind"]``):
+
+- ``"clip"`` (ViT, HTS-AT and other full-context models): input ``wave`` (batch, samples)
+  float32, output ``logits`` (batch, classes). The batch is dynamic. For the audio ViT the
+  length is dynamic too, within what one traced graph covers (two time patches up to one
+  fewer time patch than there are time position embeddings: 0.31 s to 10.07 s for the
+  released ViTs, so a 10 s clip is one pass): ``min_samples`` and ``max_samples``. Other models (HTS-AT) branch on the input length in Python, so their
+  graph takes exactly ``clip_seconds`` of audio (``min_samples == max_samples``);
+  ``chunk_seconds`` fixes the length of any model's graph.
+- ``"stream"`` (SAT): one chunk per call with the cache as explicit inputs and outputs:
+  inputs ``wave`` (1, chunk_samples), ``cache_h0`` (1, M, D), ``cache_keys`` and
+  ``cache_values`` (L-1, 1, heads, M, head_dim); outputs ``logits``, ``next_h0``,
+  ``next_keys``, ``next_values`` of the same shapes. M is ``model.cache_tokens``: the
+  shapes are static because a stream starts from the primed cache (the model's
+  :meth:`prime_cache`, a chunk of silence), which is stored in the file's metadata under
+  ``earmark.primed_cache`` (JSON: per tensor its shape, dtype and base64 little-endian
+  bytes), so a runtime with onnxruntime alone can start a stream.
+
+Metadata (``metadata_props``, all JSON strings): ``earmark.config`` is the model
+directory's config.json (name, family, labels, sample rate, front end, args, ...);
+``earmark.export`` the graph's contract (kind, sample counts, opset, versions);
+``earmark.check`` the largest absolute difference to PyTorch found by the check
+(``max_abs_diff``, ``atol``) when ``check=True``. :func:`onnx_metadata` reads them back.
+
+:class:`OnnxModel` runs a file with onnxruntime behind the small part of the AudioModel API
+the :class:`~earmark.infer.tagger.Tagger` uses; where it cannot be exact it says so:
+
+- clip graphs: an input longer than ``max_samples`` is scored as windows of
+  ``window_samples`` (the ViT's own piece length, else the graph length; the last window
+  ends at the end of the input) whose scores are averaged. This follows the PyTorch split
+  rule, which splits the spectrogram rather than the waveform, closely but not exactly.
+  Inputs shorter than ``min_samples`` raise :class:`~earmark.errors.ModelError`.
+- stream graphs: every call starts from the primed cache unless a cache is passed (PyTorch
+  ``model(wave)`` starts from an empty one, which has no static shape), and a wave is
+  processed as consecutive ``chunk_samples`` chunks through the cache with their scores
+  averaged; a shorter tail is dropped, as SAT drops a short last piece, unless it is the
+  only chunk, which is zero-padded.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from earmark.errors import ModelError
+from earmark.models.base import AudioModel
+from earmark.models.vit import AudioViT, ChunkCache, StreamingAudioViT
+
+__all__ = ["OPSET", "OnnxModel", "check_onnx", "export_onnx", "load_onnx", "onnx_metadata"]
+
+OPSET = 18  # STFT exists from opset 17
+FORMAT_VERSION = 1
+META_CONFIG = "earmark.config"
+META_EXPORT = "earmark.export"
+META_CACHE = "earmark.primed_cache"
+META_CHECK = "earmark.check"
+STREAM_INPUTS = ["wave", "cache_h0", "cache_keys", "cache_values"]
+STREAM_OUTPUTS = ["logits", "next_h0", "next_keys", "next_values"]
+_PROVIDERS = ["CPUExecutionProvider"]
+log = logging.getLogger(__name__)
+
+
+# ---- export -------------------------------------------------------------------------------
+
+
+def export_onnx(model_or_dir, out_path: str | Path, chunk_seconds: float | None = None,
+                check: bool = True, atol: float = 1e-4, labels: list[str] | None = None
+                ) -> Path:
+    """Export a model to a self-describing ONNX file, written atomically; returns its path.
+
+    ``model_or_dir`` is a model directory, a run directory, a training checkpoint, a
+    :class:`~earmark.infer.tagger.Tagger` or a model built by ``earmark.create_model``
+    (then ``labels`` names its outputs; by default "0", "1", ...). ``chunk_seconds`` is the
+    audio per call of a streaming model (default: its own chunk) and fixes the input length
+    of a full-context model (default: dynamic where the model allows it). With ``check``,
+    onnxruntime and PyTorch score the same random audio (a streaming model over three
+    chunks, threading each one's cache) and any output differing by more than ``atol``
+    raises :class:`~earmark.errors.ModelError`, leaving no file; the largest difference is
+    stored in the file's ``earmark.check`` metadata.
+
+        >>> export_onnx("runs/sat/model", "sat.onnx")                 # doctest: +SKIP
+        PosixPath('sat.onnx')
+        >>> onnx_metadata("sat.onnx")["check"]["max_abs_diff"]        # doctest: +SKIP
+        2.1e-07
+    """
+    import onnx
+
+    out_path = Path(out_path)
+    model, config = _resolve(model_or_dir, labels)
+    name = config.get("name", type(model).__name__)
+    if chunk_seconds is not None and chunk_seconds <= 0:
+        raise ModelError(f"{name}: chunk_seconds must be positive, got {chunk_seconds}")
+    if _is_streaming(model):
+        proto, info, cache = _export_stream(model, name, chunk_seconds)
+    else:
+        (proto, info), cache = _export_clip(model, name, chunk_seconds), None
+    info.update(format_version=FORMAT_VERSION, opset=OPSET, torch=torch.__version__)
+    meta = {META_CONFIG: config, META_EXPORT: info}
+    if cache is not None:
+        meta[META_CACHE] = {k: _encode(v) for k, v in cache.items()}
+    _set_metadata(proto, meta)
+    proto.producer_name = "earmark"
+    proto.doc_string = f"earmark {name}: {len(config['labels'])} labels at {model.sample_rate} Hz"
+    if check:
+        diff = check_onnx(model, proto.SerializeToString(), atol=atol)
+        _set_metadata(proto, {META_CHECK: {"max_abs_diff": diff, "atol": atol,
+                                           "provider": _PROVIDERS[0]}})
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        onnx.save_model(proto, str(tmp))
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path
+
+
+def _resolve(model_or_dir, labels: list[str] | None) -> tuple[nn.Module, dict]:
+    """-> (a CPU float32 eval copy of the model, its config.json dict)."""
+    from earmark.infer.tagger import Tagger, load
+    from earmark.models.directory import model_config
+
+    if isinstance(model_or_dir, (str, Path)):
+        tagger = load(model_or_dir)
+        model, config = tagger.model, dict(tagger.config)
+    elif isinstance(model_or_dir, Tagger):
+        model, config = model_or_dir.model, dict(model_or_dir.config)
+    elif isinstance(model_or_dir, AudioModel):
+        model = model_or_dir
+        names = labels or [str(i) for i in range(model.num_classes)]
+        config = model_config(model, list(names))
+    else:
+        raise ModelError(f"cannot export a {type(model_or_dir).__name__}; pass a model "
+                         "directory, a run directory, a checkpoint, a Tagger or an AudioModel")
+    if not isinstance(model, AudioModel):
+        raise ModelError(f"cannot export a {type(model).__name__}: only PyTorch earmark models")
+    if labels is not None:
+        if len(labels) != model.num_classes:
+            raise ModelError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
+        config["labels"] = list(labels)
+    return copy.deepcopy(model).cpu().float().eval(), config
+
+
+def _is_streaming(model: nn.Module) -> bool:
+    return isinstance(model, StreamingAudioViT)
+
+
+class _ChunkGraph(nn.Module):
+    """forward_chunk with the cache as plain tensors, the signature of the stream graph."""
+
+    def __init__(self, model: StreamingAudioViT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, wave, h0, keys, values):
+        logits, cache = self.model.forward_chunk(wave, ChunkCache(h0, keys, values))
+        return logits, cache.h0, cache.keys, cache.values
+
+
+def _export_stream(model: StreamingAudioViT, name: str, chunk_seconds: float | None
+                   ) -> tuple[Any, dict, dict[str, np.ndarray]]:
+    seconds = chunk_seconds or model.chunk_seconds
+    n = int(round(seconds * model.sample_rate))
+    primed = model.prime_cache(1)
+    args = (torch.zeros(1, n), primed.h0, primed.keys, primed.values)
+    try:
+        proto, _ = _to_onnx(_ChunkGraph(model).eval(), args, None, STREAM_INPUTS,
+                            STREAM_OUTPUTS)
+    except Exception as err:  # exporter errors have no common base class
+        raise ModelError(f"{name}: the streaming graph does not export to ONNX: "
+                         f"{_first_line(err)}") from err
+    info = {"kind": "stream", "batch": 1, "chunk_samples": n, "chunk_seconds": seconds,
+            "cache_tokens": int(primed.tokens)}
+    cache = {"h0": primed.h0.numpy(), "keys": primed.keys.numpy(),
+             "values": primed.values.numpy()}
+    return proto, info, cache
+
+
+def _length_range(model: nn.Module) -> tuple[int, int, int] | None:
+    """(min, max, window) samples a ViT graph takes with a dynamic length; None otherwise.
+
+    The range is what ``torch.export`` can trace as one graph: at least two time patches
+    (one patch broadcasts against the position embeddings) and fewer time patches than
+    position embeddings (the slice ``time_pos_embed[..., :t]`` is then a proper one), and
+    no more than ``max_frames``: 0.31 s to 10.07 s for the released ViTs.
+    """
+    if not isinstance(model, AudioViT) or isinstance(model, StreamingAudioViT):
+        return None
+    c = model.frontend.config
+    (_, pt), (_, st) = model.patch_embed.patch_size, model.patch_embed.patch_stride
+    grid_t = model.time_pos_embed.shape[-1]
+    frames_lo = pt + st  # two time patches
+    frames_hi = min(model.max_frames, (grid_t - 1) * st + pt - 1)  # grid_t - 1 patches
+    if frames_hi < frames_lo:
+        return None
+    # a centred STFT gives 1 + samples // hop frames
+    lo = max((frames_lo - 1) * c.hop_length, c.n_fft // 2 + 1)
+    hi = frames_hi * c.hop_length - 1
+    return lo, hi, model.target_length * c.hop_length
+
+
+def _export_clip(model: AudioModel, name: str, chunk_seconds: float | None
+                 ) -> tuple[Any, dict]:
+    clip = int(round((chunk_seconds or model.clip_seconds) * model.sample_rate))
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    attempts: list[tuple[dict, Any, int]] = []
+    span = _length_range(model) if chunk_seconds is None else None
+    if span is not None:
+        lo, hi, window = span
+        # DYNAMIC lets torch.export narrow the range rather than fail; the range it keeps
+        # is read back below
+        length = torch.export.Dim.DYNAMIC(min=lo, max=hi)
+        n = min(max(clip, lo + 1), hi - 1)
+        attempts.append(({"batch": None, "min_samples": lo, "max_samples": hi,
+                          "window_samples": window}, ({0: batch, 1: length},), n))
+    fixed = {"min_samples": clip, "max_samples": clip, "window_samples": clip}
+    attempts.append(({"batch": None, **fixed}, ({0: batch},), clip))
+    attempts.append(({"batch": 1, **fixed}, None, clip))
+    errors = []
+    for info, dynamic, n in attempts:
+        example = torch.zeros(1 if info["batch"] == 1 else 2, n)
+        try:
+            proto, program = _to_onnx(model, (example,), dynamic, ["wave"], ["logits"])
+        except Exception as err:  # exporter errors have no common base class
+            errors.append(_first_line(err))
+            log.info("%s: export with %s failed (%s)", name, info, errors[-1])
+            continue
+        if info["min_samples"] != info["max_samples"]:
+            lo, hi = _input_range(program, 1)
+            info.update(min_samples=max(lo, info["min_samples"]),
+                        max_samples=min(hi, info["max_samples"]))
+            info["window_samples"] = min(info["window_samples"], info["max_samples"])
+        _name_dims(proto, {(0, 0): "batch", (0, 1): "samples"})
+        return proto, {"kind": "clip", **info}
+    raise ModelError(f"{name}: does not export to ONNX ({len(errors)} tries, last error: "
+                     f"{errors[-1]})")
+
+
+def _input_range(program, axis: int) -> tuple[int, int]:
+    """The range torch.export kept for ``axis`` of the first input (a dynamic dim)."""
+    first = next(n for n in program.graph.nodes if n.op == "placeholder"
+                 and n.name not in program.graph_signature.inputs_to_parameters
+                 and n.name not in program.graph_signature.inputs_to_buffers)
+    vr = program.range_constraints[first.meta["val"].shape[axis].node.expr]
+    return int(vr.lower), int(vr.upper)
+
+
+def _to_onnx(module: nn.Module, args: tuple, dynamic_shapes, input_names: list[str],
+             output_names: list[str]):
+    """torch.export then ONNX -> (ModelProto, ExportedProgram); with torch's default
+    decompositions first when the exporter's own fail."""
+    with _quiet(), torch.no_grad():
+        program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+        kw = dict(input_names=input_names, output_names=output_names, opset_version=OPSET,
+                  dynamo=True, verbose=False)
+        try:
+            onnx_program = torch.onnx.export(program, **kw)
+        except Exception:  # e.g. a view the exporter's own decomposition cannot make
+            onnx_program = torch.onnx.export(program.run_decompositions(), **kw)
+    return onnx_program.model_proto, program
+
+
+def _name_dims(proto, names: dict[tuple[int, int], str]) -> None:
+    """Give the exporter's symbolic dims (``s94``) readable names: {(input, axis): name}."""
+    rename = {}
+    for (i, axis), new in names.items():
+        dim = proto.graph.input[i].type.tensor_type.shape.dim[axis]
+        if dim.dim_param:
+            rename[dim.dim_param] = new
+    values = [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]
+    for value in values:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's deprecation chatter and its notes on missing torchvision ops."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _set_metadata(proto, meta: dict[str, Any]) -> None:
+    props = {p.key: p for p in proto.metadata_props}
+    for key, value in meta.items():
+        prop = props.get(key) or proto.metadata_props.add()
+        prop.key, prop.value = key, json.dumps(value)
+
+
+def _encode(a: np.ndarray) -> dict:
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"shape": list(a.shape), "dtype": "float32",
+            "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _decode(d: dict) -> np.ndarray:
+    a = np.frombuffer(base64.b64decode(d["data"]), dtype="<f4")
+    return a.reshape(d["shape"]).astype(np.float32)
+
+
+# ---- check ---------------------------------------------------------------------------------
+
+
+def check_onnx(model: nn.Module, onnx_model: str | Path | bytes, atol: float = 1e-4,
+               seed: int = 0) -> float:
+    """Largest absolute difference between onnxruntime (CPU) and PyTorch on random audio.
+
+    Clip graphs are compared on a batch of two at the clip length and, when the length is
+    dynamic, on one more length; stream graphs chunk by chunk over three chunks from the
+    primed cache, comparing logits and the next cache as both sides thread their own.
+    Raises :class:`~earmark.errors.ModelError` naming the output when any differs by more
+    than ``atol`` (or is not finite).
+
+        >>> check_onnx(earmark.load("m").model, "m.onnx")           # doctest: +SKIP
+        3.5e-07
+    """
+    session = _session(onnx_model)
+    info = json.loads(session.get_modelmeta().custom_metadata_map[META_EXPORT])
+    gen = torch.Generator().manual_seed(seed)
+    model = model.eval()
+    worst = 0.0
+    with torch.no_grad():
+        if info["kind"] == "stream":
+            n = info["chunk_samples"]
+            cache = model.prime_cache(1)
+            feeds = dict(zip(STREAM_INPUTS[1:],
+                             (cache.h0.numpy(), cache.keys.numpy(), cache.values.numpy())))
+            for step in range(3):
+                wave = 0.1 * torch.randn(1, n, generator=gen)
+                logits, cache = model.forward_chunk(wave, cache)
+                got = _run_session(session, {"wave": wave.numpy(), **feeds})
+                ref = (logits, cache.h0, cache.keys, cache.values)
+                for out, r, g in zip(STREAM_OUTPUTS, ref, got):
+                    worst = max(worst, _compare(f"{out} of chunk {step + 1}", r, g, atol))
+                feeds = dict(zip(STREAM_INPUTS[1:], got[1:]))
+        else:
+            lo, hi = info["min_samples"], info["max_samples"]
+            clip = int(round(model.clip_seconds * model.sample_rate))
+            shapes = [(1 if info["batch"] == 1 else 2, min(max(clip, lo), hi))]
+            if lo != hi:  # both ends of a dynamic length
+                shapes += [(1, lo), (1, hi)]
+            for b, n in shapes:
+                wave = 0.1 * torch.randn(b, n, generator=gen)
+                got = _run_session(session, {"wave": wave.numpy()})
+                worst = max(worst, _compare(f"logits of {b}x{n} samples", model(wave), got[0],
+                                            atol))
+    return worst
+
+
+def _run_session(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session.run(None, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
+
+
+def _compare(what: str, ref: torch.Tensor, got: np.ndarray, atol: float) -> float:
+    ref = ref.detach().float().numpy()
+    if ref.shape != got.shape:
+        raise ModelError(f"ONNX check failed: {what} has shape {got.shape}, PyTorch {ref.shape}")
+    diff = float(np.abs(ref - got).max()) if ref.size else 0.0
+    if not np.isfinite(got).all() or not diff <= atol:
+        raise ModelError(f"ONNX check failed: {what} differs from PyTorch by {diff:.3g} "
+                         f"(max absolute difference; atol {atol:g})")
+    return diff
+
+
+def _session(onnx_model: str | Path | bytes, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only
+    source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    return ort.InferenceSession(source, opts, providers=providers or _PROVIDERS)
+
+
+# ---- runtime -------------------------------------------------------------------------------
+
+
+def onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The earmark metadata of an exported file: ``config`` (config.json), ``export``
+    (graph contract), ``check`` (None when unchecked); the primed cache is left out.
+
+        >>> onnx_metadata("m.onnx")["config"]["labels"][:2]         # doctest: +SKIP
+        ['dog', 'rooster']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such ONNX file")
+    return _metadata(_session(path), path)
+
+
+def _metadata(session, path) -> dict[str, Any]:
+    props = session.get_modelmeta().custom_metadata_map
+    if META_CONFIG not in props or META_EXPORT not in props:
+        raise ModelError(f"{path}: not an earmark ONNX export (no {META_CONFIG} metadata)")
+    return {"config": json.loads(props[META_CONFIG]),
+            "export": json.loads(props[META_EXPORT]),
+            "check": json.loads(props[META_CHECK]) if META_CHECK in props else None}
+
+
+class OnnxModel:
+    """An exported file behind the AudioModel API the Tagger uses (onnxruntime, CPU default).
+
+    ``model(wave)`` maps (B, N) samples at ``sample_rate`` to logits (B, C) as a torch
+    tensor; ``activation`` turns them into scores. Stream files also have
+    ``forward_chunk(wave, cache) -> (logits, cache)`` and ``prime_cache(batch)``, with
+    caches as :class:`~earmark.models.vit.ChunkCache`. See the module docstring for where
+    it differs from PyTorch.
+
+        >>> m = OnnxModel("sat.onnx")                                # doctest: +SKIP
+        >>> cache = m.prime_cache()                                  # doctest: +SKIP
+        >>> logits, cache = m.forward_chunk(torch.zeros(1, 16000), cache)  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such ONNX file")
+        try:
+            self.session = _session(self.path, providers)
+        except Exception as err:  # onnxruntime raises its own error types
+            raise ModelError(f"{self.path}: not a readable ONNX file ({_first_line(err)})"
+                             ) from None
+        meta = _metadata(self.session, self.path)
+        self.config: dict = meta["config"]
+        self.export_info: dict = meta["export"]
+        self.check: dict | None = meta["check"]
+        c, info = self.config, self.export_info
+        self.registry_name: str = c["name"]
+        self.family: str = c.get("family", "base")
+        self.num_classes = int(c["num_classes"])
+        self.sample_rate = int(c["sample_rate"])
+        self.clip_seconds = float(c["clip_seconds"])
+        self.multi_label = bool(c["multi_label"])
+        self.fit = c.get("args", {}).get("fit")
+        self.kind: str = info["kind"]
+        if self.kind == "stream":
+            self.chunk_seconds = float(info["chunk_seconds"])
+            self.chunk_samples = int(info["chunk_samples"])
+            self.cache_tokens = int(info["cache_tokens"])
+            raw = json.loads(self.session.get_modelmeta().custom_metadata_map[META_CACHE])
+            self._primed = {k: torch.from_numpy(_decode(v)) for k, v in raw.items()}
+        elif self.kind != "clip":
+            raise ModelError(f"{self.path}: unknown graph kind {self.kind!r}")
+
+    # the Tagger calls these on any model
+    def eval(self) -> OnnxModel:
+        return self
+
+    def to(self, device) -> OnnxModel:
+        return self
+
+    activation = AudioModel.activation
+    scores_to_logits = AudioModel.scores_to_logits
+
+    def __call__(self, wave) -> torch.Tensor:
+        """(B, N) or (N,) samples -> (B, C) logits."""
+        wave = _as_batch(wave)
+        if self.kind == "stream":
+            return self.forward_chunk(wave)[0]
+        info = self.export_info
+        lo, hi, window = info["min_samples"], info["max_samples"], info["window_samples"]
+        n = wave.shape[-1]
+        if n < lo:
+            need = f"exactly {lo}" if lo == hi else f"at least {lo}"
+            raise ModelError(f"{self.path}: the graph takes {need} samples "
+                             f"({lo / self.sample_rate:g} s), got {n}")
+        if n <= hi:
+            return self._clip(wave)
+        # longer than one pass: windows, the last one ending at the end; scores averaged
+        starts = list(range(0, n - window + 1, window))
+        if starts[-1] + window < n:
+            starts.append(n - window)
+        scores = [self.activation(self._clip(wave[:, s:s + window])) for s in starts]
+        return self.scores_to_logits(torch.stack(scores).mean(0))
+
+    def _clip(self, wave: torch.Tensor) -> torch.Tensor:
+        rows = [wave] if self.export_info["batch"] is None else wave.split(1)
+        out = [_run_session(self.session, {"wave": r.numpy()})[0] for r in rows]
+        return torch.from_numpy(np.concatenate(out, 0))
+
+    # ---- streaming ------------------------------------------------------------------------
+
+    def prime_cache(self, batch: int = 1) -> ChunkCache:
+        """The primed cache stored in the file, repeated ``batch`` times."""
+        self._need_stream("prime_cache")
+        p = self._primed
+        return ChunkCache(p["h0"].repeat(batch, 1, 1), p["keys"].repeat(1, batch, 1, 1, 1),
+                          p["values"].repeat(1, batch, 1, 1, 1))
+
+    def forward_chunk(self, wave, cache: ChunkCache | None = None
+                      ) -> tuple[torch.Tensor, ChunkCache]:
+        """(B, N) samples and a cache (default: primed) -> (B, C) logits, the next cache.
+
+        N is normally ``chunk_samples``; longer waves go through the cache chunk by chunk
+        with their scores averaged, a short tail dropped (or zero-padded when it is all)."""
+        self._need_stream("forward_chunk")
+        wave = _as_batch(wave)
+        b = wave.shape[0]
+        cache = cache if cache is not None else self.prime_cache(b)
+        if cache.h0.shape[:2] != (b, self.cache_tokens):
+            raise ModelError(f"{self.path}: the graph needs a cache of {self.cache_tokens} tokens "
+                             f"for a batch of {b} (start from prime_cache()), got "
+                             f"{tuple(cache.h0.shape[:2])}")
+        n = self.chunk_samples
+        chunks = list(wave.split(n, -1))
+        if chunks[-1].shape[-1] < n:
+            if len(chunks) > 1:
+                chunks.pop()
+            else:
+                chunks[0] = nn.functional.pad(chunks[0], (0, n - chunks[0].shape[-1]))
+        logits, caches = [], []
+        for i in range(b):
+            state = [cache.h0[i:i + 1], cache.keys[:, i:i + 1], cache.values[:, i:i + 1]]
+            state = [s.contiguous().float().numpy() for s in state]
+            row = []
+            for chunk in chunks:
+                out = _run_session(self.session, {"wave": chunk[i:i + 1].float().numpy(),
+                                                  **dict(zip(STREAM_INPUTS[1:], state))})
+                row.append(torch.from_numpy(out[0]))
+                state = out[1:]
+            if len(row) == 1:
+                logits.append(row[0])
+            else:
+                scores = torch.stack([self.activation(r) for r in row]).mean(0)
+                logits.append(self.scores_to_logits(scores))
+            caches.append([torch.from_numpy(s) for s in state])
+        h0, keys, values = zip(*caches)
+        return torch.cat(logits), ChunkCache(torch.cat(h0), torch.cat(keys, 1),
+                                             torch.cat(values, 1))
+
+    def _need_stream(self, what: str) -> None:
+        if self.kind != "stream":
+            raise ModelError(f"{self.path}: {what} needs a streaming (SAT) export, "
+                             f"this is a {self.kind} graph")
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, {self.registry_name}, {self.kind})"
+
+
+def _as_batch(wave) -> torch.Tensor:
+    wave = torch.as_tensor(wave).detach().cpu().float()
+    return wave.unsqueeze(0) if wave.dim() == 1 else wave
+
+
+def load_onnx(path: str | Path, providers: list[str] | None = None):
+    """A :class:`~earmark.infer.tagger.Tagger` over an exported file.
+
+        >>> tagger = load_onnx("esc50.onnx")                          # doctest: +SKIP
+        >>> tagger.tag("dog.wav", top_k=1)                            # doctest: +SKIP
+        [('dog', 0.93)]
+    """
+    from earmark.infer.tagger import Tagger
+
+    model = OnnxModel(path, providers)
+    return Tagger(model, model.config)

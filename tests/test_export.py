@@ -1,0 +1,180 @@
+"""ONNX export: onnxruntime equals PyTorch, the check fails loudly, the file describes itself."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import earmark
+import earmark.export as ex
+from earmark.errors import ModelError
+from earmark.export import OnnxModel, export_onnx, load_onnx, onnx_metadata
+from earmark.models.directory import save_model_dir
+
+LABELS = ["dog", "rain", "siren"]
+ATOL = 1e-4
+
+
+def _save(tmp_path_factory, name: str, **kw):
+    torch.manual_seed(0)
+    model = earmark.create_model(name, 3, embed_dim=48, num_heads=3, **kw).eval()
+    return save_model_dir(model, tmp_path_factory.mktemp(name) / "model", LABELS)
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    model_dir = _save(tmp_path_factory, "vit-tiny", depth=1, clip_seconds=1.0)
+    return model_dir, export_onnx(model_dir, model_dir.parent / "vit.onnx")
+
+
+@pytest.fixture(scope="module")
+def sat(tmp_path_factory):
+    # depth 2: the one-block SAT has no key/value cache to stack (a model-side limitation)
+    model_dir = _save(tmp_path_factory, "sat-tiny", depth=2, chunk_seconds=1.0)
+    return model_dir, export_onnx(model_dir, model_dir.parent / "sat.onnx")
+
+
+def _noise(*shape, seed=1):
+    return 0.1 * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_vit_graph_equals_pytorch_for_any_batch_and_length_in_its_range(vit):
+    model_dir, path = vit
+    model = earmark.load(model_dir).model
+    onnx_model = OnnxModel(path)
+    info = onnx_model.export_info
+    assert (info["kind"], info["batch"]) == ("clip", None)
+    assert info["min_samples"] < 8000 and info["max_samples"] > 48000
+    inputs = {i.name: i.shape for i in onnx_model.session.get_inputs()}
+    assert inputs == {"wave": ["batch", "samples"]}
+    for shape in [(2, 16000), (1, 8000), (3, 48000)]:
+        wave = _noise(*shape)
+        with torch.no_grad():
+            ref = model(wave)
+        torch.testing.assert_close(onnx_model(wave), ref, atol=ATOL, rtol=0)
+    assert onnx_metadata(path)["check"]["max_abs_diff"] <= ATOL
+
+
+def test_sat_graph_equals_pytorch_chunk_by_chunk_from_the_primed_cache(sat):
+    model_dir, path = sat
+    model = earmark.load(model_dir).model
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [
+        "wave", "cache_h0", "cache_keys", "cache_values"]
+    assert [o.name for o in session.get_outputs()] == [
+        "logits", "next_h0", "next_keys", "next_values"]
+    assert session.get_inputs()[2].shape == [1, 1, 3, model.cache_tokens, 16]  # (L-1,B,H,M,hd)
+
+    with torch.no_grad():
+        cache = model.prime_cache(1)
+    stored = OnnxModel(path).prime_cache(1)  # the primed cache travels in the metadata
+    for got, ref in zip((stored.h0, stored.keys, stored.values),
+                        (cache.h0, cache.keys, cache.values)):
+        torch.testing.assert_close(got, ref)
+    state = [stored.h0.numpy(), stored.keys.numpy(), stored.values.numpy()]
+    for step in range(4):
+        wave = _noise(1, 16000, seed=step)
+        with torch.no_grad():
+            logits, cache = model.forward_chunk(wave, cache)
+        out = session.run(None, {"wave": wave.numpy(), "cache_h0": state[0],
+                                 "cache_keys": state[1], "cache_values": state[2]})
+        for got, ref in zip(out, (logits, cache.h0, cache.keys, cache.values)):
+            np.testing.assert_allclose(got, ref.numpy(), atol=ATOL, rtol=0)
+        state = out[1:]
+
+
+def test_a_wrong_output_makes_the_export_fail_loudly_and_leaves_no_file(sat, monkeypatch,
+                                                                         tmp_path):
+    model_dir, _ = sat
+    real = ex._run_session
+    monkeypatch.setattr(ex, "_run_session",
+                        lambda session, feeds: [o + 1e-3 for o in real(session, feeds)])
+    out = tmp_path / "sat.onnx"
+    with pytest.raises(ModelError, match=r"logits of chunk 1 differs from PyTorch by 0\.001"):
+        export_onnx(model_dir, out)
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_export_writes_only_the_file(vit, sat):
+    for _, path in (vit, sat):
+        assert sorted(p.name for p in path.parent.iterdir()) == sorted(["model", path.name])
+
+
+def test_onnx_tagger_tags_files_as_the_pytorch_tagger(vit, write_wav):
+    model_dir, path = vit
+    rng = np.random.default_rng(0)
+    wav = write_wav("mix.wav", seconds=1.5, data=(0.3 * rng.standard_normal(24000)).astype(
+        np.float32))
+    ref, tagger = earmark.load(model_dir), load_onnx(path)
+    assert tagger.labels == LABELS and tagger.sample_rate == 16000
+    got, want = tagger.tag(wav, top_k=3), ref.tag(wav, top_k=3)
+    assert [label for label, _ in got] == [label for label, _ in want]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in want], atol=ATOL)
+    chunks, ref_chunks = tagger.chunk_scores(wav, 0.5), ref.chunk_scores(wav, 0.5)
+    assert [(c.start, c.end) for c in chunks] == [(c.start, c.end) for c in ref_chunks]
+    for c, r in zip(chunks, ref_chunks):
+        torch.testing.assert_close(c.scores, r.scores, atol=ATOL, rtol=0)
+
+
+def test_onnx_sat_tagger_scores_chunks_through_the_primed_cache(sat):
+    model_dir, path = sat
+    model, tagger = earmark.load(model_dir).model, load_onnx(path)
+    wave = _noise(16000 + 6000)  # one chunk and a short tail, which is dropped
+    short = _noise(7000)  # a single short chunk is zero-padded
+    with torch.no_grad():
+        full = model.forward_chunk(wave[None, :16000], model.prime_cache(1))[0]
+        padded = model.forward_chunk(torch.nn.functional.pad(short, (0, 9000))[None],
+                                     model.prime_cache(1))[0]
+    torch.testing.assert_close(tagger.scores(wave), full.sigmoid()[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(tagger.scores(short), padded.sigmoid()[0], atol=ATOL, rtol=0)
+
+
+def test_metadata_round_trip(vit, sat):
+    model_dir, path = vit
+    config = json.loads((model_dir / "config.json").read_text())
+    meta = onnx_metadata(path)
+    assert meta["config"]["labels"] == LABELS
+    assert meta["config"]["sample_rate"] == 16000
+    assert meta["config"]["frontend"] == config["frontend"]
+    assert meta["config"]["name"] == "vit-tiny"
+    assert {p.key for p in onnx.load(str(path)).metadata_props} >= {
+        "earmark.config", "earmark.export", "earmark.check"}
+    m = OnnxModel(sat[1])
+    assert (m.registry_name, m.family, m.num_classes, m.sample_rate) == ("sat-tiny", "vit", 3,
+                                                                         16000)
+    assert (m.multi_label, m.chunk_seconds, m.cache_tokens) == (True, 1.0, 24)
+    assert m.eval() is m and m.to("cpu") is m
+
+
+def test_inputs_outside_the_graph_range(vit):
+    _, path = vit
+    model = OnnxModel(path)
+    lo, hi = model.export_info["min_samples"], model.export_info["max_samples"]
+    with pytest.raises(ModelError, match=rf"vit\.onnx: the graph takes at least {lo} samples"):
+        model(torch.zeros(1, lo - 1))
+    # longer than one pass: windows of window_samples, the last ending at the end, averaged
+    n, w = hi + 3000, model.export_info["window_samples"]
+    wave = _noise(1, n)
+    parts = [model.activation(model(wave[:, s:s + w])) for s in (0, n - w)]
+    torch.testing.assert_close(model.activation(model(wave)), torch.stack(parts).mean(0),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ModelError, match="needs a streaming"):
+        model.prime_cache()
+
+
+def test_a_foreign_onnx_file_is_refused(tmp_path):
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    value = onnx.helper.make_tensor_value_info
+    graph = onnx.helper.make_graph([node], "g", [value("x", onnx.TensorProto.FLOAT, [1])],
+                                   [value("y", onnx.TensorProto.FLOAT, [1])])
+    path = tmp_path / "foreign.onnx"
+    model = onnx.helper.make_model(graph, ir_version=9,
+                                   opset_imports=[onnx.helper.make_opsetid("", 18)])
+    onnx.save_model(model, str(path))
+    with pytest.raises(ModelError, match="foreign.onnx: not an earmark ONNX export"):
+        load_onnx(path)
