@@ -178,3 +178,21 @@ def test_a_foreign_onnx_file_is_refused(tmp_path):
     onnx.save_model(model, str(path))
     with pytest.raises(ModelError, match="foreign.onnx: not an earmark ONNX export"):
         load_onnx(path)
+
+
+def test_export_command_and_load_of_an_onnx_file(tmp_path, capsys):
+    import torch
+
+    import earmark
+    from earmark.cli import main
+    from earmark.models.directory import save_model_dir
+
+    torch.manual_seed(0)
+    m = earmark.create_model("vit-tiny", 2, depth=1, embed_dim=48, num_heads=3,
+                             clip_seconds=1.0).eval()
+    model_dir = save_model_dir(m, tmp_path / "vit", ["a", "b"])
+    assert main(["export", str(model_dir), "--format", "onnx", str(tmp_path / "m.onnx")]) == 0
+    assert "onnxruntime matches PyTorch within" in capsys.readouterr().out
+    wave = torch.randn(16000) * 0.1
+    torch.testing.assert_close(earmark.load(tmp_path / "m.onnx").scores(wave),
+                               earmark.load(model_dir).scores(wave), atol=1e-4, rtol=0)

@@ -340,6 +340,19 @@ def cmd_stream(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from earmark.export import export_onnx, onnx_metadata
+
+    if a.format != "onnx":
+        print(f"error: unknown format {a.format!r} (onnx)", file=sys.stderr)
+        return 2
+    path = export_onnx(a.model, a.out, chunk_seconds=a.chunk)
+    check = onnx_metadata(path).get("check") or {}
+    print(f"wrote {path}; onnxruntime matches PyTorch within "
+          f"{check.get('max_abs_diff', float('nan')):.2e}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from earmark.demo import run_demo
 
@@ -431,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--tail", choices=("pad", "drop"), default="pad")
     p.set_defaults(fn=cmd_stream)
+
+    p = sub.add_parser("export", help="ONNX export, checked against PyTorch")
+    p.add_argument("model")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("out")
+    p.add_argument("--chunk", type=float, default=None,
+                   help="seconds per call (SAT: its chunk; others: a fixed input length)")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("sed-eval", help="event- and segment-based F1 and PSDS of detections")
     p.add_argument("--truth", required=True, help="reference events, DESED TSV")

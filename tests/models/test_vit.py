@@ -107,3 +107,9 @@ def test_patch_out_drops_tokens_only_in_training():
     n_eval = m.forward_features(x).shape[1]
     m.train()
     assert m.forward_features(x).shape[1] < n_eval
+
+
+def test_inputs_just_past_the_time_embeddings_are_split_not_refused():
+    m = tiny()  # 63 time embeddings: at most 1023 frames in one pass
+    assert m.max_frames == 1023
+    assert m(torch.randn(1, 160 * 1025)).shape == (1, 5)  # 1026 frames

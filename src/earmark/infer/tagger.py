@@ -257,7 +257,8 @@ def _join_at(events: list, boundary: float) -> list:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Tagger:
-    """Load a model directory, a training run directory or a training checkpoint (``.ckpt``)."""
+    """Load a model directory, a training run directory, a training checkpoint (``.ckpt``) or
+    an exported ONNX file (``.onnx``, run with onnxruntime)."""
     path = Path(path)
     if path.is_dir():
         # a run directory has its own config.json (the training config) beside model/
@@ -267,6 +268,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Tagger:
             return Tagger(model, config, device)
         raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
                          "(model/config.json)")
+    if path.is_file() and path.suffix == ".onnx":
+        from earmark.export import load_onnx
+
+        return load_onnx(path)
     if path.is_file() and path.suffix == ".ckpt":
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         config = ckpt.get("earmark_model")

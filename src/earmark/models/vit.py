@@ -105,8 +105,12 @@ class AudioViT(AudioModel):
 
     @property
     def max_frames(self) -> int:
-        """Longest log-mel processed in one pass; longer inputs are split (official rule)."""
-        return self.target_length + self.patch_embed.patch_stride[1] - 1
+        """Longest log-mel processed in one pass; longer inputs are split (official rule:
+        target_length + stride - 1), but never more frames than the time embeddings cover
+        (the official code fails on 1024-1027 frames; earmark splits them)."""
+        p, s = self.patch_embed.patch_size[1], self.patch_embed.patch_stride[1]
+        covered = (self.time_pos_embed.shape[-1] - 1) * s + p + s - 1
+        return min(self.target_length + s - 1, covered)
 
     def normalize(self, spec: torch.Tensor) -> torch.Tensor:
         """(B, F, T) log-mel -> (B, 1, F, T) with each mel bin batch-normalised."""
