@@ -14,6 +14,7 @@ official SAT repository (``patch_embed.proj``, ``time_pos_embed``, ``freq_pos_em
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -336,7 +337,9 @@ class StreamingAudioViT(AudioViT):
 
         was_training = self.training
         self.eval()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the shape checks become constants in the trace: that is why it is keyed by shape
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             args = (wave, cache.h0, cache.keys, cache.values)
             frozen = torch.jit.freeze(torch.jit.trace(_Step().eval(), args, check_trace=False))
         self.train(was_training)
