@@ -266,3 +266,18 @@ def test_mic_records_at_the_device_rate_and_tags(sat, monkeypatch):
     assert len(lines) == 3 and spans(results) == [(0.0, 1.0), (1.0, 2.0), (2.0, 2.5)]
     expected = push_in_blocks(sat.stream(sample_rate=rate), signal, len(signal))
     assert_same_results(results, expected, atol=0)
+
+
+def test_chunk_scores_of_a_streaming_model_go_through_its_cache(write_wav):
+    torch.manual_seed(0)
+    model = earmark.create_model("sat-tiny", 3, depth=2, embed_dim=48, num_heads=3,
+                                 chunk_seconds=1.0).eval()
+    tagger = Tagger(model, {"labels": ["a", "b", "c"], "name": "sat-tiny"})
+    path = write_wav("s.wav", seconds=2.5)
+    chunks = tagger.chunk_scores(path, 1.0)
+    session = tagger.stream()
+    wave = earmark.load_audio(path)[0]
+    expect = session.push(wave) + session.flush()
+    assert [(c.start, c.end) for c in chunks] == [(r.start, r.end) for r in expect]
+    for c, r in zip(chunks, expect):
+        torch.testing.assert_close(c.scores, r.scores)

@@ -221,6 +221,13 @@ class Tagger:
         else:
             n = max(1, int(round(chunk_seconds * self.sample_rate)))
             blocks = self.waveform(audio, sample_rate).split(n)
+        from earmark.infer.stream import is_streaming
+
+        if is_streaming(self.model) and abs(chunk_seconds - self.model.chunk_seconds) < 1e-9:
+            # a streaming model scores its chunks through its cache, as it would live
+            session = self.stream(chunk_seconds)
+            results = [r for block in blocks for r in session.push(block)] + session.flush()
+            return [ChunkScores(r.start, r.end, r.scores) for r in results]
         out, start = [], 0.0
         for block in blocks:
             dur = block.shape[-1] / self.sample_rate
