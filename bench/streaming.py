@@ -48,12 +48,12 @@ def timed(step, chunks: int) -> dict:
     return {"median_ms": statistics.median(times), "p95_ms": times[int(0.95 * (len(times) - 1))]}
 
 
-def sat_traced(chunk: float, chunks: int) -> dict:
+def sat_traced(chunk: float, chunks: int, compile: bool = False) -> dict:
     torch.manual_seed(0)
     model = earmark.create_model("sat-tiny", 527, chunk_seconds=chunk).eval()
     wave = torch.randn(1, int(chunk * SR)) * 0.1
     state = {"cache": model.prime_cache(1)}
-    fast = model.traced_chunk_step(wave, state["cache"])
+    fast = model.traced_chunk_step(wave, state["cache"], compile=compile)
 
     def step():
         _, state["cache"] = fast(wave, state["cache"])
@@ -187,6 +187,7 @@ def main(argv=None) -> int:
     for chunk in (2.0, 1.0):
         rows[f"sat-tiny {chunk:.0f} s eager"] = sat_eager(chunk, a.chunks)
         rows[f"sat-tiny {chunk:.0f} s traced"] = sat_traced(chunk, a.chunks)
+        rows[f"sat-tiny {chunk:.0f} s compiled"] = sat_traced(chunk, a.chunks, compile=True)
         onnx = sat_onnx(chunk, a.chunks)
         if onnx:
             rows[f"sat-tiny {chunk:.0f} s onnxruntime"] = onnx

@@ -335,7 +335,7 @@ def cmd_stream(a) -> int:
         print("error: give a FILE or --mic", file=sys.stderr)
         return 2
     n = stream_file(tagger, a.file, chunk_seconds=a.chunk, realtime=a.realtime, top_k=a.top_k,
-                    collect=False, tail=a.tail)
+                    collect=False, tail=a.tail, compile=a.compile)
     print(f"{n} chunks", file=sys.stderr)
     return 0
 
@@ -443,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true", help="pace a file at real time")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--tail", choices=("pad", "drop"), default="pad")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the streaming model's chunk step (~30 s once, then faster)")
     p.set_defaults(fn=cmd_stream)
 
     p = sub.add_parser("export", help="ONNX export, checked against PyTorch")

@@ -122,3 +122,14 @@ def test_a_single_block_sat_streams():
     m = tiny(depth=1, chunk_seconds=1.0)
     logits, cache = m.forward_chunk(torch.randn(1, 16000), m.prime_cache(1))
     assert logits.shape == (1, 5) and cache.keys.shape[0] == 0 and cache.h0.shape[1] == 24
+
+
+def test_compiled_chunk_step_stays_within_tolerance():
+    m = tiny(depth=1, chunk_seconds=1.0)
+    wave = torch.randn(1, 16000)
+    cache = m.prime_cache(1)
+    step = m.traced_chunk_step(wave, cache, compile=True)
+    a, ca = m.forward_chunk(wave, cache)
+    b, cb = step(wave, cache)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ca.keys, cb.keys, atol=1e-4, rtol=0)

@@ -87,9 +87,11 @@ class StreamSession:
 
     def __init__(self, tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 3,
                  tail: str = "pad", sample_rate: int | None = None,
-                 window_seconds: float | None = None, fast: bool = True):
+                 window_seconds: float | None = None, fast: bool = True,
+                 compile: bool = False):
         model = tagger.model
         self.fast = fast  # streaming models: run chunks through a traced step (same numbers)
+        self.compile = compile  # or a torch.compile'd one (faster, compiles for ~30 s first)
         self._step = None
         self.tagger = tagger
         self.streaming = is_streaming(model)
@@ -143,7 +145,8 @@ class StreamSession:
                 if self._step is None and hasattr(model, "traced_chunk_step") and self.fast:
                     # same numbers, less per-op overhead: a traced and frozen chunk step
                     example = torch.zeros(1, self.chunk_samples, device=self.tagger.device)
-                    self._step = model.traced_chunk_step(example, self.cache)
+                    self._step = model.traced_chunk_step(example, self.cache,
+                                                         compile=self.compile)
         else:
             # ring buffer of the last window_samples samples; _pos is where the next one goes
             self._ring = torch.zeros(self.window_samples)
@@ -290,7 +293,7 @@ def _sink(out: Callable[[str], object] | None, collect: bool):
 def stream_file(tagger: Tagger, path: str | Path, chunk_seconds: float | None = None,
                 realtime: bool = False, top_k: int = 3, block_seconds: float = 0.1,
                 out: Callable[[str], object] | None = print, collect: bool = True,
-                tail: str = "pad") -> list[ChunkResult] | int:
+                tail: str = "pad", compile: bool = False) -> list[ChunkResult] | int:
     """Tag a sound file as if it arrived live, read block by block in bounded memory.
 
     Prints one line per chunk with ``out`` (None: silent). ``realtime`` paces the blocks at
@@ -300,7 +303,7 @@ def stream_file(tagger: Tagger, path: str | Path, chunk_seconds: float | None = 
         >>> stream_file(tagger, "street.wav", chunk_seconds=2.0)   # doctest: +SKIP
         [   0.00-   2.00 s]  Traffic 0.81  Speech 0.33  Horn 0.05  (4.1 ms)
     """
-    session = StreamSession(tagger, chunk_seconds, top_k=top_k, tail=tail)
+    session = StreamSession(tagger, chunk_seconds, top_k=top_k, tail=tail, compile=compile)
     handle, result = _sink(out, collect)
     t0, pushed = time.perf_counter(), 0.0
     for block in iter_blocks(path, block_seconds, sample_rate=tagger.sample_rate):

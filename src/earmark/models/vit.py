@@ -320,10 +320,14 @@ class StreamingAudioViT(AudioViT):
         """One chunk of waveform (B, N), with its own front end pass -> (logits, cache)."""
         return self.forward_spectrogram_cached(self.frontend(wave), cache)
 
-    def traced_chunk_step(self, wave: torch.Tensor, cache: ChunkCache):
+    def traced_chunk_step(self, wave: torch.Tensor, cache: ChunkCache, compile: bool = False):
         """A TorchScript-traced and frozen :meth:`forward_chunk` for inputs shaped like
         ``wave`` and ``cache`` (a full cache): the same numbers with less per-op overhead,
-        for streaming on a CPU. Returns ``step(wave, cache) -> (logits, cache)``."""
+        for streaming on a CPU. Returns ``step(wave, cache) -> (logits, cache)``.
+
+        ``compile=True`` uses ``torch.compile`` (inductor, with frozen, pre-packed weights)
+        instead: about half the per-chunk time of eager mode on a 2-core CPU, after a
+        one-time compilation of about half a minute; scores within a few 1e-6."""
         model = self
 
         class _Step(nn.Module):
@@ -337,6 +341,20 @@ class StreamingAudioViT(AudioViT):
 
         was_training = self.training
         self.eval()
+        if compile:
+            compiled = torch.compile(_Step().eval(), dynamic=False, options={"freezing": True})
+            with torch.no_grad():
+                compiled(wave, cache.h0, cache.keys, cache.values)  # compile now, not mid-stream
+            self.train(was_training)
+
+            def compiled_step(w, c):
+                if w.shape != wave.shape or c.h0.shape != cache.h0.shape:
+                    return self.forward_chunk(w, c)
+                with torch.no_grad():
+                    logits, h0, keys, values = compiled(w, c.h0, c.keys, c.values)
+                return logits, ChunkCache(h0, keys, values)
+
+            return compiled_step
         with torch.no_grad(), warnings.catch_warnings():
             # the shape checks become constants in the trace: that is why it is keyed by shape
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
