@@ -342,9 +342,14 @@ class StreamingAudioViT(AudioViT):
         was_training = self.training
         self.eval()
         if compile:
-            compiled = torch.compile(_Step().eval(), dynamic=False, options={"freezing": True})
-            with torch.no_grad():
-                compiled(wave, cache.h0, cache.keys, cache.values)  # compile now, not mid-stream
+            import torch._inductor.config as inductor_config
+
+            # freezing folds the weights into the graph and pre-packs them for oneDNN; inductor
+            # reads it whenever it (re)compiles, so it stays on for the process
+            inductor_config.freezing = True
+            compiled = torch.compile(_Step().eval(), dynamic=False)
+            with torch.no_grad():  # compile now, not in the middle of a stream
+                compiled(wave, cache.h0, cache.keys, cache.values)
             self.train(was_training)
 
             def compiled_step(w, c):
