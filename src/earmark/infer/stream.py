@@ -68,8 +68,9 @@ class ChunkResult:
 
 def is_streaming(model: torch.nn.Module) -> bool:
     """Whether ``model`` tags chunk by chunk with a cache (SAT) rather than whole clips."""
-    return callable(getattr(model, "forward_chunk", None)) and callable(
-        getattr(model, "prime_cache", None))
+    return (callable(getattr(model, "forward_chunk", None))
+            and callable(getattr(model, "prime_cache", None))
+            and getattr(model, "chunk_seconds", None) is not None)
 
 
 class StreamSession:

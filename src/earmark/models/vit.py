@@ -363,6 +363,7 @@ class StreamingAudioViT(AudioViT):
         with torch.no_grad(), warnings.catch_warnings():
             # the shape checks become constants in the trace: that is why it is keyed by shape
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
             args = (wave, cache.h0, cache.keys, cache.values)
             frozen = torch.jit.freeze(torch.jit.trace(_Step().eval(), args, check_trace=False))
         self.train(was_training)
