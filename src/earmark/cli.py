@@ -61,17 +61,23 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="ViT/SAT: stochastic depth of the last block (paper: 0.1)")
 
 
+def _model_args(pairs: list[str]) -> dict:
+    """``["depth=4", "patch_stride=[16,8]"]`` -> ``{"depth": 4, "patch_stride": [16, 8]}``."""
+    args = {}
+    for kv in pairs:
+        key, _, value = kv.partition("=")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
+
+
 def _train_config(a: argparse.Namespace, fold=None):
     from earmark.train.config import TrainConfig
     from earmark.train.recipes import apply_recipe
 
-    model_args = {}
-    for kv in a.model_arg:
-        key, _, value = kv.partition("=")
-        try:
-            model_args[key] = json.loads(value)
-        except json.JSONDecodeError:
-            model_args[key] = value
+    model_args = _model_args(a.model_arg)
     try:
         config = TrainConfig(
             data=a.data, out=a.out, model=a.model, model_args=model_args, epochs=a.epochs,
@@ -228,7 +234,7 @@ def cmd_profile(a) -> int:
 
         model = load(a.target).model
     else:
-        model = create_model(a.target, a.num_classes).eval()
+        model = create_model(a.target, a.num_classes, **_model_args(a.model_arg)).eval()
     result = profile_model(model, seconds=a.seconds, batch=a.batch, repeats=a.repeats,
                            threads=a.threads)
     print(json.dumps(result, indent=2) if a.json else format_profile(result))
@@ -480,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--num-classes", type=int, default=527)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model argument (JSON value), e.g. token_learner=8")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_profile)
     return parser

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from earmark.errors import ModelError
 from earmark.models.base import AudioModel
 from earmark.models.layers import Block, init_vit_weights
 from earmark.models.registry import register_model
@@ -63,7 +64,8 @@ class AudioViT(AudioModel):
                  drop_path_rate: float = 0.0, time_patch_out: float | None = None,
                  freq_patch_out: float | None = None, pad_last: bool = True,
                  frontend: str | dict = "sat", clip_seconds: float = 10.0,
-                 multi_label: bool = True, fit: str | None = None):
+                 multi_label: bool = True, fit: str | None = None, token_learner: int = 0,
+                 token_learner_at: float = 0.5, token_learner_variant: str = "v1"):
         super().__init__(num_classes, frontend, clip_seconds, multi_label)
         if pooling not in ("mean", "token"):
             raise ValueError(f"pooling must be 'mean' or 'token', got {pooling!r}")
@@ -75,6 +77,9 @@ class AudioViT(AudioModel):
             time_patch_out=time_patch_out, freq_patch_out=freq_patch_out, pad_last=pad_last,
             frontend=self.frontend.config.to_dict(), clip_seconds=clip_seconds,
             multi_label=multi_label, fit=fit)
+        if token_learner:
+            self.init_args.update(token_learner=token_learner, token_learner_at=token_learner_at,
+                                  token_learner_variant=token_learner_variant)
         self.fit = fit  # how the tagger fits shorter inputs to clip_seconds (None: as they are)
         n_mels = self.frontend.config.n_mels
         self.embed_dim = embed_dim
@@ -100,6 +105,18 @@ class AudioViT(AudioModel):
             for r in rates])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.outputlayer = nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, num_classes))
+        # TokenLearner (Ryoo et al. 2021) between two blocks, as in their ViT: the blocks after
+        # it see ``token_learner`` learned tokens instead of the whole patch grid
+        self.token_learner = None
+        self.token_learner_index = depth
+        if token_learner:
+            from earmark.models.tokenlearner import TokenLearner
+
+            if not 0.0 <= token_learner_at <= 1.0:
+                raise ValueError(f"token_learner_at must be in [0, 1], got {token_learner_at}")
+            self.token_learner = TokenLearner(embed_dim, token_learner,
+                                              variant=token_learner_variant)
+            self.token_learner_index = int(round(depth * token_learner_at))
         self.apply(init_vit_weights)
         if pooling == "token":
             nn.init.normal_(self.cls_token, std=1e-6)
@@ -126,11 +143,21 @@ class AudioViT(AudioModel):
             x = drop_patches(x, -1, self.time_patch_out)
         if self.training and self.freq_patch_out:
             x = drop_patches(x, -2, self.freq_patch_out)
+        grid = tuple(x.shape[-2:])
         x = x.flatten(2).transpose(1, 2)  # (B, F'*T', D), frequency-major as the official code
         if self.pooling == "token":
             cls = (self.cls_token + self.token_pos_embed).expand(x.shape[0], -1, -1)
             x = torch.cat((cls, x), dim=1)
-        x = self.blocks(self.pos_drop(x))
+        x = self.pos_drop(x)
+        if self.token_learner is None:
+            return self.norm(self.blocks(x))
+        for blk in self.blocks[:self.token_learner_index]:
+            x = blk(x)
+        n_cls = 1 if self.pooling == "token" else 0
+        learned = self.token_learner(x[:, n_cls:], grid)  # (B, S, D)
+        x = torch.cat((x[:, :n_cls], learned), dim=1)
+        for blk in self.blocks[self.token_learner_index:]:
+            x = blk(x)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,6 +247,10 @@ class StreamingAudioViT(AudioViT):
     def __init__(self, num_classes: int, chunk_seconds: float = 2.0, pad_last: bool = False,
                  target_length: int | None = None, cache_length: int | None = None,
                  **kwargs):
+        if kwargs.get("token_learner"):
+            raise ModelError("token_learner is not available for streaming models yet: the "
+                             "blocks after it would cache learned tokens, which the official "
+                             "SAT position handling does not define; use vit-* instead")
         stride = _pair(kwargs.get("patch_stride", 16))[1]
         target = target_length or int(round(chunk_seconds * 100)) // stride * stride
         cache = target if cache_length is None else cache_length
