@@ -1,0 +1,124 @@
+"""TokenLearner study (paper 000, tables 2-3) on data we have: FSDD digits (keyword task) and
+`earmark synth` event clips (environmental task).
+
+    python bench/tokenlearner.py --data fsdd --rows tasr-10l-nt-8h,tasr-10l-8t-8h --epochs 20
+    python bench/tokenlearner.py --data synth --rows tesc-4l-nt-8h,tesc-4l-8t-8h
+    python bench/tokenlearner.py --data fsdd --vit     # the paper's future-work question
+
+Each row is trained with the paper's defaults (section 4.3: AdamW, learning rate and weight
+decay 1e-4, batch 64) for ``--epochs`` epochs, then scored on the test split: top-1 and
+top-3 accuracy, FLOPs per 1 s clip and parameters (``earmark.profile``), median latency.
+``--vit`` adds TokenLearner (8 tokens, halfway up) to the FSDD ViT of bench/fsdd.py and
+trains both. Results are appended to bench/results/tokenlearner.json; the plot
+bench/results/tokenlearner.png shows accuracy against FLOPs for every run so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import earmark
+from earmark.data.manifest import from_spec
+from earmark.evaluate.metrics import top_k_accuracy
+from earmark.profile import profile_model
+from earmark.train.config import TrainConfig
+from earmark.train.run import train
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "tokenlearner.json"
+FSDD = HERE.parent.parent / "shared" / "data" / "fsdd"
+FSDD_VIT = {"depth": 4, "embed_dim": 128, "num_heads": 4, "patch_stride": [16, 8]}
+
+
+def data_spec(name: str) -> str:
+    if name == "fsdd":
+        return f"fsdd:{FSDD}"
+    root = HERE / "results" / "tokenlearner-synth"
+    if not (root / "synth.json").is_file():
+        from earmark.data.synth import synthesize
+
+        synthesize(root, clips_per_class=100, soundscapes=1, seed=0)
+    return f"synth:{root}"
+
+
+def run(name: str, model: str, model_args: dict, spec: str, epochs: int, lr: float,
+        wd: float, batch: int) -> dict:
+    out = HERE / "results" / f"tokenlearner-runs/{name}"
+    config = TrainConfig(data=spec, out=str(out), model=model, model_args=model_args,
+                         clip_seconds=1.0, epochs=epochs, batch_size=batch, lr=lr,
+                         weight_decay=wd, warmup_epochs=1, progress=False)
+    result = train(config)
+    tagger = earmark.load(result["model_dir"])
+    test = from_spec(spec).split("test")
+    scores = torch.stack([tagger.scores(it.path) for it in test.items]).numpy()
+    index = tagger.labels.index
+    targets = [index(it.labels[0]) for it in test.items]
+    prof = profile_model(tagger.model, seconds=1.0, repeats=10)
+    return {"run": name, "model": model, "model_args": model_args, "data": spec.split(":")[0],
+            "top1": top_k_accuracy(scores, targets, k=1),
+            "top3": top_k_accuracy(scores, targets, k=3),
+            "gflops_per_clip": prof["gflops_per_clip"], "params": prof["params"],
+            "latency_ms": prof["latency_ms"]["median"], "epochs": result["epochs"],
+            "train_seconds": result["train_seconds"]}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for data, marker in (("fsdd", "o"), ("synth", "s")):
+        sel = [r for r in rows if r["data"] == data]
+        ax.scatter([r["gflops_per_clip"] for r in sel], [100 * r["top1"] for r in sel],
+                   marker=marker, label=data)
+        for r in sel:
+            ax.annotate(r["run"], (r["gflops_per_clip"], 100 * r["top1"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs per 1 s clip")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", choices=("fsdd", "synth"), default="fsdd")
+    p.add_argument("--rows", default="", help="comma-separated tokenlearner presets")
+    p.add_argument("--vit", action="store_true", help="also ViT with and without TokenLearner")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--batch", type=int, default=64)
+    a = p.parse_args(argv)
+    spec = data_spec(a.data)
+    rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    jobs = [(f"{a.data}/{r}", r, {}) for r in filter(None, a.rows.split(","))]
+    if a.vit:
+        jobs += [(f"{a.data}/vit", "vit-tiny", dict(FSDD_VIT)),
+                 (f"{a.data}/vit-tl8", "vit-tiny", dict(FSDD_VIT, token_learner=8))]
+    for name, model, args in jobs:
+        lr = 1e-3 if model.startswith("vit") else a.lr  # the ViT recipe of bench/fsdd.py
+        result = run(name, model, args, spec, a.epochs, lr, a.weight_decay, a.batch)
+        rows = [r for r in rows if r["run"] != name] + [result]
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"{name:<28} top-1 {result['top1']:.3f} top-3 {result['top3']:.3f} "
+              f"GFLOPs {result['gflops_per_clip']:.4f} params {result['params'] / 1e6:.2f} M "
+              f"latency {result['latency_ms']:.2f} ms ({result['train_seconds']:.0f} s)",
+              flush=True)
+    if rows:
+        plot(rows, HERE / "results" / "tokenlearner.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
