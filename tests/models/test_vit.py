@@ -113,3 +113,19 @@ def test_inputs_just_past_the_time_embeddings_are_split_not_refused():
     m = tiny()  # 63 time embeddings: at most 1023 frames in one pass
     assert m.max_frames == 1023
     assert m(torch.randn(1, 160 * 1025)).shape == (1, 5)  # 1026 frames
+
+
+def test_token_learner_option_reduces_tokens_and_flops():
+    from earmark.profile import profile_model
+
+    base = tiny(depth=4)
+    tl = tiny(depth=4, token_learner=4, patch_stride=[16, 16])
+    assert tl.token_learner is not None and tl.token_learner_index == 2
+    x = tl.normalize(torch.randn(1, 64, 401))
+    assert tl.forward_features(x).shape == (1, 4, 64)  # 4 x 25 patches -> 4 learned tokens
+    assert tl(torch.randn(2, 64000)).shape == (2, 5)
+    f_base = profile_model(base, seconds=4.0, repeats=1)["flops"]
+    f_tl = profile_model(tl, seconds=4.0, repeats=1)["flops"]
+    assert f_tl < f_base
+    with pytest.raises(ModelError, match="not available for streaming"):
+        earmark.create_model("sat-tiny", 3, token_learner=8)

@@ -15,7 +15,8 @@ from torch import nn
 from earmark.errors import ModelError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
-_FAMILY_MODULES = ("earmark.models.vit", "earmark.models.htsat")
+_FAMILY_MODULES = ("earmark.models.vit", "earmark.models.htsat",
+                  "earmark.models.tokenlearner")
 
 
 def register_model(name: str):
