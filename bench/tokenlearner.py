@@ -9,7 +9,7 @@ Each row is trained with the paper's defaults (section 4.3: AdamW, learning rate
 decay 1e-4, batch 64) for ``--epochs`` epochs, then scored on the test split: top-1 and
 top-3 accuracy, FLOPs per 1 s clip and parameters (``earmark.profile``), median latency.
 ``--vit`` adds TokenLearner (8 tokens, halfway up) to the FSDD ViT of bench/fsdd.py and
-trains both. Results are appended to bench/results/tokenlearner.json; the plot
+trains both with that benchmark's recipe (30 epochs, augmentation, checkpoint averaging). Results are appended to bench/results/tokenlearner.json; the plot
 bench/results/tokenlearner.png shows accuracy against FLOPs for every run so far.
 """
 
@@ -49,9 +49,17 @@ def data_spec(name: str) -> str:
 def run(name: str, model: str, model_args: dict, spec: str, epochs: int, lr: float,
         wd: float, batch: int) -> dict:
     out = HERE / "results" / f"tokenlearner-runs/{name}"
-    config = TrainConfig(data=spec, out=str(out), model=model, model_args=model_args,
-                         clip_seconds=1.0, epochs=epochs, batch_size=batch, lr=lr,
-                         weight_decay=wd, warmup_epochs=1, progress=False)
+    if model.startswith("vit"):  # the FSDD recipe of bench/fsdd.py (augmentation, schedule)
+        sys.path.insert(0, str(HERE))
+        from fsdd import BEST
+
+        recipe = {k: v for k, v in BEST.items() if k not in ("model", "model_args")}
+        config = TrainConfig(data=spec, out=str(out), model=model, model_args=model_args,
+                             progress=False, **recipe)
+    else:
+        config = TrainConfig(data=spec, out=str(out), model=model, model_args=model_args,
+                             clip_seconds=1.0, epochs=epochs, batch_size=batch, lr=lr,
+                             weight_decay=wd, warmup_epochs=1, progress=False)
     result = train(config)
     tagger = earmark.load(result["model_dir"])
     test = from_spec(spec).split("test")
@@ -106,8 +114,7 @@ def main(argv=None) -> int:
         jobs += [(f"{a.data}/vit", "vit-tiny", dict(FSDD_VIT)),
                  (f"{a.data}/vit-tl8", "vit-tiny", dict(FSDD_VIT, token_learner=8))]
     for name, model, args in jobs:
-        lr = 1e-3 if model.startswith("vit") else a.lr  # the ViT recipe of bench/fsdd.py
-        result = run(name, model, args, spec, a.epochs, lr, a.weight_decay, a.batch)
+        result = run(name, model, args, spec, a.epochs, a.lr, a.weight_decay, a.batch)
         rows = [r for r in rows if r["run"] != name] + [result]
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
