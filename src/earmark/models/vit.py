@@ -189,28 +189,26 @@ class AudioViT(AudioModel):
         init_vit_weights(self.outputlayer[1])
 
 
-def _vit(num_classes: int, defaults: dict, overrides: dict) -> AudioViT:
-    return AudioViT(num_classes, **{**defaults, **overrides})
+# ViT-T/S/B of paper 003 (table 1: 5.6 M, 22 M and 86 M parameters). Pooling as the released
+# checkpoints: mean for T and B, the class token for S.
+SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3, pooling="mean"),
+    "small": dict(embed_dim=384, depth=12, num_heads=6, pooling="token"),
+    "base": dict(embed_dim=768, depth=12, num_heads=12, pooling="mean"),
+}
 
 
-@register_model("vit-tiny")
-def vit_tiny(num_classes: int, **overrides) -> AudioViT:
-    """ViT-T of paper 003: width 192, 3 heads, depth 12, mean pooling (official: mAP 44.2)."""
-    return _vit(num_classes, dict(embed_dim=192, depth=12, num_heads=3, pooling="mean"), overrides)
+def _register_sizes(prefix: str, cls: type, what: str) -> None:
+    for size, defaults in SIZES.items():
+        def build(num_classes: int, _defaults=defaults, **overrides):
+            return cls(num_classes, **{**_defaults, **overrides})
+
+        build.__doc__ = f"{what}, {size}: width {defaults['embed_dim']}, " \
+                        f"{defaults['num_heads']} heads, {defaults['pooling']} pooling."
+        register_model(f"{prefix}-{size}")(build)
 
 
-@register_model("vit-small")
-def vit_small(num_classes: int, **overrides) -> AudioViT:
-    """ViT-S: width 384, 6 heads. Class-token pooling, as the released checkpoint uses."""
-    return _vit(num_classes, dict(embed_dim=384, depth=12, num_heads=6, pooling="token"),
-                overrides)
-
-
-@register_model("vit-base")
-def vit_base(num_classes: int, **overrides) -> AudioViT:
-    """ViT-B: width 768, 12 heads, mean pooling."""
-    return _vit(num_classes, dict(embed_dim=768, depth=12, num_heads=12, pooling="mean"),
-                overrides)
+_register_sizes("vit", AudioViT, "Full-context audio ViT of paper 003")
 
 
 # ---- streaming: SAT ---------------------------------------------------------------------------
@@ -415,26 +413,4 @@ class StreamingAudioViT(AudioViT):
             return self.forward_chunk(self.time_pos_embed.new_zeros(batch, n))[1]
 
 
-def _sat(num_classes: int, defaults: dict, overrides: dict) -> StreamingAudioViT:
-    return StreamingAudioViT(num_classes, **{**defaults, **overrides})
-
-
-@register_model("sat-tiny")
-def sat_tiny(num_classes: int, **overrides) -> StreamingAudioViT:
-    """SAT-T: the ViT-T with a one-chunk cache; ``chunk_seconds`` 1 or 2."""
-    return _sat(num_classes, dict(embed_dim=192, depth=12, num_heads=3, pooling="mean"),
-                overrides)
-
-
-@register_model("sat-small")
-def sat_small(num_classes: int, **overrides) -> StreamingAudioViT:
-    """SAT-S: class-token pooling, as the released checkpoints."""
-    return _sat(num_classes, dict(embed_dim=384, depth=12, num_heads=6, pooling="token"),
-                overrides)
-
-
-@register_model("sat-base")
-def sat_base(num_classes: int, **overrides) -> StreamingAudioViT:
-    """SAT-B: width 768, 12 heads, mean pooling."""
-    return _sat(num_classes, dict(embed_dim=768, depth=12, num_heads=12, pooling="mean"),
-                overrides)
+_register_sizes("sat", StreamingAudioViT, "Streaming SAT (chunk_seconds 1 or 2)")
