@@ -134,8 +134,10 @@ class AudioViT(AudioModel):
         """(B, F, T) log-mel -> (B, 1, F, T) with each mel bin batch-normalised."""
         return self.init_bn(spec.unsqueeze(2)).transpose(1, 2)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, F, T) normalised log-mel -> (B, N, D) tokens after the final norm."""
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, 1, F, T) normalised log-mel -> (B, N, D) input tokens (patches with their time
+        and frequency embeddings, patch-out in training, the class token first when it pools)
+        and the (F', T') patch grid."""
         x = self.patch_embed(x)  # (B, D, F', T')
         f, t = x.shape[-2:]
         x = x + self.time_pos_embed[..., :t] + self.freq_pos_embed[:, :, :f]
@@ -148,7 +150,11 @@ class AudioViT(AudioModel):
         if self.pooling == "token":
             cls = (self.cls_token + self.token_pos_embed).expand(x.shape[0], -1, -1)
             x = torch.cat((cls, x), dim=1)
-        x = self.pos_drop(x)
+        return self.pos_drop(x), grid
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, F, T) normalised log-mel -> (B, N, D) tokens after the final norm."""
+        x, grid = self.embed(x)
         if self.token_learner is None:
             return self.norm(self.blocks(x))
         for blk in self.blocks[:self.token_learner_index]:
@@ -276,18 +282,7 @@ class StreamingAudioViT(AudioViT):
     def forward_features_cached(self, x: torch.Tensor, cache: ChunkCache
                                 ) -> tuple[torch.Tensor, ChunkCache]:
         """(B, 1, F, T) normalised log-mel of one chunk -> (B, N, D) tokens, updated cache."""
-        x = self.patch_embed(x)
-        f, t = x.shape[-2:]
-        x = x + self.time_pos_embed[..., :t] + self.freq_pos_embed[:, :, :f]
-        if self.training and self.time_patch_out:
-            x = drop_patches(x, -1, self.time_patch_out)
-        if self.training and self.freq_patch_out:
-            x = drop_patches(x, -2, self.freq_patch_out)
-        x = x.flatten(2).transpose(1, 2)  # (B, F'*T', D)
-        if self.pooling == "token":
-            cls = (self.cls_token + self.token_pos_embed).expand(x.shape[0], -1, -1)
-            x = torch.cat((cls, x), dim=1)
-        x = self.pos_drop(x)
+        x, _ = self.embed(x)
         h0 = x
         past_k = past_v = None
         m = cache.tokens
