@@ -8,22 +8,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from earmark.audio.io import load_audio
+from earmark.data.dataset import load_segment
 from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError
 from earmark.evaluate.metrics import evaluate
-
-
-def _segment(tagger, item) -> torch.Tensor:
-    wave, sr = load_audio(item.path, sample_rate=tagger.sample_rate)
-    if item.onset is not None or item.offset is not None:
-        a = int((item.onset or 0.0) * sr)
-        b = wave.shape[-1] if item.offset is None else int(item.offset * sr)
-        wave = wave[a:b]
-        if wave.numel() == 0:
-            raise AudioError(item.path, f"empty segment {item.onset}-{item.offset} s")
-    return wave
 
 
 def evaluate_model(model, manifest: Manifest, progress: bool = True) -> dict:
@@ -48,7 +37,8 @@ def evaluate_model(model, manifest: Manifest, progress: bool = True) -> dict:
     for i, item in enumerate(tqdm(manifest.items, desc="eval", disable=not progress,
                                   unit="file")):
         try:
-            scores.append(tagger._score(_segment(tagger, item)))
+            scores.append(tagger._score(load_segment(item.path, tagger.sample_rate,
+                                                     item.onset, item.offset)))
         except AudioError as err:
             failed.append(str(err))
             continue
