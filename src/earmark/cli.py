@@ -59,6 +59,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="ViT/SAT: fraction of frequency patches dropped (paper: 0.25)")
     g.add_argument("--drop-path-rate", type=float, default=None,
                    help="ViT/SAT: stochastic depth of the last block (paper: 0.1)")
+    g = p.add_argument_group("codebook model (paper 001): the stages before the head; --epochs, "
+                             "--lr, --batch-size are the head's")
+    g.add_argument("--codebook-chunks", type=int, default=d.codebook_chunks,
+                   help="1 s chunks of the training split that fit autoencoders and code books")
+    g.add_argument("--ae-steps", type=int, default=d.ae_steps, help="autoencoder updates")
+    g.add_argument("--ae-batch", type=int, default=d.ae_batch, help="slices per family and update")
+    g.add_argument("--ae-lr", type=float, default=d.ae_lr)
+    g.add_argument("--kmeans-batch", type=int, default=d.kmeans_batch)
+    g.add_argument("--kmeans-epochs", type=int, default=d.kmeans_epochs,
+                   help="passes of mini-batch k-means over the bottlenecks")
 
 
 def _model_args(pairs: list[str]) -> dict:
@@ -93,7 +103,9 @@ def _train_config(a: argparse.Namespace, fold=None):
             teacher=a.teacher, mask_ratio=a.mask_ratio, decoder_dim=a.decoder_dim,
             decoder_depth=a.decoder_depth, decoder_heads=a.decoder_heads,
             time_patch_out=a.time_patch_out, freq_patch_out=a.freq_patch_out,
-            drop_path_rate=a.drop_path_rate)
+            drop_path_rate=a.drop_path_rate, codebook_chunks=a.codebook_chunks,
+            ae_steps=a.ae_steps, ae_batch=a.ae_batch, ae_lr=a.ae_lr, kmeans_batch=a.kmeans_batch,
+            kmeans_epochs=a.kmeans_epochs)
         if a.recipe:
             given = {arg.lstrip("-").split("=")[0].replace("-", "_") for arg in a.argv
                      if arg.startswith("--")}
@@ -166,6 +178,56 @@ def cmd_eval(a) -> int:
     for f in metrics["failed"]:
         print(f"skipped {f}", file=sys.stderr)
     return 1 if metrics["failed"] else 0
+
+
+def cmd_codebook(a) -> int:
+    from earmark.data.manifest import from_spec
+    from earmark.evaluate.codebook import (
+        code_statistics,
+        format_statistics,
+        plot_class_codes,
+        plot_code,
+    )
+    from earmark.infer.tagger import load
+    from earmark.models.codebook import FAMILIES
+    from earmark.train.run import split_manifest
+
+    model = load(a.model).model
+    written = []
+    out = Path(a.out) if a.out else None
+    for spec in a.render:
+        family, _, code = spec.partition(":")
+        if family not in FAMILIES or not code.isdigit():
+            print(f"error: --render takes FAMILY:CODE with FAMILY one of {', '.join(FAMILIES)}"
+                  f", got {spec!r}", file=sys.stderr)
+            return 2
+        written.append(plot_code(model, family, int(code),
+                                 (out or Path(".")) / f"{family}-{int(code)}.png"))
+    if a.data:
+        manifest = from_spec(a.data)
+        if a.split != "all":
+            manifest = dict(zip(("train", "valid", "test"),
+                                split_manifest(manifest, None)))[a.split]
+        stats = code_statistics(model, manifest, top=a.top, progress=not a.no_progress)
+        print(format_statistics(stats, top=a.top))
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / ".codes.json.tmp"
+            tmp.write_text(json.dumps(stats, indent=2) + "\n")
+            tmp.replace(out / "codes.json")
+            written.append(out / "codes.json")
+            for family in FAMILIES:
+                written.append(plot_class_codes(model, stats, family,
+                                                out / f"codes-{family}.png", top=a.top))
+        for f in stats["failed"]:
+            print(f"skipped {f}", file=sys.stderr)
+    elif not a.render:
+        print("error: give --data SPEC (codes per class) and/or --render FAMILY:CODE",
+              file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 1 if a.data and stats["failed"] else 0
 
 
 def cmd_tag(a) -> int:
@@ -409,6 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("codebook", help="a codebook model's codes: the most frequent per class, "
+                                        "and codes decoded to spectrogram images")
+    p.add_argument("model", help="model or run directory of a codebook model")
+    p.add_argument("--data", default=None, help="data SPEC whose labelled clips are counted")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"))
+    p.add_argument("--top", type=int, default=5, help="codes per class and family")
+    p.add_argument("--out", default=None,
+                   help="folder for codes.json and one PNG sheet per family")
+    p.add_argument("--render", action="append", default=[], metavar="FAMILY:CODE",
+                   help="draw a code's centroid through its decoder (e.g. patch:17)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_codebook)
 
     p = sub.add_parser("tag", help="top-k labels per file (or per chunk)")
     p.add_argument("model")

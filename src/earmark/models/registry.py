@@ -16,7 +16,7 @@ from earmark.errors import ModelError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY_MODULES = ("earmark.models.vit", "earmark.models.htsat",
-                  "earmark.models.tokenlearner")
+                  "earmark.models.tokenlearner", "earmark.models.codebook")
 
 
 def register_model(name: str):

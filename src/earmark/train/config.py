@@ -71,6 +71,14 @@ class TrainConfig:
     decoder_dim: int = 512
     decoder_depth: int | None = None
     decoder_heads: int = 8
+    # codebook (paper 001): the stages before the head (earmark.train.codebook). The paper
+    # gives no optimiser for its autoencoders; Adam with a cosine decay is earmark's choice.
+    codebook_chunks: int = 20000  # 1 s chunks of the training split that fit the autoencoders
+    ae_steps: int = 3000  # autoencoder updates (each one updates all four families)
+    ae_batch: int = 256  # slices per family and update
+    ae_lr: float = 1e-3
+    kmeans_batch: int = 4096  # mini-batch k-means: vectors per update
+    kmeans_epochs: int = 3  # passes over the bottlenecks
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -90,6 +98,10 @@ class TrainConfig:
             if spec:  # masking is the pretext task; mixed or masked inputs have no place there
                 raise ValueError("stage 'mae' takes no mixup or SpecAugment; unset "
                                  + ", ".join(spec))
+        for name in ("codebook_chunks", "ae_steps", "ae_batch", "kmeans_batch",
+                     "kmeans_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
 

@@ -122,7 +122,7 @@ def _quiet_lightning() -> None:
     """Keep Lightning's banners, tips and third-party deprecation notes out of the output."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for pattern in (r".*LeafSpec.*", r".*weights_only.*", r".*exists and is not empty.*",
-                    r".*does not have many workers.*"):
+                    r".*does not have many workers.*", r".*module\(s\) in eval mode.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -404,10 +404,26 @@ def _prepare_psl(config: TrainConfig, manifest: Manifest, train_m: Manifest,
     return RunSetup(model, labels, module, train_dl, valid_dl, test, provenance, report)
 
 
+def _prepare_codebook(config: TrainConfig, manifest: Manifest, train_m: Manifest,
+                      valid_m: Manifest, test_m: Manifest, resume: bool = False) -> RunSetup:
+    from earmark.train.codebook import prepare_stages
+
+    if config.stage != "finetune":
+        raise ModelError(f"the codebook model trains in its own stages; --stage {config.stage} "
+                         "does not apply to it")
+    if config.init:
+        raise ModelError("the codebook model does not start from other weights (--init)")
+    multi_label = manifest.multi_label if config.multi_label is None else config.multi_label
+    model = _create(config, len(manifest.labels), multi_label)
+    module, train_dl, valid_dl, provenance = prepare_stages(config, model, manifest, train_m,
+                                                            valid_m, resume)
+    return RunSetup(model, manifest.labels, module, train_dl, valid_dl, test_m, provenance)
+
+
 _STAGES = {"mae": _prepare_mae, "finetune": _prepare_finetune, "psl": _prepare_psl}
 
 
-def prepare_run(config: TrainConfig) -> RunSetup:
+def prepare_run(config: TrainConfig, resume: bool = False) -> RunSetup:
     """Build what ``config.stage`` trains, with ``config.init`` loaded, without training.
 
     >>> setup = prepare_run(TrainConfig(data="synth:data", stage="psl", model="sat-tiny",
@@ -416,6 +432,8 @@ def prepare_run(config: TrainConfig) -> RunSetup:
     """
     manifest = from_spec(config.data)
     train_m, valid_m, test_m = split_manifest(manifest, config.fold, config.seed)
+    if config.model == "codebook":  # autoencoders and code books first (earmark.train.codebook)
+        return _prepare_codebook(config, manifest, train_m, valid_m, test_m, resume)
     return _STAGES[config.stage](config, manifest, train_m, valid_m, test_m)
 
 
@@ -432,7 +450,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume:
-        if not last.is_file():
+        staged = (out / "stages").is_dir()  # the codebook model's stages resume on their own
+        if not last.is_file() and not staged:
             raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint)")
         saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
         config = replace(saved, epochs=config.epochs, progress=config.progress)
@@ -440,7 +459,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    setup = prepare_run(config)
+    setup = prepare_run(config, resume)
+    resume = resume and last.is_file()
     model, module = setup.model, setup.module
     if setup.init is not None:
         (out / "init.json").write_text(json.dumps(setup.init.to_dict(), indent=2) + "\n")

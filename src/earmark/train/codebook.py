@@ -1,0 +1,421 @@
+"""Training the codebook tagger of paper 001: autoencoders, code books, then the head.
+
+``earmark train --model codebook`` runs the stages in order, each writing its result under
+``OUT/stages/`` before the next starts:
+
+    autoencoder  the four families' MLP autoencoders (MSE), fitted on the slices of up to
+                 ``codebook_chunks`` 1 s chunks of the training split; also the log-mel mean
+                 and standard deviation that standardise the slices
+    codebook     mini-batch k-means (scikit-learn) with ``codebook_size`` centroids per
+                 family on the bottlenecks of those slices
+    features     the code-count histograms of every 1 s chunk of the training and
+                 validation splits (each chunk carries its clip's labels, section 2)
+    head         the MLP head on those histograms, with count masking: a Lightning run with
+                 checkpoints, logs and the best-epoch average, as for every earmark model
+
+``--resume`` keeps every stage whose file is there and was made with the same settings
+(recorded next to it), and continues the head from ``checkpoints/last.ckpt``. The exported
+``OUT/model`` holds the whole chain; its forward pass goes from waveform to clip scores.
+
+    >>> from earmark.train.config import TrainConfig
+    >>> from earmark.train.run import train
+    >>> train(TrainConfig(data="fsdd:data/fsdd", model="codebook", out="runs/cb",
+    ...                   model_args={"codebook_size": 256, "compression": 10}))
+    ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from earmark.data.dataset import fit_length, load_segment
+from earmark.data.labels import encode
+from earmark.data.manifest import Manifest
+from earmark.errors import AudioError, DataError, ModelError
+from earmark.models.codebook import FAMILIES, CodebookTagger
+from earmark.train.config import TrainConfig
+from earmark.train.module import TaggingModule
+
+log = logging.getLogger("earmark.train")
+
+STAGES_DIR = "stages"
+# the settings each stage depends on (with everything its predecessors depend on)
+_AE_KEYS = ("data", "fold", "seed", "model", "model_args", "clip_seconds", "fit",
+            "codebook_chunks", "ae_steps", "ae_batch", "ae_lr")
+_CODEBOOK_KEYS = _AE_KEYS + ("kmeans_batch", "kmeans_epochs")
+
+
+def is_codebook(config: TrainConfig) -> bool:
+    return config.model == "codebook"
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+# ---- 1 s chunks of log-mel ------------------------------------------------------------------
+
+
+@dataclass
+class Chunks:
+    """Log-mel chunks (N, 96, 100) of some items of a manifest, and whose they are."""
+
+    spec: torch.Tensor  # float16, to halve the memory of large samples
+    owner: torch.Tensor  # (N,) index of the item in the manifest
+    failed: list[str]  # "path: reason" of the files that could not be read
+    complete: bool  # every item of the manifest is in
+
+
+def item_chunks(model: CodebookTagger, item) -> torch.Tensor:
+    """(K, 96, 100) log-mel chunks of one manifest item, as the model's forward pass cuts them."""
+    wave = load_segment(item.path, model.sample_rate, item.onset, item.offset)
+    n = round(model.clip_seconds * model.sample_rate)
+    if wave.shape[-1] < n:
+        wave = fit_length(wave, n, model.fit or "pad")
+    with torch.no_grad():
+        return model.chunk_spectrograms(model.frontend(wave.unsqueeze(0)))[0]
+
+
+def collect_chunks(model: CodebookTagger, manifest: Manifest, limit: int | None = None,
+                   seed: int = 0, progress: bool = False, desc: str = "chunks") -> Chunks:
+    """The chunks of the manifest's items, in a seeded random order of items when ``limit``
+    caps their number (the item that crosses the cap is taken whole). Unreadable files are
+    skipped and listed in ``failed``."""
+    order = list(range(len(manifest.items)))
+    if limit is not None:
+        np.random.default_rng(seed).shuffle(order)
+    specs, owners, failed, total, seen = [], [], [], 0, 0
+    bar = tqdm(total=limit or len(order), desc=desc, disable=not progress,
+               unit="chunk" if limit else "file")
+    for i in order:
+        if limit is not None and total >= limit:
+            break
+        seen += 1
+        try:
+            chunks = item_chunks(model, manifest.items[i])
+        except AudioError as err:
+            failed.append(str(err))
+            continue
+        specs.append(chunks.half())
+        owners.append(torch.full((len(chunks),), i, dtype=torch.long))
+        total += len(chunks)
+        bar.update(len(chunks) if limit else 1)
+    bar.close()
+    if failed:
+        log.warning("%s: skipped %d unreadable files (first: %s)", desc, len(failed), failed[0])
+    if not specs:
+        raise DataError(manifest.name, f"no audio could be read ({len(failed)} files failed)")
+    complete = seen == len(order)
+    return Chunks(torch.cat(specs), torch.cat(owners), failed, complete)
+
+
+# ---- stage files -----------------------------------------------------------------------------
+
+
+def _settings(config: TrainConfig, keys: tuple[str, ...]) -> dict:
+    d = config.to_dict()
+    return {k: d[k] for k in keys}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    """``path`` (safetensors) then ``path.json`` (its settings): the JSON marks it finished."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+    _write_json(path.with_name(path.name + ".json"), info)
+
+
+def _load_stage(path: Path, settings: dict) -> dict[str, torch.Tensor] | None:
+    """The tensors of a finished stage made with ``settings``; None if absent or different."""
+    meta = path.with_name(path.name + ".json")
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+    except json.JSONDecodeError:
+        return None
+    if info.get("settings") != json.loads(json.dumps(settings)):
+        log.info("%s was made with other settings; running the stage again", path.name)
+        return None
+    return load_file(str(path))
+
+
+# ---- stage 1: autoencoders ---------------------------------------------------------------------
+
+
+def _random_slices(model: CodebookTagger, spec: torch.Tensor, batch: int,
+                   gen: torch.Generator, device) -> dict[str, torch.Tensor]:
+    """One random slice of each family from each of ``batch`` random chunks."""
+    idx = torch.randint(len(spec), (batch,), generator=gen)
+    slices = model.slices(spec[idx].to(device).float())
+    out = {}
+    for name, x in slices.items():
+        pick = torch.randint(x.shape[1], (batch,), generator=gen).to(device)
+        out[name] = x[torch.arange(batch, device=device), pick]
+    return out
+
+
+def train_autoencoders(model: CodebookTagger, spec: torch.Tensor, config: TrainConfig,
+                       device) -> dict:
+    """Fit the log-mel statistics and the four autoencoders (MSE, Adam); returns the losses."""
+    flat = spec.float()
+    mean, std = flat.mean(), flat.std().clamp_min(1e-6)
+    model.norm.copy_(torch.stack([mean, std]))
+    del flat
+    model.to(device)
+    model.autoencoders_trainable = True
+    model.train()
+    opt = torch.optim.Adam(model.autoencoders.parameters(), lr=config.ae_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.ae_steps))
+    gen = torch.Generator().manual_seed(config.seed)
+    history: dict[str, list[float]] = {name: [] for name in FAMILIES}
+    running = {name: 0.0 for name in FAMILIES}
+    every = max(1, min(100, config.ae_steps // 10))
+    bar = tqdm(range(config.ae_steps), desc="autoencoders", disable=not config.progress)
+    for step in bar:
+        batch = _random_slices(model, spec, config.ae_batch, gen, device)
+        losses = {name: F.mse_loss(model.autoencoders[name](x), x) for name, x in batch.items()}
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+        sched.step()
+        for name, loss in losses.items():
+            running[name] += loss.item()
+        if (step + 1) % every == 0 or step + 1 == config.ae_steps:
+            n = (step % every) + 1
+            for name in FAMILIES:
+                history[name].append(running[name] / n)
+                running[name] = 0.0
+            bar.set_postfix({k[:5]: f"{v[-1]:.3f}" for k, v in history.items()})
+            if not config.progress:
+                log.info("autoencoders step %d/%d: %s", step + 1, config.ae_steps,
+                         ", ".join(f"{k} {v[-1]:.4f}" for k, v in history.items()))
+    model.autoencoders_trainable = False
+    model.eval()
+    return {"every": every, "mse": history}
+
+
+# ---- stage 2: code books -----------------------------------------------------------------------
+
+
+def encode_family(model: CodebookTagger, spec: torch.Tensor, family: str, device,
+                  batch: int = 256) -> np.ndarray:
+    """(N * slices, bottleneck) bottlenecks of one family over all chunks, as float32."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(spec), batch):
+            x = model.slices(spec[s:s + batch].to(device).float())[family]
+            out.append(model.autoencoders[family].encode(x).flatten(0, 1).cpu())
+    return torch.cat(out).numpy().astype(np.float32)
+
+
+def fit_codebook(vectors: np.ndarray, size: int, batch: int, epochs: int, seed: int,
+                 progress: bool = False, desc: str = "k-means") -> tuple[np.ndarray, float]:
+    """Mini-batch k-means (scikit-learn) over ``vectors`` in shuffled batches, ``epochs``
+    passes, with a progress bar; returns (centroids (size, d), inertia per vector)."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    n = len(vectors)
+    if n < size:
+        raise DataError(desc, f"{n} vectors cannot make {size} centroids; use a smaller "
+                        "codebook_size or more training audio")
+    rng = np.random.default_rng(seed)
+    km = MiniBatchKMeans(n_clusters=size, batch_size=batch, random_state=seed, n_init=3,
+                         init_size=min(n, max(3 * size, batch)))
+    first = min(n, max(3 * size, batch))  # k-means++ starts from the first batch
+    steps = [(e, s) for e in range(epochs) for s in range(0, n, batch)]
+    bar = tqdm(total=len(steps), desc=desc, disable=not progress)
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        start = 0
+        while start < n:
+            stop = start + (first if epoch == 0 and start == 0 else batch)
+            km.partial_fit(vectors[order[start:stop]])
+            bar.update(1)
+            start = stop
+    bar.close()
+    centres = km.cluster_centers_.astype(np.float32)
+    inertia, sq = 0.0, (centres ** 2).sum(1)
+    for s in range(0, n, 8192):  # bounded memory for millions of vectors
+        part = vectors[s:s + 8192]
+        d = (part ** 2).sum(1, keepdims=True) - 2 * part @ centres.T + sq
+        inertia += float(np.maximum(d.min(1), 0).sum())
+    return centres, inertia / n
+
+
+# ---- stage 3: histograms ---------------------------------------------------------------------
+
+
+def chunk_features(model: CodebookTagger, chunks: Chunks, manifest: Manifest, device,
+                   batch: int = 256) -> dict[str, torch.Tensor]:
+    """Counts (N, 4D) as uint8, targets (N, C) and clip ids (N,) of every chunk."""
+    index = manifest.label_index()
+    counts = []
+    with torch.no_grad():
+        for s in range(0, len(chunks.spec), batch):
+            counts.append(model.histogram(chunks.spec[s:s + batch].to(device).float())
+                          .to(torch.uint8).cpu())
+    targets = torch.stack([encode(manifest.items[i].labels, index) for i in chunks.owner.tolist()])
+    return {"counts": torch.cat(counts), "targets": targets, "clip": chunks.owner.clone()}
+
+
+# ---- stage 4: the head -----------------------------------------------------------------------
+
+
+class HeadModule(TaggingModule):
+    """Trains the head on (counts, target, clip) batches: sigmoid + Huber for multi-label
+    data, softmax + cross-entropy for single-label (section 3.3); validation scores clips as
+    the mean of their chunks' scores."""
+
+    def __init__(self, model: CodebookTagger, config: TrainConfig, labels: list[str],
+                 steps_per_epoch: int):
+        super().__init__(model, config, labels, steps_per_epoch)
+        self._val_clips: list[torch.Tensor] = []
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.multi_label:
+            return F.huber_loss(logits.sigmoid(), target)
+        return F.cross_entropy(logits, target)
+
+    def training_step(self, batch, batch_idx):
+        counts, target, _ = batch
+        loss = self.loss(self.model.head_logits(counts), target)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=counts.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        counts, target, clip = batch
+        logits = self.model.head_logits(counts)
+        self.log("val/loss", self.loss(logits, target), prog_bar=True, sync_dist=True,
+                 batch_size=counts.shape[0])
+        self._val_scores.append(self.model.activation(logits).float())
+        self._val_targets.append(target.float())
+        self._val_clips.append(clip)
+
+    def on_validation_epoch_end(self):
+        if self._val_scores:
+            scores, targets = torch.cat(self._val_scores), torch.cat(self._val_targets)
+            clips = torch.cat(self._val_clips)
+            ids, inverse = torch.unique(clips, return_inverse=True)
+            count = torch.zeros(len(ids), device=scores.device).index_add_(
+                0, inverse, torch.ones_like(inverse, dtype=scores.dtype))
+            mean = torch.zeros(len(ids), scores.shape[1], device=scores.device).index_add_(
+                0, inverse, scores) / count[:, None]
+            first = torch.zeros(len(ids), dtype=torch.long, device=scores.device).scatter_(
+                0, inverse, torch.arange(len(clips), device=scores.device))
+            self._val_scores, self._val_targets = [mean], [targets[first]]
+        self._val_clips = []
+        super().on_validation_epoch_end()
+
+
+def _loader(features: dict[str, torch.Tensor], config: TrainConfig, train: bool):
+    ds = torch.utils.data.TensorDataset(features["counts"].float(), features["targets"],
+                                        features["clip"])
+    return torch.utils.data.DataLoader(ds, batch_size=config.batch_size, shuffle=train,
+                                       drop_last=train and len(ds) > config.batch_size)
+
+
+# ---- the stages together -------------------------------------------------------------------
+
+
+def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifest,
+                   train_m: Manifest, valid_m: Manifest, resume: bool = False):
+    """Run (or, with ``resume``, reuse) the stages before the head; returns the head's
+    (module, train loader, valid loader, provenance)."""
+    if not isinstance(model, CodebookTagger):
+        raise ModelError(f"{config.model!r} is not a codebook model")
+    stages = Path(config.out) / STAGES_DIR
+    stages.mkdir(parents=True, exist_ok=True)
+    device = _device(config)
+    t0 = time.time()
+    report: dict = {}
+
+    ae_settings = _settings(config, _AE_KEYS)
+    ae_path = stages / "autoencoder.safetensors"
+    cb_settings = _settings(config, _CODEBOOK_KEYS)
+    cb_path = stages / "codebook.safetensors"
+    ae_state = _load_stage(ae_path, ae_settings) if resume else None
+    cb_state = _load_stage(cb_path, cb_settings) if resume and ae_state is not None else None
+    sample = None
+    if ae_state is None or cb_state is None:
+        sample = collect_chunks(model, train_m, config.codebook_chunks, config.seed,
+                                config.progress, desc="training chunks")
+        report["sample_chunks"] = len(sample.spec)
+    if ae_state is None:
+        t = time.time()
+        history = train_autoencoders(model, sample.spec, config, device)
+        state = {k: v for k, v in model.state_dict().items()
+                 if k.startswith("autoencoders.") or k == "norm"}
+        _save_tensors(ae_path, state, {"settings": ae_settings, "chunks": len(sample.spec),
+                                       "seconds": round(time.time() - t, 1), **history})
+        report["autoencoder_seconds"] = round(time.time() - t, 1)
+    else:
+        model.load_state_dict(ae_state, strict=False)
+        log.info("autoencoders: reusing %s", ae_path)
+    model.to(device).eval()
+    if cb_state is None:
+        t = time.time()
+        inertia = {}
+        for name in FAMILIES:
+            vectors = encode_family(model, sample.spec, name, device)
+            centroids, inertia[name] = fit_codebook(
+                vectors, model.codebook_size, config.kmeans_batch, config.kmeans_epochs,
+                config.seed, config.progress, desc=f"k-means {name} ({len(vectors)} vectors)")
+            model.centroids(name).copy_(torch.from_numpy(centroids))
+        state = {f"centroids_{n}": model.centroids(n) for n in FAMILIES}
+        _save_tensors(cb_path, state, {"settings": cb_settings, "inertia": inertia,
+                                       "seconds": round(time.time() - t, 1)})
+        report["codebook_seconds"] = round(time.time() - t, 1)
+    else:
+        model.load_state_dict(cb_state, strict=False)
+        log.info("code books: reusing %s", cb_path)
+
+    features = {}
+    for split, m in (("train", train_m), ("valid", valid_m)):
+        path = stages / f"features-{split}.safetensors"
+        done = _load_stage(path, cb_settings) if resume else None
+        if done is None:
+            t = time.time()
+            chunks = (sample if split == "train" and sample is not None and sample.complete
+                      else collect_chunks(model, m, progress=config.progress,
+                                          desc=f"{split} chunks"))
+            done = chunk_features(model, chunks, m, device)
+            _save_tensors(path, done, {"settings": cb_settings, "failed": chunks.failed,
+                                       "seconds": round(time.time() - t, 1)})
+            report[f"{split}_failed"] = len(chunks.failed)
+        features[split] = done
+    used = (features["train"]["counts"].float().sum(0) > 0).view(len(FAMILIES), -1).sum(1)
+    report["codes_used"] = dict(zip(FAMILIES, used.tolist()))
+    report["stage_seconds"] = round(time.time() - t0, 1)
+    log.info("codebook stages done in %.0f s; codes used per family: %s",
+             report["stage_seconds"], report["codes_used"])
+    model.cpu()
+    for p in model.autoencoders.parameters():
+        p.requires_grad_(False)
+    train_dl = _loader(features["train"], config, train=True)
+    valid_dl = _loader(features["valid"], config, train=False)
+    steps = max(1, len(train_dl) // max(1, config.devices))
+    module = HeadModule(model, config, manifest.labels, steps)
+    provenance = {"codebook": {"chunks": report.get("sample_chunks"),
+                               "codes_used": report["codes_used"]}}
+    return module, train_dl, valid_dl, provenance
