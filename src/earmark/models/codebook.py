@@ -201,8 +201,8 @@ class CodebookTagger(AudioModel):
         second is tiled to one."""
         t = spec.shape[-1]
         if t < FRAMES:
-            spec = spec.repeat(1, 1, -(-FRAMES // t))
-            t = spec.shape[-1]
+            spec = spec.repeat(1, 1, -(-FRAMES // t))[..., :FRAMES]
+            t = FRAMES
         starts = list(range(0, t - FRAMES + 1, FRAMES))
         if t - (starts[-1] + FRAMES) >= max(1, self.tail_frames):
             starts.append(t - FRAMES)

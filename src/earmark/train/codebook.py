@@ -14,7 +14,9 @@
                  checkpoints, logs and the best-epoch average, as for every earmark model
 
 ``--resume`` keeps every stage whose file is there and was made with the same settings
-(recorded next to it), and continues the head from ``checkpoints/last.ckpt``. The exported
+(recorded next to it), and continues the head from ``checkpoints/last.ckpt``.
+``--stages-from RUN`` starts from another run's stages where their settings match (a grid
+over code-book sizes fits the autoencoders once; over the head, the code books too). The exported
 ``OUT/model`` holds the whole chain; its forward pass goes from waveform to clip scores.
 
     >>> from earmark.train.config import TrainConfig
@@ -50,10 +52,13 @@ from earmark.train.module import TaggingModule
 log = logging.getLogger("earmark.train")
 
 STAGES_DIR = "stages"
-# the settings each stage depends on (with everything its predecessors depend on)
-_AE_KEYS = ("data", "fold", "seed", "model", "model_args", "clip_seconds", "fit",
-            "codebook_chunks", "ae_steps", "ae_batch", "ae_lr")
+# the settings each stage depends on (with everything its predecessors depend on), so a
+# stage can be reused by runs that differ only later in the chain (a grid over the head)
+_AE_KEYS = ("data", "fold", "seed", "clip_seconds", "fit", "codebook_chunks", "ae_steps",
+            "ae_batch", "ae_lr")
+_AE_ARGS = ("compression", "ae_hidden", "ae_layers", "ae_dropout", "frontend", "tail_frames")
 _CODEBOOK_KEYS = _AE_KEYS + ("kmeans_batch", "kmeans_epochs")
+_CODEBOOK_ARGS = _AE_ARGS + ("codebook_size",)
 
 
 def is_codebook(config: TrainConfig) -> bool:
@@ -125,9 +130,11 @@ def collect_chunks(model: CodebookTagger, manifest: Manifest, limit: int | None 
 # ---- stage files -----------------------------------------------------------------------------
 
 
-def _settings(config: TrainConfig, keys: tuple[str, ...]) -> dict:
+def _settings(config: TrainConfig, model: CodebookTagger, keys: tuple[str, ...],
+              args: tuple[str, ...]) -> dict:
     d = config.to_dict()
-    return {k: d[k] for k in keys}
+    built = model.build_args()
+    return {**{k: d[k] for k in keys}, "model_args": {k: built[k] for k in args}}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -144,19 +151,28 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], info: dict) -> N
     _write_json(path.with_name(path.name + ".json"), info)
 
 
-def _load_stage(path: Path, settings: dict) -> dict[str, torch.Tensor] | None:
-    """The tensors of a finished stage made with ``settings``; None if absent or different."""
-    meta = path.with_name(path.name + ".json")
-    if not (path.is_file() and meta.is_file()):
-        return None
-    try:
-        info = json.loads(meta.read_text())
-    except json.JSONDecodeError:
-        return None
-    if info.get("settings") != json.loads(json.dumps(settings)):
-        log.info("%s was made with other settings; running the stage again", path.name)
-        return None
-    return load_file(str(path))
+def _load_stage(path: Path, settings: dict, sources: list[Path]) -> dict[str, torch.Tensor] | None:
+    """The tensors of a finished stage made with ``settings``, from the first of the
+    ``sources`` (stage folders) that has it; copied to ``path`` when it came from elsewhere.
+    None when no source has it."""
+    for folder in sources:
+        found = folder / path.name
+        meta = found.with_name(found.name + ".json")
+        if not (found.is_file() and meta.is_file()):
+            continue
+        try:
+            info = json.loads(meta.read_text())
+        except json.JSONDecodeError:
+            continue
+        if info.get("settings") != json.loads(json.dumps(settings)):
+            log.info("%s was made with other settings", found)
+            continue
+        tensors = load_file(str(found))
+        if found != path:
+            _save_tensors(path, tensors, {**info, "copied_from": str(found)})
+        log.info("%s: reusing %s", path.stem, found)
+        return tensors
+    return None
 
 
 # ---- stage 1: autoencoders ---------------------------------------------------------------------
@@ -350,12 +366,14 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
     t0 = time.time()
     report: dict = {}
 
-    ae_settings = _settings(config, _AE_KEYS)
+    ae_settings = _settings(config, model, _AE_KEYS, _AE_ARGS)
     ae_path = stages / "autoencoder.safetensors"
-    cb_settings = _settings(config, _CODEBOOK_KEYS)
+    cb_settings = _settings(config, model, _CODEBOOK_KEYS, _CODEBOOK_ARGS)
     cb_path = stages / "codebook.safetensors"
-    ae_state = _load_stage(ae_path, ae_settings) if resume else None
-    cb_state = _load_stage(cb_path, cb_settings) if resume and ae_state is not None else None
+    sources = ([stages] if resume else []) + (
+        [Path(config.stages_from) / STAGES_DIR] if config.stages_from else [])
+    ae_state = _load_stage(ae_path, ae_settings, sources)
+    cb_state = _load_stage(cb_path, cb_settings, sources) if ae_state is not None else None
     sample = None
     if ae_state is None or cb_state is None:
         sample = collect_chunks(model, train_m, config.codebook_chunks, config.seed,
@@ -371,7 +389,6 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
         report["autoencoder_seconds"] = round(time.time() - t, 1)
     else:
         model.load_state_dict(ae_state, strict=False)
-        log.info("autoencoders: reusing %s", ae_path)
     model.to(device).eval()
     if cb_state is None:
         t = time.time()
@@ -388,12 +405,11 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
         report["codebook_seconds"] = round(time.time() - t, 1)
     else:
         model.load_state_dict(cb_state, strict=False)
-        log.info("code books: reusing %s", cb_path)
 
     features = {}
     for split, m in (("train", train_m), ("valid", valid_m)):
         path = stages / f"features-{split}.safetensors"
-        done = _load_stage(path, cb_settings) if resume else None
+        done = _load_stage(path, cb_settings, sources) if cb_state is not None else None
         if done is None:
             t = time.time()
             chunks = (sample if split == "train" and sample is not None and sample.complete

@@ -79,6 +79,7 @@ class TrainConfig:
     ae_lr: float = 1e-3
     kmeans_batch: int = 4096  # mini-batch k-means: vectors per update
     kmeans_epochs: int = 3  # passes over the bottlenecks
+    stages_from: str | None = None  # another codebook run whose matching stages are reused
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
