@@ -97,6 +97,27 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def table(rows: list[dict]) -> str:
+    """The runs as a markdown table, each TokenLearner row with its FLOP ratio to the NT row
+    of the same depth and heads."""
+    lines = ["| run | epochs | top-1 | top-3 | GFLOPs / clip | params | latency | training |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    by_run = {r["run"]: r for r in rows}
+    order = sorted(rows, key=lambda r: (r["data"], r["model"].split("-")[:2] != ["vit"],
+                                        r["run"]))
+    for r in order:
+        flops = f"{r['gflops_per_clip']:.3f}"
+        parts = r["run"].split("-")
+        if len(parts) == 4 and parts[2] != "nt":
+            nt = by_run.get("-".join(parts[:2] + ["nt"] + parts[3:]))
+            if nt:
+                flops += f" ({nt['gflops_per_clip'] / r['gflops_per_clip']:.2f}x fewer)"
+        lines.append(f"| {r['run']} | {r['epochs']} | {100 * r['top1']:.1f} % | "
+                     f"{100 * r['top3']:.1f} % | {flops} | {r['params'] / 1e6:.2f} M | "
+                     f"{r['latency_ms']:.2f} ms | {r['train_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("fsdd", "synth"), default="fsdd")
@@ -106,7 +127,11 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--table", action="store_true", help="print the results as markdown")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return 0
     spec = data_spec(a.data)
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     jobs = [(f"{a.data}/{r}", r, {}) for r in filter(None, a.rows.split(","))]

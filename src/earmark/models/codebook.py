@@ -127,7 +127,8 @@ def nearest(z: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 class CodebookTagger(AudioModel):
     """Paper 001's tagger; see the module docstring. ``compression`` is F (10 or 20 in the
-    paper), ``codebook_size`` D (16, 64, 256 or 1024), ``mask_prob`` p (best 0.35).
+    paper), ``codebook_size`` D (16, 64, 256 or 1024), ``mask_prob`` p. The defaults are the
+    paper's best model (section 4: D 256, F 10, a 512-unit head with dropout 0.4, p 0.35).
 
     ``norm`` holds the mean and standard deviation of the training log-mel, which the slices
     are standardised with before the autoencoders (set by the trainer). Counts enter the head
@@ -139,7 +140,7 @@ class CodebookTagger(AudioModel):
     family = "codebook"
 
     def __init__(self, num_classes: int, codebook_size: int = 256, compression: int = 10,
-                 mask_prob: float = 0.0, hidden: int = 512, head_dropout: float = 0.4,
+                 mask_prob: float = 0.35, hidden: int = 512, head_dropout: float = 0.4,
                  ae_hidden: int = 2048, ae_layers: int = 3, ae_dropout: float = 0.5,
                  tail_frames: int = 10, frontend: str | dict = "codebook",
                  clip_seconds: float = 1.0, multi_label: bool = False, fit: str | None = "repeat"):
