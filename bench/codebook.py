@@ -68,6 +68,7 @@ def run_one(a, spec: str, name: str, model_args: dict, stages_from: Path | None)
         batch_size=a.batch, lr=a.lr, weight_decay=a.weight_decay, warmup_epochs=1,
         ae_steps=a.ae_steps, ae_batch=a.ae_batch, codebook_chunks=a.chunks,
         kmeans_epochs=a.kmeans_epochs, stages_from=str(stages_from) if stages_from else None,
+        feature_views=a.views, gain_db=a.gain_db,
         top_k_average=1, progress=False)
     t0 = time.time()
     result = train(config)
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", choices=("fsdd", "synth"), default="fsdd")
     p.add_argument("--sizes", default="16,64,256,1024", help="code-book sizes D")
     p.add_argument("--compression", default="10,20", help="compression factors F")
-    p.add_argument("--heads", default="256:0.1,256:0.4,512:0.4,4096:0.4",
+    p.add_argument("--heads", default="256:0.1,512:0.4",
                    help="head width:dropout pairs")
     p.add_argument("--masks", default="0.1,0.2,0.35,0.5",
                    help="mask probabilities tried on the best configuration")
@@ -108,7 +109,9 @@ def main(argv=None) -> int:
     p.add_argument("--ae-batch", type=int, default=256)
     p.add_argument("--chunks", type=int, default=20000)
     p.add_argument("--kmeans-epochs", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=60, help="head epochs")
+    p.add_argument("--views", type=int, default=8, help="histograms per training clip")
+    p.add_argument("--gain-db", type=float, default=6.0, help="gain of the shifted copies")
+    p.add_argument("--epochs", type=int, default=30, help="head epochs")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
@@ -132,7 +135,12 @@ def main(argv=None) -> int:
 
     runs_dir = HERE / "results" / "codebook-runs" / a.data
     heads = [(int(w), float(d)) for w, d in (h.split(":") for h in a.heads.split(","))]
-    first_of: dict = {}
+    first_of: dict = {}  # earlier runs (of this call or before) whose stages can be reused
+    for old in sorted(runs_dir.glob("F*-D*")):
+        if (old / "stages" / "codebook.safetensors.json").is_file():
+            f, size = (int(x[1:]) for x in old.name.split("-")[:2])
+            first_of.setdefault((f, size), old)
+            first_of.setdefault(f, old)
     for f in (int(x) for x in a.compression.split(",")):
         for size in (int(x) for x in a.sizes.split(",")):
             for width, dropout in heads:

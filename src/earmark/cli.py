@@ -69,6 +69,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kmeans-batch", type=int, default=d.kmeans_batch)
     g.add_argument("--kmeans-epochs", type=int, default=d.kmeans_epochs,
                    help="passes of mini-batch k-means over the bottlenecks")
+    g.add_argument("--feature-views", type=int, default=d.feature_views,
+                   help="histograms per training clip: the clip, then randomly shifted copies "
+                        "(with --gain-db)")
     g.add_argument("--stages-from", default=None, metavar="RUN",
                    help="reuse another codebook run's stages where their settings match")
 
@@ -107,7 +110,8 @@ def _train_config(a: argparse.Namespace, fold=None):
             time_patch_out=a.time_patch_out, freq_patch_out=a.freq_patch_out,
             drop_path_rate=a.drop_path_rate, codebook_chunks=a.codebook_chunks,
             ae_steps=a.ae_steps, ae_batch=a.ae_batch, ae_lr=a.ae_lr, kmeans_batch=a.kmeans_batch,
-            kmeans_epochs=a.kmeans_epochs, stages_from=a.stages_from)
+            kmeans_epochs=a.kmeans_epochs, stages_from=a.stages_from,
+            feature_views=a.feature_views)
         if a.recipe:
             given = {arg.lstrip("-").split("=")[0].replace("-", "_") for arg in a.argv
                      if arg.startswith("--")}

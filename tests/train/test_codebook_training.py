@@ -98,6 +98,20 @@ def test_resume_reuses_finished_stages(run, data, tmp_path):
         out / "stages" / "autoencoder.safetensors").read_bytes()
 
 
+def test_feature_views_add_shifted_copies_of_training_clips(data, tmp_path):
+    import numpy as np
+
+    from earmark.train.codebook import item_chunks
+
+    model = earmark.create_model("codebook", 8, **TINY)
+    item = from_spec(f"synth:{data}").split("train").items[0]
+    one = item_chunks(model, item)
+    three = item_chunks(model, item, views=3, gain_db=6.0, rng=np.random.default_rng(0))
+    assert one.shape == (1, 96, 100) and three.shape == (3, 96, 100)
+    assert torch.equal(three[0], one[0])  # the clip as it is comes first
+    assert not torch.allclose(three[1], one[0]) and not torch.allclose(three[2], three[1])
+
+
 def test_multi_label_head_uses_sigmoid_and_huber(data, tmp_path):
     model = earmark.create_model("codebook", 3, multi_label=True, **TINY)
     module = HeadModule(model, config("x", tmp_path), ["a", "b", "c"], 1)

@@ -9,7 +9,9 @@
     codebook     mini-batch k-means (scikit-learn) with ``codebook_size`` centroids per
                  family on the bottlenecks of those slices
     features     the code-count histograms of every 1 s chunk of the training and
-                 validation splits (each chunk carries its clip's labels, section 2)
+                 validation splits (each chunk carries its clip's labels, section 2);
+                 ``feature_views`` > 1 adds shifted copies of each training clip (and
+                 ``gain_db``), the head's only augmentation
     head         the MLP head on those histograms, with count masking: a Lightning run with
                  checkpoints, logs and the best-epoch average, as for every earmark model
 
@@ -59,6 +61,7 @@ _AE_KEYS = ("data", "fold", "seed", "clip_seconds", "fit", "codebook_chunks", "a
 _AE_ARGS = ("compression", "ae_hidden", "ae_layers", "ae_dropout", "frontend", "tail_frames")
 _CODEBOOK_KEYS = _AE_KEYS + ("kmeans_batch", "kmeans_epochs")
 _CODEBOOK_ARGS = _AE_ARGS + ("codebook_size",)
+_FEATURE_KEYS = _CODEBOOK_KEYS + ("feature_views", "gain_db")
 
 
 def is_codebook(config: TrainConfig) -> bool:
@@ -84,21 +87,39 @@ class Chunks:
     complete: bool  # every item of the manifest is in
 
 
-def item_chunks(model: CodebookTagger, item) -> torch.Tensor:
-    """(K, 96, 100) log-mel chunks of one manifest item, as the model's forward pass cuts them."""
+def item_chunks(model: CodebookTagger, item, views: int = 1, gain_db: float = 0.0,
+                rng: np.random.Generator | None = None) -> torch.Tensor:
+    """(K, 96, 100) log-mel chunks of one manifest item, as the model's forward pass cuts them.
+
+    With ``views`` > 1, the chunks of ``views - 1`` shifted copies follow: a clip shorter
+    than a chunk is tiled from a random point (or placed at a random point, as ``model.fit``
+    says), a longer one starts up to a chunk later; each copy at a random gain within
+    +-``gain_db``. The file is read once."""
     wave = load_segment(item.path, model.sample_rate, item.onset, item.offset)
     n = round(model.clip_seconds * model.sample_rate)
-    if wave.shape[-1] < n:
-        wave = fit_length(wave, n, model.fit or "pad")
-    with torch.no_grad():
-        return model.chunk_spectrograms(model.frontend(wave.unsqueeze(0)))[0]
+    copies = []
+    for v in range(views):
+        r = rng if v else None
+        x = wave
+        if x.shape[-1] < n:
+            x = fit_length(x, n, model.fit or "pad", r)
+        elif r is not None:
+            x = x[int(r.integers(min(n, x.shape[-1] - n) + 1)):]
+        if r is not None and gain_db:
+            x = x * 10 ** (r.uniform(-gain_db, gain_db) / 20)
+        with torch.no_grad():
+            copies.append(model.chunk_spectrograms(model.frontend(x.unsqueeze(0)))[0])
+    return torch.cat(copies)
 
 
 def collect_chunks(model: CodebookTagger, manifest: Manifest, limit: int | None = None,
-                   seed: int = 0, progress: bool = False, desc: str = "chunks") -> Chunks:
+                   seed: int = 0, progress: bool = False, desc: str = "chunks", views: int = 1,
+                   gain_db: float = 0.0) -> Chunks:
     """The chunks of the manifest's items, in a seeded random order of items when ``limit``
-    caps their number (the item that crosses the cap is taken whole). Unreadable files are
-    skipped and listed in ``failed``."""
+    caps their number (the item that crosses the cap is taken whole); ``views`` and
+    ``gain_db`` as :func:`item_chunks`. Unreadable files are skipped and listed in
+    ``failed``."""
+    rng = np.random.default_rng([seed, 1])
     order = list(range(len(manifest.items)))
     if limit is not None:
         np.random.default_rng(seed).shuffle(order)
@@ -110,7 +131,7 @@ def collect_chunks(model: CodebookTagger, manifest: Manifest, limit: int | None 
             break
         seen += 1
         try:
-            chunks = item_chunks(model, manifest.items[i])
+            chunks = item_chunks(model, manifest.items[i], views, gain_db, rng)
         except AudioError as err:
             failed.append(str(err))
             continue
@@ -407,16 +428,20 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
         model.load_state_dict(cb_state, strict=False)
 
     features = {}
+    ft_settings = _settings(config, model, _FEATURE_KEYS, _CODEBOOK_ARGS)
     for split, m in (("train", train_m), ("valid", valid_m)):
         path = stages / f"features-{split}.safetensors"
-        done = _load_stage(path, cb_settings, sources) if cb_state is not None else None
+        done = _load_stage(path, ft_settings, sources) if cb_state is not None else None
         if done is None:
             t = time.time()
+            views = config.feature_views if split == "train" else 1
             chunks = (sample if split == "train" and sample is not None and sample.complete
-                      else collect_chunks(model, m, progress=config.progress,
-                                          desc=f"{split} chunks"))
+                      and views == 1
+                      else collect_chunks(model, m, seed=config.seed, progress=config.progress,
+                                          desc=f"{split} chunks", views=views,
+                                          gain_db=config.gain_db if split == "train" else 0.0))
             done = chunk_features(model, chunks, m, device)
-            _save_tensors(path, done, {"settings": cb_settings, "failed": chunks.failed,
+            _save_tensors(path, done, {"settings": ft_settings, "failed": chunks.failed,
                                        "seconds": round(time.time() - t, 1)})
             report[f"{split}_failed"] = len(chunks.failed)
         features[split] = done

@@ -80,6 +80,7 @@ class TrainConfig:
     kmeans_batch: int = 4096  # mini-batch k-means: vectors per update
     kmeans_epochs: int = 3  # passes over the bottlenecks
     stages_from: str | None = None  # another codebook run whose matching stages are reused
+    feature_views: int = 1  # histograms per training clip: as it is, then shifted copies
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -100,7 +101,7 @@ class TrainConfig:
                 raise ValueError("stage 'mae' takes no mixup or SpecAugment; unset "
                                  + ", ".join(spec))
         for name in ("codebook_chunks", "ae_steps", "ae_batch", "kmeans_batch",
-                     "kmeans_epochs"):
+                     "kmeans_epochs", "feature_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.mask_ratio < 1.0:
