@@ -95,6 +95,24 @@ def run_one(a, spec: str, name: str, model_args: dict, stages_from: Path | None)
             "wall_seconds": round(wall, 1), "epochs": result["epochs"]}
 
 
+def table(rows: list[dict]) -> str:
+    """The runs as a markdown table, grid order."""
+    lines = ["| run | D | F | head | mask | test | valid | GFLOPs / s | latency / s | params |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def key(r):
+        m = r["model_args"]
+        return (r["data"], m["compression"], m["codebook_size"], m["hidden"], m["head_dropout"],
+                m["mask_prob"])
+    for r in sorted(rows, key=key):
+        m = r["model_args"]
+        lines.append(f"| {r['run']} | {m['codebook_size']} | {m['compression']} | "
+                     f"{m['hidden']}, {m['head_dropout']:g} | {m['mask_prob']:g} | "
+                     f"{r['metric']} {100 * r['score']:.1f} | {100 * r['val_score']:.1f} | "
+                     f"{r['gflops_per_second']:.3f} | {r['latency_ms_per_second']:.2f} ms | "
+                     f"{r['params'] / 1e6:.1f} M |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", choices=("fsdd", "synth"), default="fsdd")
@@ -115,7 +133,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--table", action="store_true", help="print the results as markdown")
     a = p.parse_args(argv)
+    if a.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("lightning").setLevel(logging.WARNING)
     spec = data_spec(a.data)
