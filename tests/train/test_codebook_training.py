@@ -18,7 +18,7 @@ from earmark.evaluate.codebook import code_statistics, plot_code, render_code
 from earmark.models.codebook import FAMILIES
 from earmark.train.codebook import HeadModule
 from earmark.train.config import TrainConfig
-from earmark.train.run import train
+from earmark.train.run import split_manifest, train
 
 TINY = dict(codebook_size=8, ae_hidden=48, hidden=48, head_dropout=0.1)
 
@@ -177,3 +177,21 @@ def test_profile_stream_and_export(run, tmp_path):
     onnx_tagger = load_onnx(path)
     torch.testing.assert_close(onnx_tagger.scores(wave[:16000]), tagger.scores(wave[:16000]),
                                atol=1e-4, rtol=1e-3)
+
+
+def test_cli_train_passes_the_stage_options(data, tmp_path):
+    out = tmp_path / "cli"
+    rc = main(["train", "--data", f"synth:{data}", "--model", "codebook", "--out", str(out),
+               "--model-arg", "codebook_size=4", "--model-arg", "ae_hidden=16",
+               "--model-arg", "hidden=16", "--ae-steps", "7", "--ae-batch", "32",
+               "--kmeans-epochs", "1", "--feature-views", "2", "--epochs", "1",
+               "--no-progress"])
+    assert rc == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["ae_steps"], saved["ae_batch"], saved["feature_views"]) == (7, 32, 2)
+    ae = json.loads((out / "stages" / "autoencoder.safetensors.json").read_text())
+    assert ae["settings"]["ae_steps"] == 7
+    train_feats = load_file(str(out / "stages" / "features-train.safetensors"))
+    train_m = split_manifest(from_spec(f"synth:{data}"), None)[0]
+    assert len(train_feats["counts"]) == 2 * len(train_m)  # 1 s clips: one chunk per view
+    assert (out / "model" / "config.json").is_file()
