@@ -61,6 +61,18 @@ def test_stages_run_in_order_and_losses_fall(run):
     assert result["test"]["num_clips"] > 0 and result["epochs"] == 6
 
 
+def test_head_trains_with_dropout_and_masking(data, tmp_path):
+    from earmark.train.run import prepare_run
+
+    cfg = config(f"synth:{data}", tmp_path / "modes", model_args=dict(TINY, mask_prob=0.5))
+    setup = prepare_run(cfg)
+    model = setup.model
+    # the mode fitting starts in: head in training (dropout, masking), autoencoders not
+    assert model.head.training and not model.autoencoders.training
+    counts, _, _ = next(iter(setup.train_loader))
+    assert (model.mask_counts(counts) == 0).float().mean() > (counts == 0).float().mean()
+
+
 def test_model_directory_holds_the_whole_chain(run, data):
     out, _ = run
     tagger = earmark.load(out / "model")

@@ -453,6 +453,9 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
     model.cpu()
     for p in model.autoencoders.parameters():
         p.requires_grad_(False)
+    # Lightning keeps the train/eval mode each module has when fitting starts: the head must
+    # start in training mode (dropout, count masking); the autoencoders stay in eval
+    model.train()
     train_dl = _loader(features["train"], config, train=True)
     valid_dl = _loader(features["valid"], config, train=False)
     steps = max(1, len(train_dl) // max(1, config.devices))
