@@ -147,6 +147,7 @@ def plot_class_codes(model: CodebookTagger, stats: dict, family: str, path: str 
                   f"{e['code']}: {100 * e['share']:.0f}%, x{e['lift']:.1f}")
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(f"{family}: most frequent codes per class (share, lift)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, path, dpi=100)
 
 
