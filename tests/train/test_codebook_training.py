@@ -110,6 +110,17 @@ def test_resume_reuses_finished_stages(run, data, tmp_path):
         out / "stages" / "autoencoder.safetensors").read_bytes()
 
 
+def test_a_fresh_run_ignores_checkpoints_left_in_its_directory(run, data, tmp_path):
+    out, _ = run
+    again = tmp_path / "again"
+    (again / "checkpoints").mkdir(parents=True)
+    stale = again / "checkpoints" / "epoch=099-score=1.0000.ckpt"  # would win the average
+    stale.write_bytes(b"not a checkpoint")
+    train(config(f"synth:{data}", again, epochs=1, stages_from=str(out)))
+    assert not stale.exists()
+    assert [p.name for p in (again / "checkpoints").glob("epoch=*")][0].startswith("epoch=000")
+
+
 def test_feature_views_add_shifted_copies_of_training_clips(data, tmp_path):
     import numpy as np
 

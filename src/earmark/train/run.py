@@ -456,6 +456,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
         config = replace(saved, epochs=config.epochs, progress=config.progress)
     config.write(out / "config.json")
+    if not resume:  # a fresh run owns its checkpoints: older ones must not win the average
+        for stale in [*ckpt_dir.glob("epoch=*.ckpt"), last]:
+            stale.unlink(missing_ok=True)
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
 
