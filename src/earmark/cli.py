@@ -160,20 +160,25 @@ def cmd_synth(a) -> int:
     return 0
 
 
+def _select_split(manifest, split: str, fold: int | None = None):
+    """The items ``--split`` (and ``--fold``) name, as training splits them."""
+    from earmark.train.run import split_manifest
+
+    if split == "all":
+        return manifest
+    if fold is not None:
+        return manifest.for_fold(fold)[1]
+    return dict(zip(("train", "valid", "test"), split_manifest(manifest, None)))[split]
+
+
 def cmd_eval(a) -> int:
     from earmark.data.manifest import from_spec
     from earmark.evaluate.metrics import format_table
     from earmark.evaluate.run import evaluate_model, write_report
     from earmark.infer.tagger import load
-    from earmark.train.run import split_manifest
 
     tagger = load(a.model)
-    manifest = from_spec(a.data)
-    if a.split != "all":
-        if a.fold is not None:
-            manifest = manifest.for_fold(a.fold)[1]
-        else:
-            manifest = dict(zip(("train", "valid", "test"), split_manifest(manifest, None)))[a.split]
+    manifest = _select_split(from_spec(a.data), a.split, a.fold)
     metrics = evaluate_model(tagger, manifest, progress=not a.no_progress)
     print(format_table(metrics))
     if a.out:
@@ -194,9 +199,9 @@ def cmd_codebook(a) -> int:
         plot_class_codes,
         plot_code,
     )
+    from earmark.files import write_json
     from earmark.infer.tagger import load
     from earmark.models.codebook import FAMILIES
-    from earmark.train.run import split_manifest
 
     model = load(a.model).model
     written = []
@@ -210,18 +215,12 @@ def cmd_codebook(a) -> int:
         written.append(plot_code(model, family, int(code),
                                  (out or Path(".")) / f"{family}-{int(code)}.png"))
     if a.data:
-        manifest = from_spec(a.data)
-        if a.split != "all":
-            manifest = dict(zip(("train", "valid", "test"),
-                                split_manifest(manifest, None)))[a.split]
+        manifest = _select_split(from_spec(a.data), a.split)
         stats = code_statistics(model, manifest, top=a.top, progress=not a.no_progress)
         print(format_statistics(stats, top=a.top))
         if out:
             out.mkdir(parents=True, exist_ok=True)
-            tmp = out / ".codes.json.tmp"
-            tmp.write_text(json.dumps(stats, indent=2) + "\n")
-            tmp.replace(out / "codes.json")
-            written.append(out / "codes.json")
+            written.append(write_json(out / "codes.json", stats))
             for family in FAMILIES:
                 written.append(plot_class_codes(model, stats, family,
                                                 out / f"codes-{family}.png", top=a.top))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError
 from earmark.evaluate.metrics import evaluate
+from earmark.files import write_json
 
 
 def evaluate_model(model, manifest: Manifest, progress: bool = True) -> dict:
@@ -58,11 +58,7 @@ def write_report(metrics: dict, labels: list[str], out_dir: str | Path) -> list[
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(path)
-    written = [path]
+    written = [write_json(out_dir / "metrics.json", metrics)]
     if "confusion_matrix" in metrics:
         written.append(plot_confusion_matrix(metrics["confusion_matrix"], labels,
                                              out_dir / "confusion_matrix.png"))

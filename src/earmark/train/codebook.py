@@ -44,9 +44,10 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from earmark.data.dataset import fit_length, load_segment
-from earmark.data.labels import encode
+from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError, ModelError
+from earmark.files import write_json
 from earmark.models.codebook import FAMILIES, CodebookTagger
 from earmark.train.config import TrainConfig
 from earmark.train.module import TaggingModule
@@ -62,10 +63,6 @@ _AE_ARGS = ("compression", "ae_hidden", "ae_layers", "ae_dropout", "frontend", "
 _CODEBOOK_KEYS = _AE_KEYS + ("kmeans_batch", "kmeans_epochs")
 _CODEBOOK_ARGS = _AE_ARGS + ("codebook_size",)
 _FEATURE_KEYS = _CODEBOOK_KEYS + ("feature_views", "gain_db")
-
-
-def is_codebook(config: TrainConfig) -> bool:
-    return config.model == "codebook"
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -158,18 +155,12 @@ def _settings(config: TrainConfig, model: CodebookTagger, keys: tuple[str, ...],
     return {**{k: d[k] for k in keys}, "model_args": {k: built[k] for k in args}}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], info: dict) -> None:
     """``path`` (safetensors) then ``path.json`` (its settings): the JSON marks it finished."""
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
-    _write_json(path.with_name(path.name + ".json"), info)
+    write_json(path.with_name(path.name + ".json"), info)
 
 
 def _load_stage(path: Path, settings: dict, sources: list[Path]) -> dict[str, torch.Tensor] | None:
@@ -214,10 +205,13 @@ def _random_slices(model: CodebookTagger, spec: torch.Tensor, batch: int,
 def train_autoencoders(model: CodebookTagger, spec: torch.Tensor, config: TrainConfig,
                        device) -> dict:
     """Fit the log-mel statistics and the four autoencoders (MSE, Adam); returns the losses."""
-    flat = spec.float()
-    mean, std = flat.mean(), flat.std().clamp_min(1e-6)
-    model.norm.copy_(torch.stack([mean, std]))
-    del flat
+    total = squares = 0.0
+    for s in range(0, len(spec), 1024):  # blockwise: the sample may be millions of values
+        block = spec[s:s + 1024].double()
+        total, squares = total + block.sum(), squares + (block * block).sum()
+    mean = total / spec.numel()
+    std = (squares / spec.numel() - mean * mean).clamp_min(1e-12).sqrt()
+    model.norm.copy_(torch.stack([mean, std]).float())
     model.to(device)
     model.autoencoders_trainable = True
     model.train()
@@ -276,18 +270,17 @@ def fit_codebook(vectors: np.ndarray, size: int, batch: int, epochs: int, seed: 
         raise DataError(desc, f"{n} vectors cannot make {size} centroids; use a smaller "
                         "codebook_size or more training audio")
     rng = np.random.default_rng(seed)
-    km = MiniBatchKMeans(n_clusters=size, batch_size=batch, random_state=seed, n_init=3,
-                         init_size=min(n, max(3 * size, batch)))
     first = min(n, max(3 * size, batch))  # k-means++ starts from the first batch
-    steps = [(e, s) for e in range(epochs) for s in range(0, n, batch)]
-    bar = tqdm(total=len(steps), desc=desc, disable=not progress)
+    km = MiniBatchKMeans(n_clusters=size, batch_size=batch, random_state=seed, n_init=3,
+                         init_size=first)
+    bar = tqdm(total=epochs * n, desc=desc, disable=not progress, unit="vector")
     for epoch in range(epochs):
         order = rng.permutation(n)
         start = 0
         while start < n:
             stop = start + (first if epoch == 0 and start == 0 else batch)
             km.partial_fit(vectors[order[start:stop]])
-            bar.update(1)
+            bar.update(min(stop, n) - start)
             start = stop
     bar.close()
     centres = km.cluster_centers_.astype(np.float32)
@@ -305,14 +298,13 @@ def fit_codebook(vectors: np.ndarray, size: int, batch: int, epochs: int, seed: 
 def chunk_features(model: CodebookTagger, chunks: Chunks, manifest: Manifest, device,
                    batch: int = 256) -> dict[str, torch.Tensor]:
     """Counts (N, 4D) as uint8, targets (N, C) and clip ids (N,) of every chunk."""
-    index = manifest.label_index()
     counts = []
     with torch.no_grad():
         for s in range(0, len(chunks.spec), batch):
             counts.append(model.histogram(chunks.spec[s:s + batch].to(device).float())
                           .to(torch.uint8).cpu())
-    targets = torch.stack([encode(manifest.items[i].labels, index) for i in chunks.owner.tolist()])
-    return {"counts": torch.cat(counts), "targets": targets, "clip": chunks.owner.clone()}
+    return {"counts": torch.cat(counts), "targets": manifest_targets(manifest)[chunks.owner],
+            "clip": chunks.owner.clone()}
 
 
 # ---- stage 4: the head -----------------------------------------------------------------------
@@ -350,17 +342,16 @@ class HeadModule(TaggingModule):
         self._val_clips.append(clip)
 
     def on_validation_epoch_end(self):
-        if self._val_scores:
-            scores, targets = torch.cat(self._val_scores), torch.cat(self._val_targets)
-            clips = torch.cat(self._val_clips)
-            ids, inverse = torch.unique(clips, return_inverse=True)
-            count = torch.zeros(len(ids), device=scores.device).index_add_(
-                0, inverse, torch.ones_like(inverse, dtype=scores.dtype))
-            mean = torch.zeros(len(ids), scores.shape[1], device=scores.device).index_add_(
-                0, inverse, scores) / count[:, None]
-            first = torch.zeros(len(ids), dtype=torch.long, device=scores.device).scatter_(
-                0, inverse, torch.arange(len(clips), device=scores.device))
-            self._val_scores, self._val_targets = [mean], [targets[first]]
+        if self._val_scores:  # chunks -> clips (a clip's chunks share its targets)
+            _, clip = torch.unique(torch.cat(self._val_clips), return_inverse=True)
+            n = int(clip.max()) + 1
+
+            def clip_mean(x: torch.Tensor) -> torch.Tensor:
+                total = x.new_zeros(n, x.shape[1]).index_add_(0, clip, x)
+                return total / torch.bincount(clip, minlength=n)[:, None]
+
+            self._val_scores = [clip_mean(torch.cat(self._val_scores))]
+            self._val_targets = [clip_mean(torch.cat(self._val_targets))]
         self._val_clips = []
         super().on_validation_epoch_end()
 
@@ -385,7 +376,7 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
     stages.mkdir(parents=True, exist_ok=True)
     device = _device(config)
     t0 = time.time()
-    report: dict = {}
+    sample_chunks = None
 
     ae_settings = _settings(config, model, _AE_KEYS, _AE_ARGS)
     ae_path = stages / "autoencoder.safetensors"
@@ -399,7 +390,7 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
     if ae_state is None or cb_state is None:
         sample = collect_chunks(model, train_m, config.codebook_chunks, config.seed,
                                 config.progress, desc="training chunks")
-        report["sample_chunks"] = len(sample.spec)
+        sample_chunks = len(sample.spec)
     if ae_state is None:
         t = time.time()
         history = train_autoencoders(model, sample.spec, config, device)
@@ -407,7 +398,6 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
                  if k.startswith("autoencoders.") or k == "norm"}
         _save_tensors(ae_path, state, {"settings": ae_settings, "chunks": len(sample.spec),
                                        "seconds": round(time.time() - t, 1), **history})
-        report["autoencoder_seconds"] = round(time.time() - t, 1)
     else:
         model.load_state_dict(ae_state, strict=False)
     model.to(device).eval()
@@ -423,7 +413,6 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
         state = {f"centroids_{n}": model.centroids(n) for n in FAMILIES}
         _save_tensors(cb_path, state, {"settings": cb_settings, "inertia": inertia,
                                        "seconds": round(time.time() - t, 1)})
-        report["codebook_seconds"] = round(time.time() - t, 1)
     else:
         model.load_state_dict(cb_state, strict=False)
 
@@ -443,23 +432,17 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
             done = chunk_features(model, chunks, m, device)
             _save_tensors(path, done, {"settings": ft_settings, "failed": chunks.failed,
                                        "seconds": round(time.time() - t, 1)})
-            report[f"{split}_failed"] = len(chunks.failed)
         features[split] = done
     used = (features["train"]["counts"].float().sum(0) > 0).view(len(FAMILIES), -1).sum(1)
-    report["codes_used"] = dict(zip(FAMILIES, used.tolist()))
-    report["stage_seconds"] = round(time.time() - t0, 1)
-    log.info("codebook stages done in %.0f s; codes used per family: %s",
-             report["stage_seconds"], report["codes_used"])
+    codes_used = dict(zip(FAMILIES, used.tolist()))
+    log.info("codebook stages done in %.0f s; codes used per family: %s", time.time() - t0,
+             codes_used)
     model.cpu()
     for p in model.autoencoders.parameters():
         p.requires_grad_(False)
-    # Lightning keeps the train/eval mode each module has when fitting starts: the head must
-    # start in training mode (dropout, count masking); the autoencoders stay in eval
-    model.train()
     train_dl = _loader(features["train"], config, train=True)
     valid_dl = _loader(features["valid"], config, train=False)
     steps = max(1, len(train_dl) // max(1, config.devices))
     module = HeadModule(model, config, manifest.labels, steps)
-    provenance = {"codebook": {"chunks": report.get("sample_chunks"),
-                               "codes_used": report["codes_used"]}}
+    provenance = {"codebook": {"chunks": sample_chunks, "codes_used": codes_used}}
     return module, train_dl, valid_dl, provenance

@@ -14,7 +14,6 @@ from the previous one's model directory (``init``):
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -125,7 +124,6 @@ class TrainConfig:
         return cls(**d)
 
     def write(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        from earmark.files import write_json
+
+        write_json(path, self.to_dict())

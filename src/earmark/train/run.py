@@ -41,6 +41,7 @@ from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest, from_spec
 from earmark.data.sampler import BalancedSampler
 from earmark.errors import DataError, ModelError
+from earmark.files import write_json
 from earmark.models.convert import _fit_pos_embed
 from earmark.models.directory import CONFIG, WEIGHTS, read_config, save_model_dir
 from earmark.models.registry import create_model
@@ -433,8 +434,14 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> RunSetup:
     manifest = from_spec(config.data)
     train_m, valid_m, test_m = split_manifest(manifest, config.fold, config.seed)
     if config.model == "codebook":  # autoencoders and code books first (earmark.train.codebook)
-        return _prepare_codebook(config, manifest, train_m, valid_m, test_m, resume)
-    return _STAGES[config.stage](config, manifest, train_m, valid_m, test_m)
+        setup = _prepare_codebook(config, manifest, train_m, valid_m, test_m, resume)
+    else:
+        setup = _STAGES[config.stage](config, manifest, train_m, valid_m, test_m)
+    # Lightning keeps the train/eval mode each module has when fitting starts, so the model
+    # must start in training mode (parts that stay frozen, such as the codebook model's
+    # autoencoders, keep themselves in eval)
+    setup.model.train()
+    return setup
 
 
 # ---- training --------------------------------------------------------------------------------
@@ -466,7 +473,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     resume = resume and last.is_file()
     model, module = setup.model, setup.module
     if setup.init is not None:
-        (out / "init.json").write_text(json.dumps(setup.init.to_dict(), indent=2) + "\n")
+        write_json(out / "init.json", setup.init.to_dict())
 
     k = max(1, config.top_k_average)
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="epoch={epoch:03d}-score={val_score:.4f}",
@@ -516,8 +523,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         metrics = evaluate_model(model_dir, setup.test, progress=config.progress)
         result["test"] = {k: v for k, v in metrics.items()
                           if k not in ("per_class", "confusion_matrix")}
-        (out / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_json(out / "test_metrics.json", metrics)
+    write_json(out / "metrics.json", result)
     return result
 
 
@@ -542,5 +549,5 @@ def cross_validate(config: TrainConfig) -> dict:
         summary[key] = {"mean": statistics.fmean(vals),
                         "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
     path = Path(config.out) / "cv_metrics.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(path, summary)
     return summary
