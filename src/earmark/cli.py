@@ -76,6 +76,12 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="reuse another codebook run's stages where their settings match")
 
 
+def _add_trust(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="also unpickle Python objects in a .ckpt besides its weights; this can "
+                        "run code hidden in the file, so use it only for files you trust")
+
+
 def _model_args(pairs: list[str]) -> dict:
     """``["depth=4", "patch_stride=[16,8]"]`` -> ``{"depth": 4, "patch_stride": [16, 8]}``."""
     args = {}
@@ -203,7 +209,7 @@ def cmd_codebook(a) -> int:
     from earmark.infer.tagger import load
     from earmark.models.codebook import FAMILIES
 
-    model = load(a.model).model
+    model = load(a.model, trust_checkpoint=a.trust_checkpoint).model
     written = []
     out = Path(a.out) if a.out else None
     for spec in a.render:
@@ -242,7 +248,7 @@ def cmd_tag(a) -> int:
     from earmark.errors import AudioError
     from earmark.infer.tagger import load
 
-    tagger = load(a.model)
+    tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     failed = []
     try:
         files = find_audio_files(a.inputs)
@@ -299,7 +305,7 @@ def cmd_profile(a) -> int:
     if Path(a.target).exists():
         from earmark.infer.tagger import load
 
-        model = load(a.target).model
+        model = load(a.target, trust_checkpoint=a.trust_checkpoint).model
     else:
         model = create_model(a.target, a.num_classes, **_model_args(a.model_arg)).eval()
     result = profile_model(model, seconds=a.seconds, batch=a.batch, repeats=a.repeats,
@@ -311,7 +317,8 @@ def cmd_profile(a) -> int:
 def cmd_convert(a) -> int:
     from earmark.models.convert import convert
 
-    out = convert(a.kind, a.checkpoint, a.out, labels=a.labels)
+    out = convert(a.kind, a.checkpoint, a.out, labels=a.labels,
+                  trust_checkpoint=a.trust_checkpoint)
     print(f"wrote model directory {out}")
     return 0
 
@@ -343,7 +350,7 @@ def cmd_detect(a) -> int:
     from earmark.evaluate.events import write_events
     from earmark.infer.tagger import load
 
-    tagger = load(a.model)
+    tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     config = _detection_config(a, tagger)
     if a.tune:
         from earmark.data.manifest import from_spec
@@ -399,7 +406,7 @@ def cmd_stream(a) -> int:
     from earmark.infer.stream import stream_file, stream_mic
     from earmark.infer.tagger import load
 
-    tagger = load(a.model)
+    tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     if a.mic:
         stream_mic(tagger, chunk_seconds=a.chunk, top_k=a.top_k, device=a.device,
                    seconds=a.seconds)
@@ -419,7 +426,10 @@ def cmd_export(a) -> int:
     if a.format != "onnx":
         print(f"error: unknown format {a.format!r} (onnx)", file=sys.stderr)
         return 2
-    path = export_onnx(a.model, a.out, chunk_seconds=a.chunk)
+    from earmark.infer.tagger import load
+
+    model = load(a.model, trust_checkpoint=True) if a.trust_checkpoint else a.model
+    path = export_onnx(model, a.out, chunk_seconds=a.chunk)
     check = onnx_metadata(path).get("check") or {}
     print(f"wrote {path}; onnxruntime matches PyTorch within "
           f"{check.get('max_abs_diff', float('nan')):.2e}")
@@ -488,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render", action="append", default=[], metavar="FAMILY:CODE",
                    help="draw a code's centroid through its decoder (e.g. patch:17)")
     p.add_argument("--no-progress", action="store_true")
+    _add_trust(p)
     p.set_defaults(fn=cmd_codebook)
 
     p = sub.add_parser("tag", help="top-k labels per file (or per chunk)")
@@ -497,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
     p.add_argument("--no-progress", action="store_true")
+    _add_trust(p)
     p.set_defaults(fn=cmd_tag)
 
     p = sub.add_parser("detect", help="sound events as a DESED-style TSV, optional timeline PNG")
@@ -516,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune per-class thresholds on the strong labels of a data SPEC "
                         "(its valid split if it has one)")
     p.add_argument("--save", action="store_true", help="store the tuned thresholds in the model")
+    _add_trust(p)
     p.set_defaults(fn=cmd_detect)
 
     p = sub.add_parser("stream", help="online tagging: a line per chunk with its latency")
@@ -531,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", choices=("pad", "drop"), default="pad")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the streaming model's chunk step (~30 s once, then faster)")
+    _add_trust(p)
     p.set_defaults(fn=cmd_stream)
 
     p = sub.add_parser("export", help="ONNX export, checked against PyTorch")
@@ -539,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--chunk", type=float, default=None,
                    help="seconds per call (SAT: its chunk; others: a fixed input length)")
+    _add_trust(p)
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("sed-eval", help="event- and segment-based F1 and PSDS of detections")
@@ -556,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--labels", default=None, help="label file (default: the 527 AudioSet ones)")
+    _add_trust(p)
     p.set_defaults(fn=cmd_convert)
 
     p = sub.add_parser("profile", help="parameters, FLOPs, memory, latency, real-time factor")
@@ -569,6 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument (JSON value), e.g. token_learner=8")
     p.add_argument("--json", action="store_true")
+    _add_trust(p)
     p.set_defaults(fn=cmd_profile)
     return parser
 

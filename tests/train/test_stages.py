@@ -104,7 +104,7 @@ def test_mae_run_loss_falls_and_exports_the_encoder(mae_run):
     assert json.loads((mae_run / "metrics.json").read_text())["stage"] == "mae"
     assert not (mae_run / "test_metrics.json").exists()  # nothing to tag with
     # the checkpoint also holds the decoder, for resuming; the model directory does not
-    ckpt = torch.load(mae_run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(mae_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert any(k.startswith("decoder.") for k in ckpt["state_dict"])
     assert not any(k.startswith("decoder.") for k in load_file(mae_run / "model" /
                                                                "model.safetensors"))

@@ -17,7 +17,13 @@ from torch import nn
 
 from earmark.audio.io import audio_info, iter_blocks, load_audio
 from earmark.errors import AudioError, ModelError
-from earmark.models.directory import CONFIG, build_from_config, load_model_dir, load_state
+from earmark.models.directory import (
+    CONFIG,
+    build_from_config,
+    load_checkpoint,
+    load_model_dir,
+    load_state,
+)
 
 # Files longer than this are scored block by block, so memory stays bounded.
 LONG_FILE_SECONDS = 600.0
@@ -263,9 +269,14 @@ def _join_at(events: list, boundary: float) -> list:
     return sorted(out, key=lambda e: (e.onset, e.label))
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Tagger:
+def load(path: str | Path, device: str | torch.device = "cpu",
+         trust_checkpoint: bool = False) -> Tagger:
     """Load a model directory, a training run directory, a training checkpoint (``.ckpt``) or
-    an exported ONNX file (``.onnx``, run with onnxruntime)."""
+    an exported ONNX file (``.onnx``, run with onnxruntime).
+
+    A ``.ckpt`` is read as weights and plain values only; ``trust_checkpoint=True`` unpickles
+    anything else it holds, which can run code: only for a file from a source you trust.
+    Model directories (safetensors) carry no code and need no trust."""
     path = Path(path)
     if path.is_dir():
         # a run directory has its own config.json (the training config) beside model/
@@ -280,8 +291,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Tagger:
 
         return load_onnx(path)
     if path.is_file() and path.suffix == ".ckpt":
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        config = ckpt.get("earmark_model")
+        ckpt = load_checkpoint(path, trust=trust_checkpoint)
+        config = ckpt.get("earmark_model") if isinstance(ckpt, dict) else None
         if config is None:
             raise ModelError(f"{path}: not an earmark training checkpoint (no earmark_model entry)")
         model = build_from_config(config)

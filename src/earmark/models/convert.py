@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from earmark.errors import ModelError
-from earmark.models.directory import save_model_dir
+from earmark.models.directory import load_checkpoint, save_model_dir
 from earmark.models.registry import create_model
 
 AUDIOSET_NUM_CLASSES = 527
@@ -50,18 +50,10 @@ def read_labels(path: str | Path) -> list[str]:
     return [ln.strip() for ln in text if ln.strip()]
 
 
-def _load_state(path: str | Path) -> dict:
+def _load_state(path: str | Path, trust: bool = False) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # Lightning checkpoints may hold pickled hyper-parameters; only load trusted files
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise ModelError(f"{path}: not a PyTorch checkpoint ({err})") from None
+    # weights only unless the user vouches for the file: a checkpoint is a pickle
+    obj = load_checkpoint(path, trust=trust)
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: expected a dict of weights, got {type(obj).__name__}")
     for key in ("state_dict", "model"):
@@ -96,9 +88,9 @@ HTSAT_DROPPED = (
 )
 
 
-def htsat_official(path: str | Path) -> tuple[nn.Module, int]:
+def htsat_official(path: str | Path, trust: bool = False) -> tuple[nn.Module, int]:
     """The released HTS-AT Lightning checkpoint (keys under ``state_dict``, ``sed_model.``)."""
-    raw = _load_state(path)
+    raw = _load_state(path, trust)
     state = {k[len("sed_model."):] if k.startswith("sed_model.") else k: v for k, v in raw.items()}
     state = {k: v for k, v in state.items()
              if not any(rx.search(k) for rx, _ in HTSAT_DROPPED)}
@@ -142,8 +134,9 @@ def _fit_pos_embed(value: torch.Tensor, size: int, dim: int) -> torch.Tensor:
                                            align_corners=False)
 
 
-def _vit_like(path: str | Path, streaming: bool, **overrides) -> tuple[nn.Module, int]:
-    state = dict(_load_state(path))
+def _vit_like(path: str | Path, streaming: bool, trust: bool = False,
+              **overrides) -> tuple[nn.Module, int]:
+    state = dict(_load_state(path, trust))
     state = {k: v for k, v in state.items() if not any(rx.search(k) for rx, _ in VIT_DROPPED)}
     if "patch_embed.proj.weight" not in state or "outputlayer.1.weight" not in state:
         raise ModelError(f"{path}: not a SAT-repository audio transformer checkpoint "
@@ -178,17 +171,17 @@ def _vit_like(path: str | Path, streaming: bool, **overrides) -> tuple[nn.Module
     return model.eval(), num_classes
 
 
-def vit_official(path: str | Path) -> tuple[nn.Module, int]:
+def vit_official(path: str | Path, trust: bool = False) -> tuple[nn.Module, int]:
     """A full-context audio transformer released with the SAT code (``audiotransformer_*``)."""
-    return _vit_like(path, streaming=False)
+    return _vit_like(path, streaming=False, trust=trust)
 
 
-def sat_official(path: str | Path) -> tuple[nn.Module, int]:
+def sat_official(path: str | Path, trust: bool = False) -> tuple[nn.Module, int]:
     """A streaming SAT released with the SAT code (``SAT_{T,S,B}_{1,2}s``)."""
-    return _vit_like(path, streaming=True)
+    return _vit_like(path, streaming=True, trust=trust)
 
 
-CONVERTERS: dict[str, Callable[[str | Path], tuple[nn.Module, int]]] = {
+CONVERTERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "htsat-official": htsat_official,
     "sat-official": sat_official,
     "vit-official": vit_official,
@@ -196,15 +189,19 @@ CONVERTERS: dict[str, Callable[[str | Path], tuple[nn.Module, int]]] = {
 
 
 def convert(kind: str, checkpoint: str | Path, out_dir: str | Path,
-            labels: list[str] | str | Path | None = None) -> Path:
+            labels: list[str] | str | Path | None = None,
+            trust_checkpoint: bool = False) -> Path:
     """Convert an official checkpoint into an earmark model directory.
 
     ``labels``: a list, or a file (one per line, or a CSV with ``display_name``); by default
-    the 527 AudioSet labels for a 527-class checkpoint.
+    the 527 AudioSet labels for a 527-class checkpoint. Only weights and plain values are
+    read from the file; ``trust_checkpoint=True`` also unpickles other objects (a Lightning
+    checkpoint's saved hyper-parameters, say), which can run code: use it only for a file
+    from a source you trust.
     """
     if kind not in CONVERTERS:
         raise ModelError(f"unknown checkpoint kind {kind!r}; known: {', '.join(CONVERTERS)}")
-    model, num_classes = CONVERTERS[kind](checkpoint)
+    model, num_classes = CONVERTERS[kind](checkpoint, trust=trust_checkpoint)
     if labels is None:
         if num_classes != AUDIOSET_NUM_CLASSES:
             raise ModelError(f"{checkpoint}: {num_classes} classes; give their labels "

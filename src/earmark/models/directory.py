@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,6 +27,37 @@ from earmark.models.registry import create_model
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
+
+
+TRUST_HINT = ("pass --trust-checkpoint (Python: trust_checkpoint=True) only for a file from a "
+              "source you trust")
+
+
+def load_checkpoint(path: str | Path, trust: bool = False) -> Any:
+    """``torch.load`` of a checkpoint, restricted to tensors and plain containers.
+
+    A checkpoint is a pickle, and unpickling arbitrary objects can run any code the file's
+    author chose. By default only weights and plain Python values are read
+    (``weights_only=True``); a file that needs more is refused with the reason. ``trust=True``
+    lifts the restriction for a file the user vouches for.
+
+    >>> load_checkpoint("HTSAT_AudioSet_Saved_1.ckpt")["state_dict"]  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except Exception as err:
+        # torch names the first global it refused, e.g. "Unsupported global: GLOBAL x.Y";
+        # a damaged file fails the weights-only reader too, but without naming one
+        found = None if trust else re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise ModelError(
+                f"{path}: holds pickled Python objects such as {found.group(1)} besides "
+                f"weights; unpickling them can run arbitrary code, so earmark does not load "
+                f"them by default; {TRUST_HINT}") from None
+        raise ModelError(f"{path}: not a PyTorch checkpoint ({err})") from None
 
 
 def model_config(model: nn.Module, labels: list[str], provenance: dict | None = None) -> dict:

@@ -43,7 +43,7 @@ from earmark.data.sampler import BalancedSampler
 from earmark.errors import DataError, ModelError
 from earmark.files import write_json
 from earmark.models.convert import _fit_pos_embed
-from earmark.models.directory import CONFIG, WEIGHTS, read_config, save_model_dir
+from earmark.models.directory import CONFIG, WEIGHTS, load_checkpoint, read_config, save_model_dir
 from earmark.models.registry import create_model
 from earmark.models.vit import AudioViT, StreamingAudioViT
 from earmark.train.config import TrainConfig
@@ -85,7 +85,7 @@ def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
     """Mean of the ``model.*`` weights of several Lightning checkpoints (integer buffers: first)."""
     avg: dict[str, torch.Tensor] = {}
     for path in paths:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = load_checkpoint(path)["state_dict"]
         for k, v in state.items():
             if not k.startswith("model."):
                 continue
@@ -192,11 +192,12 @@ class InitReport:
 
 
 def _read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, model config) of a model directory, a run directory or a training .ckpt."""
+    """(state dict, model config) of a model directory, a run directory or a training .ckpt
+    (weights and plain values only: see :func:`load_checkpoint`)."""
     path = Path(source)
     if path.is_file() and path.suffix == ".ckpt":
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if "earmark_model" not in ckpt:
+        ckpt = load_checkpoint(path)
+        if not isinstance(ckpt, dict) or "earmark_model" not in ckpt:
             raise ModelError(f"{path}: not an earmark training checkpoint (no earmark_model)")
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
                  if k.startswith("model.")}
@@ -497,8 +498,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     metrics_csv = out / "logs" / "metrics.csv"
     earlier = _read_csv(metrics_csv) if resume else []
     t0 = time.time()
+    # resuming reads last.ckpt as weights and plain values only, as every earmark load does
     trainer.fit(module, setup.train_loader, setup.valid_loader,
-                ckpt_path=str(last) if resume else None)
+                ckpt_path=str(last) if resume else None, weights_only=True)
     train_seconds = time.time() - t0
     if earlier:  # the CSV logger starts a new file; keep the epochs before the resume
         _write_csv(metrics_csv, earlier + _read_csv(metrics_csv))
@@ -512,7 +514,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                   "averaged_checkpoints": [p.name for p in best]}
     model_dir = save_model_dir(model.cpu().eval(), out / "model", setup.labels, provenance)
     # read progress from the last checkpoint: with spawned processes the trainer here is idle
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint(last)
     result = {"stage": config.stage, "train_seconds": round(train_seconds, 1),
               "epochs": state["epoch"] + 1, "steps": state["global_step"],
               "world_size": trainer.world_size, "averaged": [p.name for p in best],
