@@ -104,3 +104,71 @@ def test_stream_a_file_prints_a_line_per_chunk(tmp_path, capsys, write_wav):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
     assert len(lines) == 4 and "ms)" in lines[0]  # 3 chunks and the padded tail
     assert main(["stream", str(model_dir)]) == 2
+
+
+def clip_list(trained, tmp_path, name, header, cells):
+    """A manifest CSV of the synth clips: ``header`` columns after path and labels, one row of
+    ``cells(i)`` per clip."""
+    from earmark.data.manifest import from_spec
+
+    m = from_spec(f"synth:{trained / 'data'}")
+    rows = [",".join([it.path, it.labels[0], *cells(i)]) for i, it in enumerate(m.items)]
+    path = tmp_path / name
+    path.write_text(",".join(["path", "labels", *header]) + "\n" + "\n".join(rows) + "\n")
+    return path, len(rows)
+
+
+def test_eval_without_a_split_column_scores_every_item(trained, capsys, tmp_path):
+    path, n = clip_list(trained, tmp_path, "all.csv", [], lambda i: [])
+    code = main(["eval", str(trained / "run"), "--data", f"manifest:{path}", "--json",
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["num_clips"] == n
+    assert f"no split column, so all {n} items are used" in err
+
+
+def test_eval_of_an_empty_split_names_it_and_the_other_sizes(trained, capsys, tmp_path):
+    path, n = clip_list(trained, tmp_path, "train.csv", ["split"], lambda i: ["train"])
+    assert main(["eval", str(trained / "run"), "--data", f"manifest:{path}"]) == 2
+    assert f"split 'test' is empty (train: {n}, valid: 0)" in capsys.readouterr().err
+
+
+def test_eval_of_one_group(trained, capsys, tmp_path):
+    path, n = clip_list(trained, tmp_path, "g.csv", ["group"], lambda i: ["ab"[i % 2]])
+    assert main(["eval", str(trained / "run"), "--data", f"manifest:{path}", "--group", "b",
+                 "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_clips"] == n // 2
+    assert main(["eval", str(trained / "run"), "--data", f"manifest:{path}", "--group", "z"]) == 2
+    assert "no item has group 'z'; groups: a, b" in capsys.readouterr().err
+
+
+def test_cv_by_group_trains_a_run_per_group_and_prints_a_table(trained, capsys, tmp_path):
+    path, n = clip_list(trained, tmp_path, "g.csv", ["group"], lambda i: ["ab"[i % 2]])
+    out = tmp_path / "cv"
+    assert main(["cv", "--data", f"manifest:{path}", "--out", str(out), "--group-by", "group",
+                 "--epochs", "1", "--clip-seconds", "0.5", "--no-progress", *TINY]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["group", "items", "accuracy"]
+    assert [ln.split()[:2] for ln in lines[1:3]] == [["a", str(n // 2)], ["b", str(n // 2)]]
+    assert any(ln.startswith("accuracy") and "+-" in ln for ln in lines)
+    for group in ("a", "b"):
+        run = json.loads((out / group / "metrics.json").read_text())
+        assert run["holdout"] == {"group_by": "group", "groups": [group], "items": n // 2}
+        assert run["test"]["num_clips"] == n // 2
+    summary = json.loads((out / "cv_metrics.json").read_text())
+    assert set(summary["accuracy"]) == {"mean", "std"} and set(summary["folds"]) == {"a", "b"}
+
+
+def test_cv_group_options_give_clear_errors(trained, capsys, tmp_path):
+    path, _ = clip_list(trained, tmp_path, "g.csv", ["group"], lambda i: ["ab"[i % 2]])
+    base = ["cv", "--data", f"manifest:{path}", "--out", str(tmp_path / "cv")]
+    assert main([*base, "--group-by", "speaker"]) == 2
+    assert "--group-by speaker: the one key is 'group'" in capsys.readouterr().err
+    assert main([*base, "--folds", "2"]) == 2
+    assert "give --group-by group too" in capsys.readouterr().err
+    assert main([*base, "--group-by", "group", "--folds", "3"]) == 2
+    assert "cannot make 3 folds of 2 groups" in capsys.readouterr().err
+    assert main(["cv", "--data", f"synth:{trained / 'data'}", "--out", str(tmp_path / "cv"),
+                 "--group-by", "group"]) == 2
+    assert "no item has a group" in capsys.readouterr().err
+    assert not (tmp_path / "cv").exists()  # nothing trained

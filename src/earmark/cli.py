@@ -146,14 +146,44 @@ def cmd_train(a) -> int:
 
 
 def cmd_cv(a) -> int:
-    from earmark.train.run import cross_validate
+    from earmark.train.run import GROUP_KEYS, cross_validate
 
-    summary = cross_validate(_train_config(a))
+    if a.group_by is not None and a.group_by not in GROUP_KEYS:
+        print(f"error: --group-by {a.group_by}: the one key is 'group' (each item's speaker, "
+              "session, device or location, as its data source sets it)", file=sys.stderr)
+        return 2
+    if a.folds is not None and a.group_by is None:
+        print("error: --folds K makes folds of whole groups; give --group-by group too "
+              "(without it, cv uses the data set's own folds)", file=sys.stderr)
+        return 2
+    summary = cross_validate(_train_config(a), group_by=a.group_by, folds=a.folds)
+    _print_cv_table(summary)
+    print(f"mean +- standard deviation over {len(summary['folds'])} runs:")
     for key, v in summary.items():
-        if key != "folds":
+        if isinstance(v, dict) and "mean" in v:
             print(f"{key:<20} {v['mean']:.4f} +- {v['std']:.4f}")
-    print(f"per-fold runs and cv_metrics.json in {a.out}")
+    print(f"per-{'group' if a.group_by and a.folds is None else 'fold'} runs and "
+          f"cv_metrics.json in {a.out}")
     return 0
+
+
+def _print_cv_table(summary: dict) -> None:
+    """One line per run: what it held out, how many items, and its headline metric."""
+    metric = "accuracy" if "accuracy" in summary else "mAP"
+    runs = summary["folds"]
+    # leave-one-group-out runs are named after their group; folds of groups list theirs
+    list_groups = "group_by" in summary and any(r["groups"] != [k] for k, r in runs.items())
+    first = "group" if "group_by" in summary and not list_groups else "fold"
+    width = max(len(first), *(len(str(k)) for k in runs))
+    print(f"{first:<{width}}  {'items':>6}  {metric:>8}" + ("  groups" if list_groups else ""))
+    for name, r in runs.items():
+        value = r.get(metric)
+        line = (f"{name!s:<{width}}  {r.get('items', r.get('num_clips', '-')):>6}  "
+                f"{'-' if value is None else format(value, '.4f'):>8}")
+        if list_groups:
+            groups = ", ".join(r["groups"])
+            line += f"  {groups if len(groups) <= 60 else groups[:57] + '...'}"
+        print(line)
 
 
 def cmd_synth(a) -> int:
@@ -166,15 +196,34 @@ def cmd_synth(a) -> int:
     return 0
 
 
-def _select_split(manifest, split: str, fold: int | None = None):
-    """The items ``--split`` (and ``--fold``) name, as training splits them."""
+def _select_split(manifest, split: str, fold: int | None = None, group: str | None = None):
+    """The items ``--split`` (and ``--fold``, ``--group``) name, as training splits them.
+
+    A manifest file without a split column has no test split: ``test`` is then every item.
+    An empty split is an error naming the sizes of the others.
+    """
+    from earmark.errors import DataError
     from earmark.train.run import split_manifest
 
+    if group is not None and group not in manifest.groups():
+        manifest.for_group(group)  # raises: no such group, and lists the ones there are
     if split == "all":
-        return manifest
-    if fold is not None:
-        return manifest.for_fold(fold)[1]
-    return dict(zip(("train", "valid", "test"), split_manifest(manifest, None)))[split]
+        part = manifest
+    elif fold is not None:
+        part = manifest.for_fold(fold)[1]
+    elif split == "test" and not manifest.has_splits:
+        print(f"note: {manifest.name} has no split column, so all {len(manifest)} items are "
+              "used", file=sys.stderr)
+        part = manifest
+    else:
+        if split == "test":
+            manifest.require_split("test")
+        part = dict(zip(("train", "valid", "test"), split_manifest(manifest, None)))[split]
+    if group is not None:
+        part = part.subset(lambda it: it.group == group)
+        if not len(part):
+            raise DataError(manifest.name, f"group {group!r} has no items in split {split!r}")
+    return part
 
 
 def cmd_eval(a) -> int:
@@ -184,7 +233,7 @@ def cmd_eval(a) -> int:
     from earmark.infer.tagger import load
 
     tagger = load(a.model)
-    manifest = _select_split(from_spec(a.data), a.split, a.fold)
+    manifest = _select_split(from_spec(a.data), a.split, a.fold, a.group)
     metrics = evaluate_model(tagger, manifest, progress=not a.no_progress)
     print(format_table(metrics))
     if a.out:
@@ -473,8 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("cv", help="k-fold cross validation: one run per fold")
+    p = sub.add_parser("cv", help="k-fold cross validation: one run per fold, or per held-out "
+                                  "group with --group-by group")
     _add_train_args(p)
+    p.add_argument("--group-by", default=None, metavar="KEY",
+                   help="hold out whole groups instead of the data set's folds; KEY is 'group' "
+                        "(the speaker of fsdd and speechcommands, the source recording of "
+                        "esc50, a manifest's group column): one run per group")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="with --group-by: K folds of whole groups (balanced by items, seeded "
+                        "with --seed) instead of one run per group")
     p.set_defaults(fn=cmd_cv)
 
     p = sub.add_parser("eval", help="metrics of a model on a split")
@@ -482,6 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"))
     p.add_argument("--fold", type=int, default=None)
+    p.add_argument("--group", default=None, help="only the items of this group (e.g. a speaker)")
     p.add_argument("--out", default=None, help="folder for metrics.json and the PNG plot")
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true")

@@ -41,6 +41,7 @@ def test_fsdd_real_copy_has_official_test_split(fsdd_dir):
         assert take < 5 and it.labels == (Path(it.path).name[0],)
     assert all(os.path.isabs(it.path) for it in m)
     assert len(m.meta["speakers"]) == 5
+    assert m.groups() == m.meta["speakers"]  # the speaker is the group
 
 
 @pytest.mark.skipif(not HAS_SYNTH, reason="earmark.data.synth not written yet")
@@ -59,6 +60,9 @@ def test_fsdd_takes_decide_the_split_and_odd_names_are_skipped(tmp_path, write_w
                          "4_bob_12.wav": "train"}
     assert [it.labels for it in m] == [("3",), ("3",), ("4",)]
     assert len(m.labels) == 10  # the full digit vocabulary even when digits are absent
+    assert [it.group for it in m] == ["alice", "alice", "bob"]
+    train, test = m.for_group("alice")
+    assert [Path(it.path).name for it in train] == ["4_bob_12.wav"] and len(test) == 2
 
 
 def test_fsdd_without_recordings_names_the_folder(tmp_path):
@@ -92,6 +96,7 @@ def test_esc50_folds_splits_and_target_order(tmp_path, write_wav):
     assert [it.split for it in m] == ["train", "valid", "test"]
     assert m.items[1].labels == ("dog",) and m.meta["esc10"] == ["dog"]
     assert m.items[0].path == str(root / "audio" / "1-1-A-1.wav")
+    assert [it.group for it in m] == ["1", "2", "3"]  # src_file: the source recording
     train, test = m.for_fold(5)
     assert [Path(it.path).name for it in test] == ["5-3-A-1.wav"] and len(train) == 2
 
@@ -123,6 +128,20 @@ def test_speechcommands_lists_split_and_noise_is_not_a_class(tmp_path, write_wav
     assert m.labels == ["no", "yes"] and not m.multi_label
     assert splits(m) == {"a.wav": "train", "b.wav": "valid", "c.wav": "test"}
     assert m.meta["background_noise"] == [str(root / "_background_noise_" / "white.wav")]
+
+
+def test_speechcommands_speaker_id_before_nohash_is_the_group(tmp_path, write_wav):
+    for name in ("yes/0a7c2a8d_nohash_0.wav", "yes/0a7c2a8d_nohash_1.wav",
+                 "no/bb05582b_nohash_0.wav", "no/odd.wav"):
+        write_wav(f"sc/{name}", seconds=0.1)
+    root = tmp_path / "sc"
+    write_text(root / "validation_list.txt", "")
+    write_text(root / "testing_list.txt", "no/bb05582b_nohash_0.wav\n")
+    m = speechcommands.load(str(root))
+    assert {Path(it.path).name: it.group for it in m} == {
+        "0a7c2a8d_nohash_0.wav": "0a7c2a8d", "0a7c2a8d_nohash_1.wav": "0a7c2a8d",
+        "bb05582b_nohash_0.wav": "bb05582b", "odd.wav": None}
+    assert m.groups() == ["0a7c2a8d", "bb05582b"]
 
 
 def test_speechcommands_missing_list_and_listed_file_are_named(tmp_path, write_wav):
@@ -305,7 +324,8 @@ def test_folder_without_audio_is_an_error(tmp_path):
 def sample_manifest(tmp_path, write_wav) -> Manifest:
     paths = [str(write_wav(f"clips/{n}.wav", seconds=0.1)) for n in ("a", "b", "c")]
     items = [Item(paths[0], ("dog", "cat")), Item(paths[1], ("rain",), 0.5, 1.5, "valid", 2),
-             Item(paths[2], ("Male speech, man speaking",), split="test", fold=1)]
+             Item(paths[2], ("Male speech, man speaking",), split="test", fold=1,
+                  group="site 3")]
     return Manifest(items=items, labels=["Male speech, man speaking", "cat", "dog", "rain"],
                     multi_label=True)
 
@@ -315,7 +335,8 @@ def test_manifest_round_trips_write(tmp_path, write_wav, suffix):
     m = sample_manifest(tmp_path, write_wav)
     back = manifest_file.load(str(m.write(tmp_path / f"lists/m{suffix}")))
     assert back.items == m.items
-    assert back.labels == m.labels and back.multi_label
+    assert [it.group for it in back] == [None, None, "site 3"]  # blank group = None
+    assert back.labels == m.labels and back.multi_label and back.has_splits
 
 
 def test_manifest_csv_relative_paths_and_comma_labels(tmp_path, write_wav):
@@ -327,14 +348,16 @@ def test_manifest_csv_relative_paths_and_comma_labels(tmp_path, write_wav):
     assert m.items[0].path == str(tmp_path / "lists" / "audio" / "a.wav")
     assert m.items[0].labels == ("dog", "cat") and m.multi_label
     assert m.labels == ["cat", "dog"] and m.items[1].split == "train" and m.items[1].fold is None
+    assert not m.has_splits and m.items[1].group is None
 
 
 def test_manifest_jsonl_label_string_and_single_label(tmp_path, write_wav):
     write_wav("a.wav", seconds=0.1)
     path = write_text(tmp_path / "m.jsonl", json.dumps({"path": "a.wav", "labels": "dog",
-                                                        "fold": 3}) + "\n\n")
+                                                        "fold": 3, "group": 7}) + "\n\n")
     m = manifest_file.load(str(path))
     assert m.items[0].labels == ("dog",) and m.items[0].fold == 3 and not m.multi_label
+    assert m.items[0].group == "7"  # a speaker id written as a number
 
 
 def test_manifest_errors_name_the_file_line_and_reason(tmp_path, write_wav):

@@ -1,14 +1,16 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 import earmark
 from earmark.data.manifest import from_spec
+from earmark.errors import DataError
 from earmark.train.config import TrainConfig
 from earmark.train.module import warmup_cosine
-from earmark.train.run import average_checkpoints, cross_validate, train
+from earmark.train.run import average_checkpoints, cross_validate, split_manifest, train
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_stride": [16, 8]}
 
@@ -149,3 +151,86 @@ def test_early_stopping_ends_a_run_that_does_not_improve(synth_dir, tmp_path):
     # lr 0: the validation score never improves, so patience 1 stops after two epochs
     result = train(config(synth_dir, tmp_path / "es", epochs=10, lr=0.0, early_stopping=1))
     assert result["epochs"] == 2
+
+
+def grouped_manifest(synth_dir, tmp_path, groups=("ann", "bob", "cy")):
+    """The synth clips as a manifest file whose items take turns in ``groups``."""
+    from dataclasses import replace
+
+    m = from_spec(f"synth:{synth_dir}")
+    items = [replace(it, group=groups[i % len(groups)]) for i, it in enumerate(m.items)]
+    return replace(m, items=items).write(tmp_path / "grouped.csv")
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replaces training inside cross_validate: records what each run got, trains nothing."""
+    import earmark.train.run as run
+
+    calls = []
+
+    def fake(cfg, resume=False, split=None):
+        calls.append((cfg, split))
+        Path(cfg.out).mkdir(parents=True)
+        return {"test": {"accuracy": 0.5 + 0.1 * len(calls), "num_clips": len(split[2])}}
+
+    monkeypatch.setattr(run, "train", fake)
+    return calls
+
+
+def test_leave_one_group_out_tests_each_group_on_a_model_that_never_saw_it(
+        synth_dir, tmp_path, fake_train):
+    path = grouped_manifest(synth_dir, tmp_path)
+    everything = {it.path: it.group for it in from_spec(f"manifest:{path}")}
+    cfg = config(synth_dir, tmp_path / "cv", data=f"manifest:{path}")
+    summary = cross_validate(cfg, group_by="group")
+    assert [Path(c.out).name for c, _ in fake_train] == ["ann", "bob", "cy"]
+    for c, (train_m, valid_m, test_m) in fake_train:
+        group = Path(c.out).name
+        assert {it.path for it in test_m} == {p for p, g in everything.items() if g == group}
+        seen = [it.path for it in (*train_m.items, *valid_m.items)]
+        assert group not in {everything[p] for p in seen}
+        assert len(seen) + len(test_m) == len(everything) and len(valid_m) >= 1
+        assert c.fold is None and train_m.labels == test_m.labels  # the full vocabulary
+        holdout = json.loads((Path(c.out) / "metrics.json").read_text())["holdout"]
+        assert holdout == {"group_by": "group", "groups": [group], "items": len(test_m)}
+    assert summary["group_by"] == "group" and summary["ungrouped"] == 0
+    assert summary["folds"]["bob"]["groups"] == ["bob"] and summary["folds"]["bob"]["dir"] == "bob"
+    assert summary["accuracy"]["mean"] == pytest.approx(0.7)
+    assert summary["accuracy"]["std"] == pytest.approx(0.1)
+    assert json.loads((tmp_path / "cv" / "cv_metrics.json").read_text()) == summary
+
+
+def test_folds_of_groups_partition_the_groups(synth_dir, tmp_path, fake_train):
+    path = grouped_manifest(synth_dir, tmp_path, groups=("a", "b", "c", "d", "e"))
+    cfg = config(synth_dir, tmp_path / "cv", data=f"manifest:{path}")
+    summary = cross_validate(cfg, group_by="group", folds=2)
+    assert list(summary["folds"]) == ["fold-1", "fold-2"]
+    held = [g for run in summary["folds"].values() for g in run["groups"]]
+    assert sorted(held) == ["a", "b", "c", "d", "e"]
+    for c, (_, _, test_m) in fake_train:
+        groups = summary["folds"][Path(c.out).name]["groups"]
+        assert {it.group for it in test_m} == set(groups)
+    total = sum(run["items"] for run in summary["folds"].values())
+    assert total == len(from_spec(f"manifest:{path}"))
+
+
+def test_group_cross_validation_errors_are_clear(synth_dir, tmp_path, fake_train):
+    path = grouped_manifest(synth_dir, tmp_path)
+    cfg = config(synth_dir, tmp_path / "cv", data=f"manifest:{path}")
+    with pytest.raises(ValueError, match="cannot group by 'speaker'"):
+        cross_validate(cfg, group_by="speaker")
+    with pytest.raises(DataError, match="cannot make 4 folds of 3 groups"):
+        cross_validate(cfg, group_by="group", folds=4)
+    plain = config(synth_dir, tmp_path / "cv")
+    with pytest.raises(DataError, match=f"synth:{synth_dir}: no item has a group"):
+        cross_validate(plain, group_by="group")
+    assert not fake_train  # nothing trained
+
+
+def test_an_empty_training_split_is_named_with_the_other_sizes(synth_dir):
+    m = from_spec(f"synth:{synth_dir}")
+    only_test = m.subset(lambda it: it.split == "test")
+    n = len(only_test)
+    with pytest.raises(DataError, match=rf"split 'train' is empty \(valid: 0, test: {n}\)"):
+        split_manifest(only_test, None)

@@ -7,7 +7,9 @@ The label is ``category``; the vocabulary is ordered by the ``target`` index, so
 of a model is the class the ESC-50 papers call ``k``. Every item keeps its fold (1-5) in
 ``Item.fold``. The default split, for a single run, is fold 5 ``test``, fold 4 ``valid``
 and folds 1-3 ``train``; cross validation ignores it and uses ``Manifest.for_fold(k)``.
-The ESC-10 subset's categories are in ``manifest.meta["esc10"]``.
+The ESC-10 subset's categories are in ``manifest.meta["esc10"]``. Each item's ``group`` is
+its ``src_file``, the freesound recording it was cut from (clips of one recording share a
+fold), for ``earmark cv --group-by group``.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def load(root: str) -> Manifest:
         if row.get("esc10", "").lower() == "true":
             esc10.add(category)
         items.append(Item(path=absolute(audio_dir / row["filename"]), labels=(category,),
-                          split=split_of_fold(fold), fold=fold))
+                          split=split_of_fold(fold), fold=fold,
+                          group=(row.get("src_file") or "").strip() or None))
     if not items:
         raise DataError(meta, "lists no clips")
     check_audio_exists((it.path for it in items), meta)

@@ -6,7 +6,8 @@ or directly in ``DIR``. Labels are the digits ``"0"`` .. ``"9"``, single-label.
 Splits: the dataset's own README makes takes 0-4 the test set and the rest the training
 set. earmark carves a validation set out of training deterministically: takes 5-9 are
 ``valid``, takes 10 and up ``train``. Every speaker is in every split (the split is by
-take, not by speaker); the speakers are listed in ``manifest.meta["speakers"]``.
+take, not by speaker); the speakers are listed in ``manifest.meta["speakers"]``, and each
+item's ``group`` is its speaker, so ``earmark cv --group-by group`` tests on unheard voices.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def load(root: str) -> Manifest:
             continue
         digit, speaker, take = m.group(1), m.group(2), int(m.group(3))
         speakers.add(speaker)
-        items.append(Item(path=absolute(path), labels=(digit,), split=split_of_take(take)))
+        items.append(Item(path=absolute(path), labels=(digit,), split=split_of_take(take),
+                          group=speaker))
     if odd:
         warnings.warn(f"{audio_dir}: {len(odd)} .wav files not named "
                       f"{{digit}}_{{speaker}}_{{take}}.wav are ignored (e.g. {odd[0]})",

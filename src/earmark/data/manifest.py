@@ -1,7 +1,7 @@
 """One manifest abstraction that every data source turns into.
 
 A :class:`Manifest` is a list of :class:`Item` (a path, its labels, an optional
-onset/offset inside the file, a split and a fold) plus the label vocabulary and
+onset/offset inside the file, a split, a fold and a group) plus the label vocabulary and
 whether the task is single- or multi-label. Every ``SPEC`` of the command line
 (``fsdd:DIR``, ``esc50:DIR``, ...) resolves to one through :func:`from_spec`.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,9 @@ class Item:
     offset: float | None = None  # seconds into the file, None = to the end
     split: str = "train"
     fold: int | None = None
+    # who or where the clip comes from (speaker, session, device, location); cross validation
+    # by group holds out all of a group's clips at once. None = not known
+    group: str | None = None
 
 
 @dataclass
@@ -50,6 +54,28 @@ class Manifest:
     def split(self, name: str) -> Manifest:
         return self.subset(lambda it: it.split == name)
 
+    def split_sizes(self) -> dict[str, int]:
+        """Items per split, in the order of ``SPLITS``: ``{"train": 40, "valid": 5, "test": 5}``."""
+        return {name: sum(it.split == name for it in self.items) for name in SPLITS}
+
+    @property
+    def has_splits(self) -> bool:
+        """False for a manifest file without a ``split`` column: all its items read as train."""
+        return self.meta.get("split_column", True)
+
+    def require_split(self, name: str) -> Manifest:
+        """The items of split ``name``; a :class:`DataError` naming it and the sizes of the
+        other splits when it has none.
+
+        >>> from_spec("manifest:train_only.csv").require_split("test")  # doctest: +SKIP
+        DataError: train_only: split 'test' is empty (train: 120, valid: 0)
+        """
+        part = self.split(name)
+        if not len(part):
+            others = ", ".join(f"{s}: {n}" for s, n in self.split_sizes().items() if s != name)
+            raise DataError(self.name, f"split {name!r} is empty ({others})")
+        return part
+
     @property
     def folds(self) -> list[int]:
         return sorted({it.fold for it in self.items if it.fold is not None})
@@ -59,6 +85,33 @@ class Manifest:
         if k not in self.folds:
             raise DataError(self.name, f"fold {k} not in folds {self.folds}")
         return (self.subset(lambda it: it.fold != k), self.subset(lambda it: it.fold == k))
+
+    def groups(self) -> list[str]:
+        """The distinct groups of the items, sorted (items without a group are left out)."""
+        return sorted({it.group for it in self.items if it.group is not None})
+
+    def group_sizes(self) -> dict[str, int]:
+        """Items per group, in the order of :meth:`groups`."""
+        sizes: dict[str, int] = {}
+        for it in self.items:
+            if it.group is not None:
+                sizes[it.group] = sizes.get(it.group, 0) + 1
+        return dict(sorted(sizes.items()))
+
+    def for_group(self, group: str | Iterable[str]) -> tuple[Manifest, Manifest]:
+        """(train, test) for cross validation by group: every item of ``group`` (one name or
+        several) is held out, whatever its split; all other items, ungrouped ones included,
+        train.
+
+        >>> train, test = fsdd.for_group("jackson")  # doctest: +SKIP
+        """
+        held = {group} if isinstance(group, str) else set(group)
+        unknown = sorted(held - set(self.groups()))
+        if unknown:
+            raise DataError(self.name, f"no item has group {', '.join(map(repr, unknown))}; "
+                            f"groups: {_some(self.groups())}")
+        return (self.subset(lambda it: it.group not in held),
+                self.subset(lambda it: it.group in held))
 
     def label_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.labels)}
@@ -71,15 +124,18 @@ class Manifest:
         if path.suffix.lower() == ".csv":
             with open(tmp, "w", newline="") as f:
                 w = csv.writer(f)
-                w.writerow(["path", "labels", "onset", "offset", "split", "fold"])
+                w.writerow(["path", "labels", "onset", "offset", "split", "fold", "group"])
                 for it in self.items:
                     w.writerow([it.path, ";".join(it.labels), _blank(it.onset), _blank(it.offset),
-                                it.split, _blank(it.fold)])
+                                it.split if self.has_splits else "", _blank(it.fold),
+                                _blank(it.group)])
         else:
             with open(tmp, "w") as f:
                 for it in self.items:
                     d = asdict(it)
                     d["labels"] = list(it.labels)
+                    if not self.has_splits:  # reads back as a manifest without splits
+                        del d["split"]
                     f.write(json.dumps(d) + "\n")
         tmp.replace(path)
         return path
@@ -87,6 +143,49 @@ class Manifest:
 
 def _blank(v) -> str:
     return "" if v is None else str(v)
+
+
+def _some(names: list[str], limit: int = 10) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def group_folds(manifest: Manifest, k: int | None = None, seed: int = 0
+                ) -> dict[str, tuple[str, ...]]:
+    """The held-out groups of each run of cross validation by group, by run name.
+
+    ``k=None``: leave one group out, one run per group, named after it. ``k=K``: ``K`` folds
+    of whole groups named ``fold-1`` .. ``fold-K``, balanced by item count: groups go, largest
+    first, to the fold with the fewest items so far; ``seed`` orders groups of equal size, so
+    the folds are the same on every machine for the same seed.
+
+    >>> group_folds(m)  # doctest: +SKIP
+    {'george': ('george',), 'jackson': ('jackson',), ...}
+    >>> group_folds(m, k=2, seed=0)  # doctest: +SKIP
+    {'fold-1': ('jackson', 'nicolas', 'yweweler'), 'fold-2': ('george', 'lucas', 'theo')}
+    """
+    sizes = manifest.group_sizes()
+    if not sizes:
+        raise DataError(manifest.name, "no item has a group, so there is nothing to hold out "
+                        "by group (the fsdd, speechcommands and esc50 sources set one; a "
+                        "manifest file takes a 'group' column)")
+    if len(sizes) < 2:
+        raise DataError(manifest.name, f"cross validation by group needs at least 2 groups, "
+                        f"found 1 ({next(iter(sizes))!r})")
+    if k is None:
+        return {g: (g,) for g in sizes}
+    if not 2 <= k <= len(sizes):
+        raise DataError(manifest.name, f"cannot make {k} folds of {len(sizes)} groups: the "
+                        f"number of folds must be 2 to {len(sizes)}")
+    order = list(sizes)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda g: -sizes[g])  # stable: the shuffle decides among equal sizes
+    folds: list[list[str]] = [[] for _ in range(k)]
+    totals = [0] * k
+    for g in order:
+        j = min(range(k), key=lambda i: (totals[i], i))
+        folds[j].append(g)
+        totals[j] += sizes[g]
+    return {f"fold-{j + 1}": tuple(sorted(f)) for j, f in enumerate(folds)}
 
 
 def vocabulary(items: Iterable[Item]) -> list[str]:

@@ -1,11 +1,13 @@
 """``manifest:FILE``: a list of files and labels in CSV or JSONL, e.g. one ``Manifest.write`` wrote.
 
 CSV (a ``.csv`` file): a header with at least ``path`` and ``labels``; optional columns
-``onset``, ``offset`` (seconds), ``split`` (``train``/``valid``/``test``, default ``train``)
-and ``fold`` (an integer). Empty cells mean "not given". Inside the ``labels`` cell, labels
-are separated by ``;`` (what ``Manifest.write`` writes); a file in which no cell holds a
-``;`` is read with ``,`` as the separator instead. A label that itself contains a comma
-therefore needs ``;`` somewhere in the file, or JSONL.
+``onset``, ``offset`` (seconds), ``split`` (``train``/``valid``/``test``, default ``train``),
+``fold`` (an integer) and ``group`` (any text: speaker, session, device, location; what
+``earmark cv --group-by group`` holds out). Empty cells mean "not given"; a file that gives
+no split at all has ``manifest.has_splits`` false, and ``earmark eval`` then scores every item.
+Inside the ``labels`` cell, labels are separated by ``;`` (what ``Manifest.write`` writes); a
+file in which no cell holds a ``;`` is read with ``,`` as the separator instead. A label that
+itself contains a comma therefore needs ``;`` somewhere in the file, or JSONL.
 
 JSONL (any other suffix): one object per line with the same keys; ``labels`` is a list of
 strings or a string separated as above.
@@ -57,8 +59,13 @@ def _item(row: dict, where: str, base: Path, separator: str) -> Item:
         raise DataError(where, f"onset, offset and fold must be numbers: {e}") from None
     if onset is not None and offset is not None and offset <= onset:
         raise DataError(where, f"offset {offset} is not after onset {onset}")
+    group = row.get("group")
+    if isinstance(group, (int, float)) and not isinstance(group, bool):
+        group = str(group)  # JSONL speaker ids written as numbers
+    elif group is not None and not isinstance(group, str):
+        raise DataError(where, f"group must be a string, got {group!r}")
     return Item(path=absolute(base / path.strip()), labels=labels, onset=onset, offset=offset,
-                split=split, fold=fold)
+                split=split, fold=fold, group=(group or "").strip() or None)
 
 
 def _number(value, kind):
@@ -96,7 +103,8 @@ def load(file: str) -> Manifest:
 
     >>> m = load("lists/birds.csv")  # doctest: +SKIP
     >>> m.items[0]  # doctest: +SKIP
-    Item(path='/data/birds/a.wav', labels=('robin',), onset=None, offset=None, split='train', fold=1)
+    Item(path='/data/birds/a.wav', labels=('robin',), onset=None, offset=None, split='train',
+         fold=1, group='site-3')
     """
     path = require_file(file, "manifest file")
     rows, separator = (_rows_csv if path.suffix.lower() == ".csv" else _rows_jsonl)(path)
@@ -104,5 +112,8 @@ def load(file: str) -> Manifest:
     if not items:
         raise DataError(path, "lists no audio files")
     check_audio_exists((it.path for it in items), path)
+    # every item then reads as train; eval must know that no test split was ever given
+    split_column = any(str(row.get("split") or "").strip() for _, row in rows)
     return Manifest(items=items, labels=vocabulary(items),
-                    multi_label=any(len(it.labels) > 1 for it in items), name=path.stem)
+                    multi_label=any(len(it.labels) > 1 for it in items), name=path.stem,
+                    meta={"split_column": split_column})

@@ -2,7 +2,9 @@
 
 Layout of the v2 archive: one folder per word (``DIR/yes/0a7c2a8d_nohash_0.wav``, ...),
 ``validation_list.txt`` and ``testing_list.txt`` listing the ``valid`` and ``test`` files as
-``word/file.wav`` paths; every other clip is ``train``.
+``word/file.wav`` paths; every other clip is ``train``. Files are named
+``{speaker}_nohash_{n}.wav``: the speaker id is each item's ``group`` (None for a file named
+otherwise), as the official lists keep a speaker's clips in one split.
 
 ``_background_noise_`` holds long noise recordings, not a class: its files are not items;
 their paths are in ``manifest.meta["background_noise"]`` for noise augmentation. The
@@ -19,6 +21,14 @@ from earmark.data.manifest import Item, Manifest, register_source
 from earmark.errors import DataError
 
 NOISE_DIR = "_background_noise_"
+SPEAKER_MARK = "_nohash_"
+
+
+def speaker_of(filename: str) -> str | None:
+    """The speaker id of a clip: ``"0a7c2a8d_nohash_0.wav"`` -> ``"0a7c2a8d"``; None if the name
+    does not follow the v2 pattern."""
+    speaker, mark, _ = Path(filename).name.partition(SPEAKER_MARK)
+    return speaker if mark and speaker else None
 
 
 def _read_list(path: Path) -> list[str]:
@@ -49,7 +59,7 @@ def load(root: str) -> Manifest:
         for path in audio_files(root_path / word):
             rel = path.relative_to(root_path).as_posix()
             items.append(Item(path=absolute(path), labels=(word,),
-                              split=split_of.get(rel, "train")))
+                              split=split_of.get(rel, "train"), group=speaker_of(path.name)))
     if not items:
         raise DataError(root_path, "no word folders with .wav files found")
     noise_dir = root_path / NOISE_DIR

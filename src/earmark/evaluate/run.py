@@ -22,6 +22,8 @@ def evaluate_model(model, manifest: Manifest, progress: bool = True) -> dict:
     """
     from earmark.infer.tagger import Tagger, load
 
+    if not len(manifest):
+        raise DataError(manifest.name, "no items to evaluate")
     tagger = model if isinstance(model, Tagger) else load(model)
     if tagger.labels != manifest.labels:
         missing = sorted(set(manifest.labels) - set(tagger.labels))

@@ -1,4 +1,5 @@
-"""``earmark train`` and ``earmark cv``: run directories with checkpoints, logs and a model.
+"""``earmark train`` and ``earmark cv`` (by fold or by group): run directories with
+checkpoints, logs and a model.
 
 A run directory holds ``config.json`` (the resolved TrainConfig), ``checkpoints/``
 (Lightning checkpoints: ``last.ckpt`` and the best epochs), ``logs/metrics.csv`` and
@@ -38,7 +39,7 @@ from torch import nn
 
 from earmark.data.dataset import ClipDataset
 from earmark.data.labels import targets as manifest_targets
-from earmark.data.manifest import Manifest, from_spec
+from earmark.data.manifest import Manifest, from_spec, group_folds
 from earmark.data.sampler import BalancedSampler
 from earmark.errors import DataError, ModelError
 from earmark.files import write_json
@@ -55,22 +56,37 @@ _SCORE = re.compile(r"score=(-?[0-9.]+)\.ckpt$")  # MAE scores are minus a loss
 
 def split_manifest(manifest: Manifest, fold: int | None, seed: int = 0
                    ) -> tuple[Manifest, Manifest, Manifest]:
-    """(train, valid, test). With a fold, that fold is the test set and also validates."""
+    """(train, valid, test). With a fold, that fold is the test set and also validates.
+    Without a valid split, a seeded 10 % of the training items validate."""
     if fold is not None:
         train, test = manifest.for_fold(fold)
         return train, test, test
-    train, valid, test = (manifest.split(s) for s in ("train", "valid", "test"))
-    if not len(train):
-        raise DataError(manifest.name, "no training items (split 'train' is empty)")
+    train = manifest.require_split("train")
+    valid, test = manifest.split("valid"), manifest.split("test")
     if not len(valid):
-        # carve a deterministic 10 % of the training items for validation
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(train), generator=g).tolist()
-        n_val = max(1, len(train) // 10)
-        val_ids = set(order[:n_val])
-        items = train.items
-        valid = replace(train, items=[items[i] for i in sorted(val_ids)])
-        train = replace(train, items=[it for i, it in enumerate(items) if i not in val_ids])
+        train, valid = carve_validation(train, seed)
+    return train, valid, test
+
+
+def carve_validation(train: Manifest, seed: int = 0) -> tuple[Manifest, Manifest]:
+    """(train, valid): a deterministic 10 % (at least one item) of ``train`` set aside."""
+    if len(train) < 2:
+        raise DataError(train.name, f"{len(train)} training item(s): too few to set some aside "
+                        "for validation")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(train), generator=g).tolist()
+    val_ids = set(order[:max(1, len(train) // 10)])
+    items = train.items
+    return (replace(train, items=[it for i, it in enumerate(items) if i not in val_ids]),
+            replace(train, items=[items[i] for i in sorted(val_ids)]))
+
+
+def group_split(manifest: Manifest, groups: str | tuple[str, ...], seed: int = 0
+                ) -> tuple[Manifest, Manifest, Manifest]:
+    """(train, valid, test) with every item of ``groups`` as the test set, whatever its split,
+    and all other items training, a seeded 10 % of them validating."""
+    rest, test = manifest.for_group(groups)
+    train, valid = carve_validation(rest, seed)
     return train, valid, test
 
 
@@ -425,15 +441,24 @@ def _prepare_codebook(config: TrainConfig, manifest: Manifest, train_m: Manifest
 _STAGES = {"mae": _prepare_mae, "finetune": _prepare_finetune, "psl": _prepare_psl}
 
 
-def prepare_run(config: TrainConfig, resume: bool = False) -> RunSetup:
+def prepare_run(config: TrainConfig, resume: bool = False,
+                split: tuple[Manifest, Manifest, Manifest] | None = None) -> RunSetup:
     """Build what ``config.stage`` trains, with ``config.init`` loaded, without training.
+
+    ``split``: the (train, valid, test) manifests to use instead of splitting ``config.data``
+    (cross validation by group passes them); subsets of one manifest, so they share its
+    vocabulary.
 
     >>> setup = prepare_run(TrainConfig(data="synth:data", stage="psl", model="sat-tiny",
     ...                                 teacher="runs/vit"))  # doctest: +SKIP
     >>> wave, teacher_wave = next(iter(setup.train_loader))  # doctest: +SKIP
     """
-    manifest = from_spec(config.data)
-    train_m, valid_m, test_m = split_manifest(manifest, config.fold, config.seed)
+    if split is None:
+        manifest = from_spec(config.data)
+        train_m, valid_m, test_m = split_manifest(manifest, config.fold, config.seed)
+    else:
+        train_m, valid_m, test_m = split
+        manifest = replace(train_m, items=[*train_m.items, *valid_m.items, *test_m.items])
     if config.model == "codebook":  # autoencoders and code books first (earmark.train.codebook)
         setup = _prepare_codebook(config, manifest, train_m, valid_m, test_m, resume)
     else:
@@ -448,9 +473,11 @@ def prepare_run(config: TrainConfig, resume: bool = False) -> RunSetup:
 # ---- training --------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False,
+          split: tuple[Manifest, Manifest, Manifest] | None = None) -> dict:
     """Train one stage, export ``out/model`` and evaluate it on the test split (not after
-    ``mae``); returns the final metrics."""
+    ``mae``); returns the final metrics. ``split``: (train, valid, test) manifests that
+    replace the split of ``config.data`` (see :func:`prepare_run`)."""
     from earmark.evaluate.run import evaluate_model
 
     out = Path(config.out)
@@ -470,7 +497,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     _quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    setup = prepare_run(config, resume)
+    setup = prepare_run(config, resume, split)
     resume = resume and last.is_file()
     model, module = setup.model, setup.module
     if setup.init is not None:
@@ -530,26 +557,100 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     return result
 
 
-def cross_validate(config: TrainConfig) -> dict:
-    """One run per fold under ``out/fold-K``; mean and standard deviation of the test metrics."""
+GROUP_KEYS = ("group",)  # what ``cross_validate(group_by=...)`` can hold out
+
+
+def cross_validate(config: TrainConfig, group_by: str | None = None,
+                   folds: int | None = None) -> dict:
+    """One run per fold under ``out/fold-K``; mean and standard deviation of the test metrics,
+    written to ``out/cv_metrics.json`` as ``{"folds": {K: metrics}, "accuracy": {"mean": ..,
+    "std": ..}, ...}``.
+
+    ``group_by="group"``: hold out whole groups instead (:attr:`Item.group`: speaker, session,
+    ...): one run per group (leave one group out), or ``folds`` runs over folds of whole
+    groups balanced by item count (:func:`~earmark.data.manifest.group_folds`, seeded with
+    ``config.seed``). Each run trains on every other item, a seeded 10 % of them validating,
+    and lives in ``out/<group or fold-K>``; its ``metrics.json`` names what it was tested on
+    (``holdout``). The summary adds ``group_by``, ``ungrouped`` (items in no group, which
+    train in every run) and, per run, ``groups``, ``items`` and ``dir``.
+
+    >>> cfg = TrainConfig(data="fsdd:fsdd", out="runs/cv")
+    >>> s = cross_validate(cfg, group_by="group")  # doctest: +SKIP
+    >>> s["accuracy"], s["folds"]["jackson"]["items"]  # doctest: +SKIP
+    ({'mean': 0.91, 'std': 0.04}, 500)
+    """
+    if group_by is not None:
+        return _cross_validate_groups(config, group_by, folds)
+    if folds is not None:
+        raise ValueError("folds of groups need group_by (e.g. group_by='group')")
     manifest = from_spec(config.data)
-    folds = manifest.folds
-    if len(folds) < 2:
+    fold_ids = manifest.folds
+    if len(fold_ids) < 2:
         raise DataError(config.data, "cross validation needs a data set with folds "
-                        f"(found {folds or 'none'})")
+                        f"(found {fold_ids or 'none'})")
     per_fold = {}
-    for k in folds:
+    for k in fold_ids:
         cfg = replace(config, fold=k, out=str(Path(config.out) / f"fold-{k}"))
         per_fold[k] = train(cfg).get("test", {})
-    summary: dict = {"folds": per_fold}
-    keys = {key for m in per_fold.values() for key, v in m.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for key in sorted(keys):
-        vals = [per_fold[k][key] for k in folds if isinstance(per_fold[k].get(key), (int, float))]
-        if not vals:
-            continue
-        summary[key] = {"mean": statistics.fmean(vals),
-                        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
-    path = Path(config.out) / "cv_metrics.json"
-    write_json(path, summary)
+    summary: dict = {"folds": per_fold, **_mean_and_std(list(per_fold.values()))}
+    write_json(Path(config.out) / "cv_metrics.json", summary)
     return summary
+
+
+def _cross_validate_groups(config: TrainConfig, group_by: str, folds: int | None) -> dict:
+    if group_by not in GROUP_KEYS:
+        raise ValueError(f"cannot group by {group_by!r}: the one key is 'group' (each item's "
+                         "speaker, session, device or location, as its data source sets it)")
+    manifest = from_spec(config.data)
+    try:
+        runs = group_folds(manifest, folds, config.seed)
+    except DataError as err:  # name the SPEC the user typed rather than the set's short name
+        raise DataError(config.data, err.reason) from None
+    ungrouped = sum(it.group is None for it in manifest.items)
+    if ungrouped:
+        log.warning("%d items have no group; they train in every run", ungrouped)
+    dirs = _folder_names(list(runs))
+    per_run, tested = {}, []
+    for name, groups in runs.items():
+        split = group_split(manifest, groups, config.seed)
+        out = Path(config.out) / dirs[name]
+        result = train(replace(config, fold=None, out=str(out)), split=split)
+        holdout = {"group_by": group_by, "groups": list(groups), "items": len(split[2])}
+        write_json(out / "metrics.json", {**result, "holdout": holdout})
+        tested.append(result.get("test", {}))
+        per_run[name] = {"groups": list(groups), "items": len(split[2]), "dir": dirs[name],
+                         **tested[-1]}
+    summary: dict = {"group_by": group_by, "ungrouped": ungrouped, "folds": per_run,
+                     **_mean_and_std(tested)}
+    write_json(Path(config.out) / "cv_metrics.json", summary)
+    return summary
+
+
+def _mean_and_std(runs: list[dict]) -> dict:
+    """``{metric: {"mean": .., "std": ..}}`` over the numeric metrics of the runs."""
+    keys = {key for m in runs for key, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out = {}
+    for key in sorted(keys):
+        vals = [m[key] for m in runs if isinstance(m.get(key), (int, float))]
+        if vals:
+            out[key] = {"mean": statistics.fmean(vals),
+                        "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
+def _folder_names(names: list[str]) -> dict[str, str]:
+    """A distinct folder name per run name: characters other than letters, digits, ``.``,
+    ``_`` and ``-`` become ``_``, and names that still clash, ignoring case (as macOS and
+    Windows do), get ``-2``, ``-3``, ..."""
+    taken = {"cv_metrics.json"}  # the summary beside the run folders
+    out = {}
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80] or "group"
+        folder, n = base, 1
+        while folder.lower() in taken:
+            n += 1
+            folder = f"{base}-{n}"
+        taken.add(folder.lower())
+        out[name] = folder
+    return out
