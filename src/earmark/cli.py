@@ -11,6 +11,7 @@ from pathlib import Path
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from earmark.train.config import TrainConfig
 
+
     d = TrainConfig(data="")
     p.add_argument("--data", required=True, help="data SPEC, e.g. fsdd:DIR, esc50:DIR, synth:DIR")
     p.add_argument("--model", default=d.model, help="registry name (earmark profile --list)")
@@ -18,7 +19,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument (JSON value), e.g. patch_stride=[16,8]")
     p.add_argument("--recipe", default=None,
-                   help="a paper's training settings (htsat-audioset, htsat-esc50, htsat-scv2); "
+                   help="named training settings: robust (augmentation for new speakers, rooms and "
+                        "microphones), htsat-audioset, htsat-esc50, htsat-scv2 (paper 002); "
                         "options given explicitly win")
     p.add_argument("--lr-schedule", choices=("cosine", "htsat"), default=d.lr_schedule)
     for name in ("epochs", "batch_size", "num_workers", "devices", "seed", "top_k_average",
@@ -38,6 +40,39 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
                    help="keep decoded audio in memory (default: when the set is small)")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group(
+        "augmentation for new speakers, rooms and microphones (each: a probability per item, "
+        "0 = off; ranges as LOW,HIGH)")
+    g.add_argument("--speed", type=float, default=d.speed,
+                   help="speed perturbation: tempo and pitch together")
+    g.add_argument("--speed-range", type=_pair, default=d.speed_range, metavar="LOW,HIGH",
+                   help=f"speed factors (default {_show(d.speed_range)})")
+    g.add_argument("--pitch", type=float, default=d.pitch, help="pitch shift, same tempo")
+    g.add_argument("--pitch-semitones", type=float, default=d.pitch_semitones,
+                   help="largest shift in semitones, up or down")
+    g.add_argument("--vtlp", type=float, default=d.vtlp,
+                   help="vocal-tract-length perturbation (warps the mel axis)")
+    g.add_argument("--vtlp-range", type=_pair, default=d.vtlp_range, metavar="LOW,HIGH",
+                   help=f"VTLP warp factors (default {_show(d.vtlp_range)})")
+    g.add_argument("--noise", type=float, default=d.noise, help="background noise")
+    g.add_argument("--noise-snr", type=_pair, default=d.noise_snr, metavar="LOW,HIGH",
+                   help=f"signal-to-noise ratios in dB (default {_show(d.noise_snr)})")
+    g.add_argument("--noise-dir", default=None, metavar="DIR",
+                   help="noise recordings of any length, read in random segments "
+                        "(default: earmark's synthetic coloured noises)")
+    g.add_argument("--reverb", type=float, default=d.reverb,
+                   help="reverberation with room impulse responses")
+    g.add_argument("--reverb-rt60", type=_pair, default=d.reverb_rt60, metavar="LOW,HIGH",
+                   help=f"RT60 of simulated rooms in s (default {_show(d.reverb_rt60)})")
+    g.add_argument("--rir", dest="rir_dir", default=None, metavar="DIR",
+                   help="room impulse response files (default: simulated shoebox rooms)")
+    g.add_argument("--eq", type=float, default=d.eq,
+                   help="random equaliser (microphone colouration)")
+    g.add_argument("--eq-db", type=float, default=d.eq_db, help="largest EQ gain, +- dB")
+    g.add_argument("--band-limit", type=float, default=d.band_limit,
+                   help="telephone band (about 300-3400 Hz)")
+    g.add_argument("--clipping", type=float, default=d.clipping,
+                   help="hard clipping at 30-80 %% of the peak")
     g = p.add_argument_group("stages of paper 003 (MAE -> full-context finetune -> SAT by PSL)")
     g.add_argument("--stage", choices=("mae", "finetune", "psl"), default=d.stage,
                    help="mae: masked-autoencoder pretraining (no labels); finetune: supervised "
@@ -74,6 +109,24 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "(with --gain-db)")
     g.add_argument("--stages-from", default=None, metavar="RUN",
                    help="reuse another codebook run's stages where their settings match")
+    # which field each option string sets: to find the options a user typed (--recipe)
+    p.set_defaults(option_dests={opt: action.dest for action in p._actions
+                                 for opt in action.option_strings})
+
+
+def _pair(text: str) -> list[float]:
+    """``"0.9,1.1"`` -> ``[0.9, 1.1]`` (argparse type of the LOW,HIGH options)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return [float(parts[0]), float(parts[1])]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH, got {text!r}") from None
+
+
+def _show(pair) -> str:
+    return ",".join(f"{v:g}" for v in pair)
 
 
 def _add_trust(p: argparse.ArgumentParser) -> None:
@@ -117,11 +170,19 @@ def _train_config(a: argparse.Namespace, fold=None):
             drop_path_rate=a.drop_path_rate, codebook_chunks=a.codebook_chunks,
             ae_steps=a.ae_steps, ae_batch=a.ae_batch, ae_lr=a.ae_lr, kmeans_batch=a.kmeans_batch,
             kmeans_epochs=a.kmeans_epochs, stages_from=a.stages_from,
-            feature_views=a.feature_views)
+            feature_views=a.feature_views, speed=a.speed, speed_range=a.speed_range,
+            pitch=a.pitch, pitch_semitones=a.pitch_semitones, vtlp=a.vtlp,
+            vtlp_range=a.vtlp_range, noise=a.noise, noise_snr=a.noise_snr,
+            noise_dir=a.noise_dir, reverb=a.reverb, reverb_rt60=a.reverb_rt60,
+            rir_dir=a.rir_dir, eq=a.eq, eq_db=a.eq_db, band_limit=a.band_limit,
+            clipping=a.clipping)
         if a.recipe:
-            given = {arg.lstrip("-").split("=")[0].replace("-", "_") for arg in a.argv
-                     if arg.startswith("--")}
+            # options the user typed (exact spellings: abbreviations are off) win over the
+            # recipe, also where they repeat a default value
+            dests = a.option_dests
+            given = {dests[tok.split("=")[0]] for tok in a.argv if tok.split("=")[0] in dests}
             given |= {"model_args"} if a.model_arg else set()
+            given |= {"progress"} if a.no_progress else set()
             config = apply_recipe(a.recipe, config, given)
     except ValueError as err:  # options that do not go together: a usage error, as argparse's
         print(f"error: {err}", file=sys.stderr)
@@ -232,7 +293,7 @@ def cmd_eval(a) -> int:
     from earmark.evaluate.run import evaluate_model, write_report
     from earmark.infer.tagger import load
 
-    tagger = load(a.model)
+    tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     manifest = _select_split(from_spec(a.data), a.split, a.fold, a.group)
     metrics = evaluate_model(tagger, manifest, progress=not a.no_progress)
     print(format_table(metrics))
@@ -543,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for metrics.json and the PNG plot")
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     p.add_argument("--no-progress", action="store_true")
+    _add_trust(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("codebook", help="a codebook model's codes: the most frequent per class, "
@@ -645,6 +707,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_trust(p)
     p.set_defaults(fn=cmd_profile)
+    for p in sub.choices.values():  # --epoch must not pass for --epochs
+        p.allow_abbrev = False
     return parser
 
 

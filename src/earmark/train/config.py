@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 STAGES = ("mae", "finetune", "psl")
+# the waveform augmentations of earmark.audio.augment.AcousticAugment, by probability field
+ACOUSTIC = ("speed", "pitch", "noise", "reverb", "eq", "band_limit", "clipping")
 
 
 @dataclass
@@ -45,6 +47,24 @@ class TrainConfig:
     gain_db: float = 0.0  # random gain in +-dB
     shift: float = 0.0  # random circular shift, fraction of the clip
     polarity: float = 0.0  # probability of inverting the sign
+    # Acoustic augmentation for new speakers, rooms and microphones (earmark.audio.augment):
+    # each a probability per training item (0 = off) and the range it draws from.
+    speed: float = 0.0  # speed perturbation: tempo and pitch together
+    speed_range: list = field(default_factory=lambda: [0.85, 1.15])  # factors
+    pitch: float = 0.0  # pitch shift at the same tempo (phase vocoder)
+    pitch_semitones: float = 2.0  # +- semitones
+    vtlp: float = 0.0  # vocal-tract-length perturbation of the mel axis (Jaitly & Hinton 2013)
+    vtlp_range: list = field(default_factory=lambda: [0.9, 1.1])  # warp factors
+    noise: float = 0.0  # background noise at a random SNR
+    noise_snr: list = field(default_factory=lambda: [5.0, 30.0])  # dB
+    noise_dir: str | None = None  # noise files (any length); None = earmark's coloured noises
+    reverb: float = 0.0  # convolution with a room impulse response
+    reverb_rt60: list = field(default_factory=lambda: [0.2, 0.8])  # simulated rooms, seconds
+    rir_dir: str | None = None  # impulse-response files; None = simulated shoebox rooms
+    eq: float = 0.0  # random smooth equaliser (microphone colouration)
+    eq_db: float = 6.0  # +- dB at six log-spaced frequencies
+    band_limit: float = 0.0  # telephone band, about 300-3400 Hz
+    clipping: float = 0.0  # hard clipping at 30-80 % of the peak
     top_k_average: int = 1  # average the weights of the k best checkpoints (paper 003: 4)
     early_stopping: int = 0  # patience in epochs; 0 = off
     multi_label: bool | None = None  # sigmoid + BCE even for single-label data (None: as data)
@@ -90,7 +110,7 @@ class TrainConfig:
             raise ValueError(f"a teacher is only used by stage 'psl', not {self.stage!r}")
         if self.stage == "psl":
             augment = [name for name in ("mixup", "time_mask", "freq_mask", "gain_db", "shift",
-                                         "polarity") if getattr(self, name)]
+                                         "polarity", *ACOUSTIC) if getattr(self, name)]
             if augment:  # paper 003, 4.4: the student learns the teacher's view of clean crops
                 raise ValueError("stage 'psl' trains without augmentation and mixup; unset "
                                  + ", ".join(augment))
@@ -103,8 +123,26 @@ class TrainConfig:
                      "kmeans_epochs", "feature_views"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("vtlp", *ACOUSTIC):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability between 0 and 1, "
+                                 f"got {getattr(self, name)}")
+        for name in ("speed_range", "vtlp_range", "noise_snr", "reverb_rt60"):
+            lo, hi = getattr(self, name)
+            if lo > hi or (name != "noise_snr" and lo <= 0):
+                raise ValueError(f"{name} must be [low, high] with 0 < low <= high, "
+                                 f"got {getattr(self, name)}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
+
+    def acoustic(self) -> dict:
+        """The settings of :class:`earmark.audio.augment.AcousticAugment`."""
+        return dict(speed=self.speed, speed_range=tuple(self.speed_range), pitch=self.pitch,
+                    pitch_semitones=self.pitch_semitones, noise=self.noise,
+                    noise_snr=tuple(self.noise_snr), noise_dir=self.noise_dir,
+                    reverb=self.reverb, reverb_rt60=tuple(self.reverb_rt60),
+                    rir_dir=self.rir_dir, eq=self.eq, eq_db=self.eq_db,
+                    band_limit=self.band_limit, clipping=self.clipping)
 
     def regularisers(self) -> dict:
         """The patch-out and stochastic-depth options that are set, as model arguments."""

@@ -9,7 +9,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from earmark.audio.augment import SpecAugment, WaveAugment, mixup
+from earmark.audio.augment import (
+    VTLP,
+    AcousticAugment,
+    SpecAugment,
+    WaveAugment,
+    bin_centres,
+    mixup,
+)
 from earmark.evaluate.metrics import mean_average_precision, top_k_accuracy
 from earmark.models.directory import model_config
 from earmark.train.config import TrainConfig
@@ -43,9 +50,21 @@ class TaggingModule(L.LightningModule):
         self.labels = labels
         self.steps_per_epoch = steps_per_epoch
         self.wave_augment = WaveAugment(config.gain_db, config.shift, config.polarity)
+        self.acoustic = AcousticAugment(model.sample_rate, seed=config.seed, **config.acoustic())
+        # spectrogram augmentations run inside the model's forward, in training mode only
+        spec: list[torch.nn.Module] = []
+        self.vtlp = None
+        if config.vtlp:
+            front = model.frontend.config
+            top = front.f_max if front.n_mels else front.sample_rate / 2
+            self.vtlp = VTLP(bin_centres(front), config.vtlp, tuple(config.vtlp_range),
+                             f_hi=0.6 * top, nyquist=top)
+            spec.append(self.vtlp)
         if config.time_mask or config.freq_mask:
-            model.spec_augment = SpecAugment(config.time_mask, config.freq_mask,
-                                             config.time_masks, config.freq_masks)
+            spec.append(SpecAugment(config.time_mask, config.freq_mask, config.time_masks,
+                                    config.freq_masks))
+        if spec:
+            model.spec_augment = spec[0] if len(spec) == 1 else torch.nn.Sequential(*spec)
         self._val_scores: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
 
@@ -64,10 +83,26 @@ class TaggingModule(L.LightningModule):
         if hasattr(dataset, "set_epoch"):
             dataset.set_epoch(self.current_epoch)
 
+    def step_generator(self, step: int) -> torch.Generator:
+        """The random source of one training step's augmentations: the same run seed, step
+        and process give the same draws, also after a resume."""
+        seed = (self.config.seed * 1_000_003 + step * 131 + self.global_rank) % (2 ** 63)
+        return torch.Generator().manual_seed(seed)
+
+    def augment(self, wave: torch.Tensor, target: torch.Tensor, step: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The waveform augmentations and mixup of training step ``step``; the spectrogram
+        ones (VTLP, SpecAugment) draw from the same generator inside the model's forward."""
+        gen = self.step_generator(step)
+        if self.vtlp is not None:
+            self.vtlp.generator = gen
+        wave = self.acoustic(wave, gen)
+        wave = self.wave_augment(wave, gen)
+        return mixup(wave, target, self.config.mixup, gen)
+
     def training_step(self, batch, batch_idx):
         wave, target = batch
-        wave = self.wave_augment(wave)
-        wave, target = mixup(wave, target, self.config.mixup)
+        wave, target = self.augment(wave, target, self.global_step)
         loss = self.loss(self.model(wave), target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=wave.shape[0])

@@ -15,7 +15,17 @@ _HTSAT = dict(model="htsat", lr=1e-3, weight_decay=0.05, lr_schedule="htsat", mi
               time_mask=64, time_masks=2, freq_mask=8, freq_masks=2, batch_size=128,
               top_k_average=5, clip_seconds=10.0, fit="repeat")
 
+# Small data sets that must hold up on people, rooms and microphones they never heard (the
+# leave-one-speaker-out benchmark, bench/fsdd_speakers.py, chose these): speed and pitch
+# perturbation, vocal-tract-length perturbation, background noise, simulated rooms,
+# microphone colouration, mixup, SpecAugment, gain, shift and polarity.
+_ROBUST = dict(speed=0.5, speed_range=[0.85, 1.15], pitch=0.3, pitch_semitones=2.0, vtlp=0.5,
+               vtlp_range=[0.9, 1.1], noise=0.5, noise_snr=[5.0, 30.0], reverb=0.3,
+               reverb_rt60=[0.2, 0.8], eq=0.5, eq_db=6.0, band_limit=0.1, clipping=0.1,
+               mixup=0.2, time_mask=10, freq_mask=8, gain_db=6.0, shift=0.1, polarity=0.5)
+
 RECIPES: dict[str, dict] = {
+    "robust": _ROBUST,
     "htsat-audioset": dict(_HTSAT, epochs=100),
     # ESC-50: 5 s clips repeated twice to 10 s (section 3.2.1), softmax over 50 classes,
     # five folds (earmark cv), batch 64 as the released ESC config
