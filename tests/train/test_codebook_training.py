@@ -135,6 +135,22 @@ def test_feature_views_add_shifted_copies_of_training_clips(data, tmp_path):
     assert not torch.allclose(three[1], one[0]) and not torch.allclose(three[2], three[1])
 
 
+def test_feature_views_go_through_the_acoustic_augmentations(data):
+    import numpy as np
+
+    from earmark.audio.augment import AcousticAugment
+    from earmark.train.codebook import item_chunks
+
+    model = earmark.create_model("codebook", 8, **TINY)
+    item = from_spec(f"synth:{data}").split("train").items[0]
+    plain = item_chunks(model, item, views=2, rng=np.random.default_rng(0))
+    noisy = item_chunks(model, item, views=2, rng=np.random.default_rng(0),
+                        augment=AcousticAugment(model.sample_rate, noise=1.0,
+                                                noise_snr=(0.0, 0.0)))
+    assert torch.equal(noisy[0], plain[0])  # the clip itself is never augmented
+    assert not torch.allclose(noisy[1], plain[1])  # its copies are
+
+
 def test_multi_label_head_uses_sigmoid_and_huber(data, tmp_path):
     model = earmark.create_model("codebook", 3, multi_label=True, **TINY)
     module = HeadModule(model, config("x", tmp_path), ["a", "b", "c"], 1)

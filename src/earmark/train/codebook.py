@@ -10,8 +10,9 @@
                  family on the bottlenecks of those slices
     features     the code-count histograms of every 1 s chunk of the training and
                  validation splits (each chunk carries its clip's labels, section 2);
-                 ``feature_views`` > 1 adds shifted copies of each training clip (and
-                 ``gain_db``), the head's only augmentation
+                 ``feature_views`` > 1 adds shifted copies of each training clip (with
+                 ``gain_db`` and the acoustic augmentations: speed, noise, rooms,
+                 microphones), the head's augmentation
     head         the MLP head on those histograms, with count masking: a Lightning run with
                  checkpoints, logs and the best-epoch average, as for every earmark model
 
@@ -43,13 +44,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from earmark.audio.augment import AcousticAugment
 from earmark.data.dataset import fit_length, load_segment
 from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError, ModelError
 from earmark.files import write_json
 from earmark.models.codebook import FAMILIES, CodebookTagger
-from earmark.train.config import TrainConfig
+from earmark.train.config import ACOUSTIC, TrainConfig
 from earmark.train.module import TaggingModule
 
 log = logging.getLogger("earmark.train")
@@ -62,7 +64,9 @@ _AE_KEYS = ("data", "fold", "seed", "clip_seconds", "fit", "codebook_chunks", "a
 _AE_ARGS = ("compression", "ae_hidden", "ae_layers", "ae_dropout", "frontend", "tail_frames")
 _CODEBOOK_KEYS = _AE_KEYS + ("kmeans_batch", "kmeans_epochs")
 _CODEBOOK_ARGS = _AE_ARGS + ("codebook_size",)
-_FEATURE_KEYS = _CODEBOOK_KEYS + ("feature_views", "gain_db")
+_FEATURE_KEYS = _CODEBOOK_KEYS + ("feature_views", "gain_db", *ACOUSTIC, "speed_range",
+                                  "pitch_semitones", "noise_snr", "noise_dir", "reverb_rt60",
+                                  "rir_dir", "eq_db")
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -85,13 +89,15 @@ class Chunks:
 
 
 def item_chunks(model: CodebookTagger, item, views: int = 1, gain_db: float = 0.0,
-                rng: np.random.Generator | None = None) -> torch.Tensor:
+                rng: np.random.Generator | None = None,
+                augment: AcousticAugment | None = None) -> torch.Tensor:
     """(K, 96, 100) log-mel chunks of one manifest item, as the model's forward pass cuts them.
 
     With ``views`` > 1, the chunks of ``views - 1`` shifted copies follow: a clip shorter
     than a chunk is tiled from a random point (or placed at a random point, as ``model.fit``
     says), a longer one starts up to a chunk later; each copy at a random gain within
-    +-``gain_db``. The file is read once."""
+    +-``gain_db`` and through ``augment`` (speed, rooms, microphones, noise). The file is read
+    once."""
     wave = load_segment(item.path, model.sample_rate, item.onset, item.offset)
     n = round(model.clip_seconds * model.sample_rate)
     copies = []
@@ -104,6 +110,9 @@ def item_chunks(model: CodebookTagger, item, views: int = 1, gain_db: float = 0.
             x = x[int(r.integers(min(n, x.shape[-1] - n) + 1)):]
         if r is not None and gain_db:
             x = x * 10 ** (r.uniform(-gain_db, gain_db) / 20)
+        if r is not None and augment is not None:
+            gen = torch.Generator().manual_seed(int(r.integers(2 ** 62)))
+            x = augment(x.unsqueeze(0), gen)[0]
         with torch.no_grad():
             copies.append(model.chunk_spectrograms(model.frontend(x.unsqueeze(0)))[0])
     return torch.cat(copies)
@@ -111,7 +120,7 @@ def item_chunks(model: CodebookTagger, item, views: int = 1, gain_db: float = 0.
 
 def collect_chunks(model: CodebookTagger, manifest: Manifest, limit: int | None = None,
                    seed: int = 0, progress: bool = False, desc: str = "chunks", views: int = 1,
-                   gain_db: float = 0.0) -> Chunks:
+                   gain_db: float = 0.0, augment: AcousticAugment | None = None) -> Chunks:
     """The chunks of the manifest's items, in a seeded random order of items when ``limit``
     caps their number (the item that crosses the cap is taken whole); ``views`` and
     ``gain_db`` as :func:`item_chunks`. Unreadable files are skipped and listed in
@@ -128,7 +137,7 @@ def collect_chunks(model: CodebookTagger, manifest: Manifest, limit: int | None 
             break
         seen += 1
         try:
-            chunks = item_chunks(model, manifest.items[i], views, gain_db, rng)
+            chunks = item_chunks(model, manifest.items[i], views, gain_db, rng, augment)
         except AudioError as err:
             failed.append(str(err))
             continue
@@ -424,11 +433,13 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
         if done is None:
             t = time.time()
             views = config.feature_views if split == "train" else 1
+            augment = AcousticAugment(model.sample_rate, seed=config.seed, **config.acoustic())
             chunks = (sample if split == "train" and sample is not None and sample.complete
                       and views == 1
                       else collect_chunks(model, m, seed=config.seed, progress=config.progress,
                                           desc=f"{split} chunks", views=views,
-                                          gain_db=config.gain_db if split == "train" else 0.0))
+                                          gain_db=config.gain_db if split == "train" else 0.0,
+                                          augment=augment if augment.active else None))
             done = chunk_features(model, chunks, m, device)
             _save_tensors(path, done, {"settings": ft_settings, "failed": chunks.failed,
                                        "seconds": round(time.time() - t, 1)})
