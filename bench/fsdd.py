@@ -61,7 +61,7 @@ def tagging_rtf(model_dir: Path, files: list[str], repeats: int = 3) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--epochs", type=int, default=BEST["epochs"])
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     p.add_argument("--max-minutes", type=float, default=10.0)
     p.add_argument("--model-arg", action="append", default=[])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         print(f"FSDD not found at {a.data}", file=sys.stderr)
         return 2
     cfg = dict(BEST, **(RECIPES["robust"] if a.recipe == "robust" else {}))
-    cfg.update(epochs=a.epochs, seed=a.seed, model_args=dict(BEST["model_args"]))
+    cfg.update(epochs=a.epochs or cfg["epochs"], seed=a.seed,
+               model_args=dict(BEST["model_args"]))
     for kv in a.model_arg:
         k, _, v = kv.partition("=")
         cfg["model_args"][k] = json.loads(v)

@@ -63,7 +63,7 @@ def test_mixup_trains_single_label_data_with_mixed_targets():
 @pytest.fixture(scope="module")
 def robust_run(synth_dir, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("robust")
-    train(config(synth_dir, out, epochs=1, **ROBUST))
+    train(config(synth_dir, out, **{**ROBUST, "epochs": 1}))
     return out
 
 
