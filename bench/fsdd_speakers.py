@@ -68,6 +68,8 @@ RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"  # as bench/fsdd.py
 SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")
 RECIPE_NAMES = ("baseline", "robust")
+# rows of an earlier robust recipe kept beside it under their own name (the 30-epoch version)
+EARLIER = ("robust-30ep",)
 PROTOCOLS = ("loso", "official", "ablation")
 MODES = ("alone", "without")
 TARGET_MEAN = 0.95  # LOSO mean accuracy the robust recipe aims at
@@ -582,8 +584,8 @@ def plot(rows: list[dict], path: Path) -> bool:
     """Per-speaker LOSO bars of baseline and robust (mean over seeds, error bars: std over
     seeds), the LOSO mean and the official split, with the 90 % and 95 % lines."""
     rows, _ = latest(rows)
-    names = [n for n in RECIPE_NAMES if any(r["protocol"] == "loso" and r["recipe"] == n
-                                            for r in rows)]
+    names = [n for n in ("baseline", *EARLIER, "robust")
+             if any(r["protocol"] == "loso" and r["recipe"] == n for r in rows)]
     if not names:
         return False
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -599,7 +601,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / len(names)
-    colours = {"baseline": "#8c8c8c", "robust": "#1f77b4"}
+    colours = {"baseline": "#8c8c8c", "robust-30ep": "#9ecae1", "robust": "#1f77b4"}
     lows = []
     for i, n in enumerate(names):
         st = stats[n]
