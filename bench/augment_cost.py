@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fsdd import BEST, DEFAULT_DATA  # noqa: E402
+from fsdd_speakers import matmul_gflops  # noqa: E402
 
 from earmark.data.dataset import ClipDataset  # noqa: E402
 from earmark.data.manifest import from_spec  # noqa: E402
@@ -33,16 +34,6 @@ from earmark.models.registry import create_model  # noqa: E402
 from earmark.train.config import ACOUSTIC, TrainConfig  # noqa: E402
 from earmark.train.module import TaggingModule  # noqa: E402
 from earmark.train.recipes import RECIPES  # noqa: E402
-
-
-def matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
 def main(argv=None) -> int:

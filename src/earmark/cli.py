@@ -207,15 +207,12 @@ def cmd_train(a) -> int:
 
 
 def cmd_cv(a) -> int:
-    from earmark.train.run import GROUP_KEYS, cross_validate
+    from earmark.train.run import check_cv_options, cross_validate
 
-    if a.group_by is not None and a.group_by not in GROUP_KEYS:
-        print(f"error: --group-by {a.group_by}: the one key is 'group' (each item's speaker, "
-              "session, device or location, as its data source sets it)", file=sys.stderr)
-        return 2
-    if a.folds is not None and a.group_by is None:
-        print("error: --folds K makes folds of whole groups; give --group-by group too "
-              "(without it, cv uses the data set's own folds)", file=sys.stderr)
+    try:  # before any run starts
+        check_cv_options(a.group_by, a.folds)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     summary = cross_validate(_train_config(a), group_by=a.group_by, folds=a.folds)
     _print_cv_table(summary)
@@ -266,8 +263,8 @@ def _select_split(manifest, split: str, fold: int | None = None, group: str | No
     from earmark.errors import DataError
     from earmark.train.run import split_manifest
 
-    if group is not None and group not in manifest.groups():
-        manifest.for_group(group)  # raises: no such group, and lists the ones there are
+    if group is not None:
+        manifest.require_groups([group])
     if split == "all":
         part = manifest
     elif fold is not None:
@@ -538,8 +535,8 @@ def cmd_export(a) -> int:
         return 2
     from earmark.infer.tagger import load
 
-    model = load(a.model, trust_checkpoint=True) if a.trust_checkpoint else a.model
-    path = export_onnx(model, a.out, chunk_seconds=a.chunk)
+    path = export_onnx(load(a.model, trust_checkpoint=a.trust_checkpoint), a.out,
+                       chunk_seconds=a.chunk)
     check = onnx_metadata(path).get("check") or {}
     print(f"wrote {path}; onnxruntime matches PyTorch within "
           f"{check.get('max_abs_diff', float('nan')):.2e}")

@@ -44,6 +44,13 @@ def test_the_same_seed_and_step_give_the_same_augmented_batch():
     assert torch.equal(s1, s2)
 
 
+def test_every_augmentation_is_a_training_option():
+    assert set(ACOUSTIC) == set(augment.EFFECTS)
+    settings = TrainConfig(data="", noise_snr=[1.0, 2.0]).acoustic()
+    assert settings["noise_snr"] == (1.0, 2.0)
+    augment.AcousticAugment(16000, **settings)  # every field is one of its arguments
+
+
 def test_no_augmentation_leaves_the_batch_alone():
     wave, target = torch.randn(4, 8000), torch.eye(3)[[0, 1, 2, 0]]
     w, t = module().augment(wave, target, step=0)
@@ -83,6 +90,7 @@ def test_nothing_is_augmented_in_eval_tag_detect_or_stream(robust_run, synth_dir
         cls, attr = name.split(".")
         monkeypatch.setattr(getattr(augment, cls), attr, refuse)
     monkeypatch.setattr(augment, "mixup", refuse)
+    monkeypatch.setattr("earmark.train.module.mixup", refuse)
     tagger = earmark.load(robust_run)
     manifest = earmark.data.manifest.from_spec(f"synth:{synth_dir}").split("test")
     metrics = evaluate_model(tagger, manifest, progress=False)

@@ -108,6 +108,10 @@ def mixup(wave: torch.Tensor, target: torch.Tensor, alpha: float,
 # exactly; the signal processing itself is deterministic.
 
 
+# the effects of AcousticAugment, by the name of their probability
+EFFECTS = ("speed", "pitch", "noise", "reverb", "eq", "band_limit", "clipping")
+
+
 def _uniform(gen: torch.Generator | None, b: int, lo: float, hi: float) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(b, generator=gen)
 
@@ -127,6 +131,19 @@ def _interp(wave: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.lerp(wave.gather(1, i0), wave.gather(1, i1), frac)
 
 
+def _play_faster(wave: torch.Tensor, factors: torch.Tensor, length: int,
+                 wrap: bool = False) -> torch.Tensor:
+    """``length`` samples of each item of ``wave`` (B, N) read ``factors[i]`` times faster
+    (linear interpolation); past the end an item repeats from its start (``wrap``) or holds
+    its last sample."""
+    n = wave.shape[-1]
+    t = torch.arange(length, device=wave.device, dtype=torch.float32)
+    # float32 positions: within 1/50 of a sample for clips up to 10 s at 16 kHz
+    pos = t.unsqueeze(0) * factors.to(wave.device, torch.float32).unsqueeze(1)
+    pos = torch.remainder(pos, n) if wrap else pos
+    return _interp(wave, pos.clamp(max=n - 1))
+
+
 def speed_perturb(wave: torch.Tensor, factor: float) -> torch.Tensor:
     """Play ``wave`` (..., N) ``factor`` times faster: tempo and pitch change together and the
     length becomes ``round(N / factor)`` (Ko et al. 2015, Kaldi's speed perturbation).
@@ -137,19 +154,15 @@ def speed_perturb(wave: torch.Tensor, factor: float) -> torch.Tensor:
     n = wave.shape[-1]
     m = max(1, round(n / factor))
     flat = wave.reshape(-1, n)
-    pos = (torch.arange(m, device=wave.device, dtype=torch.float64) * factor).clamp(max=n - 1)
-    return _interp(flat, pos.float().expand(flat.shape[0], m)).reshape(*wave.shape[:-1], m)
+    out = _play_faster(flat, torch.full((flat.shape[0],), float(factor)), m)
+    return out.reshape(*wave.shape[:-1], m)
 
 
 def change_speed(wave: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Speed perturbation of a batch at its own length: item ``i`` played ``factors[i]`` times
     faster, a slower item cut at N samples, a faster one continued from its start (as clips
     fitted by repetition are). ``(B, N) -> (B, N)``."""
-    b, n = wave.shape
-    t = torch.arange(n, device=wave.device, dtype=torch.float32)
-    # float32 is exact to about 1e-3 samples at a minute of 16 kHz audio: plenty here
-    pos = torch.remainder(t.unsqueeze(0) * factors.to(wave.device, torch.float32).unsqueeze(1), n)
-    return _interp(wave, pos.clamp(max=n - 1))
+    return _play_faster(wave, factors, wave.shape[-1], wrap=True)
 
 
 def time_stretch(wave: torch.Tensor, rates: torch.Tensor, n_fft: int = 512,
@@ -183,13 +196,9 @@ def time_stretch(wave: torch.Tensor, rates: torch.Tensor, n_fft: int = 512,
 def pitch_shift(wave: torch.Tensor, semitones: torch.Tensor) -> torch.Tensor:
     """Shift item ``i`` by ``semitones[i]`` at the same tempo and length: a phase-vocoder
     stretch by the pitch ratio, then a speed change by it. ``(B, N) -> (B, N)``."""
-    b, n = wave.shape
     ratio = 2.0 ** (semitones.to(torch.float32) / 12)  # > 1: higher
     stretched = time_stretch(wave, 1 / ratio)  # item i: about N * ratio[i] samples
-    m = stretched.shape[-1]
-    t = torch.arange(n, device=wave.device, dtype=torch.float32)
-    pos = (t.unsqueeze(0) * ratio.to(wave.device).unsqueeze(1)).clamp(max=m - 1)
-    return _interp(stretched, pos)
+    return _play_faster(stretched, ratio, wave.shape[-1])
 
 
 def mix_at_snr(wave: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
@@ -401,14 +410,20 @@ class RirBank:
                  rt60: tuple[float, float] = (0.2, 0.8), count: int = 48, seed: int = 0):
         from earmark.audio.io import find_audio_files, load_audio
 
+        self.skipped: list[str] = []
         if folder is None:
             rirs = room_rirs(count, sample_rate, rt60, seed)
         else:
             rirs = []
             for path in find_audio_files([folder]):
-                rirs.append(load_audio(path, sample_rate)[0][: 2 * sample_rate])
+                try:
+                    rirs.append(load_audio(path, sample_rate)[0][: 2 * sample_rate])
+                except Exception as err:  # a bad file is reported and left out, as for noise
+                    self.skipped.append(f"{path}: {err}")
             if not rirs:
-                raise ValueError(f"{folder}: no audio files to use as room impulse responses")
+                raise ValueError(f"{folder}: no readable audio files to use as room impulse "
+                                 "responses" + (f" ({'; '.join(self.skipped[:3])})"
+                                                if self.skipped else ""))
         length = max(r.numel() for r in rirs)
         self.rirs = torch.stack([F.pad(r, (0, length - r.numel())) for r in rirs])  # (R, L)
 
@@ -449,7 +464,7 @@ class AcousticAugment:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("speed", "pitch", "reverb", "eq", "band_limit", "clipping", "noise"):
+        for name in EFFECTS:
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} is a probability, got {p}")
@@ -460,8 +475,7 @@ class AcousticAugment:
 
     @property
     def active(self) -> bool:
-        return any(getattr(self, n) for n in ("speed", "pitch", "reverb", "eq", "band_limit",
-                                              "clipping", "noise"))
+        return any(getattr(self, n) for n in EFFECTS)
 
     def __call__(self, wave: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         if not self.active:

@@ -88,7 +88,16 @@ class Manifest:
 
     def groups(self) -> list[str]:
         """The distinct groups of the items, sorted (items without a group are left out)."""
-        return sorted({it.group for it in self.items if it.group is not None})
+        return list(self.group_sizes())
+
+    def require_groups(self, groups: Iterable[str]) -> None:
+        """A :class:`DataError` naming any of ``groups`` that no item has, and the groups
+        there are."""
+        known = self.groups()
+        unknown = sorted(set(groups) - set(known))
+        if unknown:
+            raise DataError(self.name, f"no item has group {', '.join(map(repr, unknown))}; "
+                            f"groups: {_some(known)}")
 
     def group_sizes(self) -> dict[str, int]:
         """Items per group, in the order of :meth:`groups`."""
@@ -106,10 +115,7 @@ class Manifest:
         >>> train, test = fsdd.for_group("jackson")  # doctest: +SKIP
         """
         held = {group} if isinstance(group, str) else set(group)
-        unknown = sorted(held - set(self.groups()))
-        if unknown:
-            raise DataError(self.name, f"no item has group {', '.join(map(repr, unknown))}; "
-                            f"groups: {_some(self.groups())}")
+        self.require_groups(held)
         return (self.subset(lambda it: it.group not in held),
                 self.subset(lambda it: it.group in held))
 

@@ -51,7 +51,7 @@ from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError, ModelError
 from earmark.files import write_json
 from earmark.models.codebook import FAMILIES, CodebookTagger
-from earmark.train.config import ACOUSTIC, TrainConfig
+from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.module import TaggingModule
 
 log = logging.getLogger("earmark.train")
@@ -64,9 +64,7 @@ _AE_KEYS = ("data", "fold", "seed", "clip_seconds", "fit", "codebook_chunks", "a
 _AE_ARGS = ("compression", "ae_hidden", "ae_layers", "ae_dropout", "frontend", "tail_frames")
 _CODEBOOK_KEYS = _AE_KEYS + ("kmeans_batch", "kmeans_epochs")
 _CODEBOOK_ARGS = _AE_ARGS + ("codebook_size",)
-_FEATURE_KEYS = _CODEBOOK_KEYS + ("feature_views", "gain_db", *ACOUSTIC, "speed_range",
-                                  "pitch_semitones", "noise_snr", "noise_dir", "reverb_rt60",
-                                  "rir_dir", "eq_db")
+_FEATURE_KEYS = _CODEBOOK_KEYS + ("feature_views", "gain_db", *ACOUSTIC_FIELDS)
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -427,19 +425,24 @@ def prepare_stages(config: TrainConfig, model: CodebookTagger, manifest: Manifes
 
     features = {}
     ft_settings = _settings(config, model, _FEATURE_KEYS, _CODEBOOK_ARGS)
+    augment = None  # built once, when the training histograms are computed
+
     for split, m in (("train", train_m), ("valid", valid_m)):
         path = stages / f"features-{split}.safetensors"
         done = _load_stage(path, ft_settings, sources) if cb_state is not None else None
         if done is None:
             t = time.time()
             views = config.feature_views if split == "train" else 1
-            augment = AcousticAugment(model.sample_rate, seed=config.seed, **config.acoustic())
+            if views > 1:  # only the shifted copies of training clips are augmented
+                augment = AcousticAugment(model.sample_rate, seed=config.seed,
+                                          **config.acoustic())
             chunks = (sample if split == "train" and sample is not None and sample.complete
                       and views == 1
                       else collect_chunks(model, m, seed=config.seed, progress=config.progress,
                                           desc=f"{split} chunks", views=views,
                                           gain_db=config.gain_db if split == "train" else 0.0,
-                                          augment=augment if augment.active else None))
+                                          augment=augment if views > 1 and augment.active
+                                          else None))
             done = chunk_features(model, chunks, m, device)
             _save_tensors(path, done, {"settings": ft_settings, "failed": chunks.failed,
                                        "seconds": round(time.time() - t, 1)})

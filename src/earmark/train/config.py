@@ -18,8 +18,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 STAGES = ("mae", "finetune", "psl")
-# the waveform augmentations of earmark.audio.augment.AcousticAugment, by probability field
+# the waveform augmentations of AcousticAugment (their probability fields: the names of
+# earmark.audio.augment.EFFECTS, written out so that the CLI parser imports no torch; a test
+# keeps the two equal), and every field that configures it
 ACOUSTIC = ("speed", "pitch", "noise", "reverb", "eq", "band_limit", "clipping")
+ACOUSTIC_FIELDS = (*ACOUSTIC, "speed_range", "pitch_semitones", "noise_snr", "noise_dir",
+                   "reverb_rt60", "rir_dir", "eq_db")
 
 
 @dataclass
@@ -136,13 +140,9 @@ class TrainConfig:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
 
     def acoustic(self) -> dict:
-        """The settings of :class:`earmark.audio.augment.AcousticAugment`."""
-        return dict(speed=self.speed, speed_range=tuple(self.speed_range), pitch=self.pitch,
-                    pitch_semitones=self.pitch_semitones, noise=self.noise,
-                    noise_snr=tuple(self.noise_snr), noise_dir=self.noise_dir,
-                    reverb=self.reverb, reverb_rt60=tuple(self.reverb_rt60),
-                    rir_dir=self.rir_dir, eq=self.eq, eq_db=self.eq_db,
-                    band_limit=self.band_limit, clipping=self.clipping)
+        """The settings of :class:`earmark.audio.augment.AcousticAugment` (ranges as tuples)."""
+        return {name: tuple(v) if isinstance(v := getattr(self, name), list) else v
+                for name in ACOUSTIC_FIELDS}
 
     def regularisers(self) -> dict:
         """The patch-out and stochastic-depth options that are set, as model arguments."""

@@ -91,8 +91,9 @@ class TaggingModule(L.LightningModule):
 
     def augment(self, wave: torch.Tensor, target: torch.Tensor, step: int
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The waveform augmentations and mixup of training step ``step``; the spectrogram
-        ones (VTLP, SpecAugment) draw from the same generator inside the model's forward."""
+        """The waveform augmentations and mixup of training step ``step``. VTLP draws from
+        the same generator inside the model's forward; SpecAugment from torch's global one,
+        which Lightning seeds with the run's seed."""
         gen = self.step_generator(step)
         if self.vtlp is not None:
             self.vtlp.generator = gen

@@ -579,10 +579,9 @@ def cross_validate(config: TrainConfig, group_by: str | None = None,
     >>> s["accuracy"], s["folds"]["jackson"]["items"]  # doctest: +SKIP
     ({'mean': 0.91, 'std': 0.04}, 500)
     """
+    check_cv_options(group_by, folds)
     if group_by is not None:
         return _cross_validate_groups(config, group_by, folds)
-    if folds is not None:
-        raise ValueError("folds of groups need group_by (e.g. group_by='group')")
     manifest = from_spec(config.data)
     fold_ids = manifest.folds
     if len(fold_ids) < 2:
@@ -597,10 +596,18 @@ def cross_validate(config: TrainConfig, group_by: str | None = None,
     return summary
 
 
+def check_cv_options(group_by: str | None, folds: int | None) -> None:
+    """ValueError for options of :func:`cross_validate` that do not go together."""
+    if group_by is not None and group_by not in GROUP_KEYS:
+        raise ValueError(f"--group-by {group_by}: the one key is 'group' (each item's "
+                         "speaker, session, device or location, as its data source sets it); "
+                         f"cannot group by {group_by!r}")
+    if folds is not None and group_by is None:
+        raise ValueError("folds (--folds K) are folds of whole groups; give --group-by group "
+                         "too (group_by='group'); without it, cv uses the data set's own folds")
+
+
 def _cross_validate_groups(config: TrainConfig, group_by: str, folds: int | None) -> dict:
-    if group_by not in GROUP_KEYS:
-        raise ValueError(f"cannot group by {group_by!r}: the one key is 'group' (each item's "
-                         "speaker, session, device or location, as its data source sets it)")
     manifest = from_spec(config.data)
     try:
         runs = group_folds(manifest, folds, config.seed)
