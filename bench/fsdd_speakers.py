@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 from earmark.data.manifest import from_spec
-from earmark.train.config import TrainConfig
+from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.recipes import RECIPES
 from earmark.train.run import group_split, split_manifest, train
 
@@ -67,7 +67,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"  # as bench/fsdd.py
 SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")
-RECIPE_NAMES = ("baseline", "robust")
+RECIPE_NAMES = ("baseline", "robust", "codebook")
 # rows of an earlier robust recipe kept beside it under their own name (the 30-epoch version)
 EARLIER = ("robust-30ep",)
 PROTOCOLS = ("loso", "official", "ablation")
@@ -108,6 +108,21 @@ def best() -> dict:
     return copy.deepcopy(BEST)
 
 
+def codebook() -> dict:
+    """The codebook model (paper 001) as bench/codebook.py chose it on validation (F 20, D 64,
+    a 512-unit head with dropout 0.4, 512-unit autoencoders, its stages and head training),
+    plus the robust recipe's acoustic augmentations on the shifted training copies its
+    histograms are computed from, and code masking at 0.2."""
+    robust = robust_overrides()
+    return dict(model="codebook", clip_seconds=1.0, fit="repeat", epochs=30, batch_size=64,
+                lr=1e-3, weight_decay=1e-4, warmup_epochs=1, ae_steps=1500, ae_batch=256,
+                codebook_chunks=20000, kmeans_epochs=3, feature_views=8, gain_db=6.0,
+                top_k_average=1,
+                model_args={"codebook_size": 64, "compression": 20, "hidden": 512,
+                            "head_dropout": 0.4, "mask_prob": 0.2, "ae_hidden": 512},
+                **{k: robust[k] for k in ACOUSTIC_FIELDS if k in robust})
+
+
 def robust_overrides() -> dict:
     if "robust" not in RECIPES:
         sys.exit("earmark.train.recipes.RECIPES has no 'robust' recipe in this tree yet")
@@ -143,6 +158,8 @@ def recipe(name: str) -> dict:
         return best()
     if name == "robust":
         return merged(best(), robust_overrides())
+    if name == "codebook":
+        return codebook()
     if name.startswith("baseline+"):
         g = name[len("baseline+"):]
         robust = robust_overrides()
@@ -584,7 +601,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     """Per-speaker LOSO bars of baseline and robust (mean over seeds, error bars: std over
     seeds), the LOSO mean and the official split, with the 90 % and 95 % lines."""
     rows, _ = latest(rows)
-    names = [n for n in ("baseline", *EARLIER, "robust")
+    names = [n for n in ("baseline", *EARLIER, "robust", "codebook")
              if any(r["protocol"] == "loso" and r["recipe"] == n for r in rows)]
     if not names:
         return False
@@ -601,7 +618,8 @@ def plot(rows: list[dict], path: Path) -> bool:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / len(names)
-    colours = {"baseline": "#8c8c8c", "robust-30ep": "#9ecae1", "robust": "#1f77b4"}
+    colours = {"baseline": "#8c8c8c", "robust-30ep": "#9ecae1", "robust": "#1f77b4",
+               "codebook": "#ff7f0e"}
     lows = []
     for i, n in enumerate(names):
         st = stats[n]

@@ -172,3 +172,33 @@ def test_cv_group_options_give_clear_errors(trained, capsys, tmp_path):
                  "--group-by", "group"]) == 2
     assert "no item has a group" in capsys.readouterr().err
     assert not (tmp_path / "cv").exists()  # nothing trained
+
+
+def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, tmp_path):
+    from earmark.cli import _select_split
+    from earmark.data.manifest import from_spec
+    from earmark.train.run import split_manifest
+
+    def clips(*options):
+        assert main(["eval", str(trained / "run"), "--json", "--no-progress", *options]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_clips"]
+
+    # with a fold held out, --split train is every other fold, valid and test the fold
+    path, n = clip_list(trained, tmp_path, "f.csv", ["fold"], lambda i: [str(1 + i % 4)])
+    spec = f"manifest:{path}"
+    assert clips("--data", spec, "--split", "train", "--fold", "2") == n - n // 4
+    assert clips("--data", spec, "--split", "valid", "--fold", "2") == n // 4
+    # without a fold, the validation items are those the run's seed set aside
+    path, n = clip_list(trained, tmp_path, "s.csv", ["split"],
+                        lambda i: ["test" if i % 5 == 0 else "train"])
+    spec = f"manifest:{path}"
+    m = from_spec(spec)
+    saved = json.loads((trained / "run" / "model" / "config.json").read_text())
+    assert saved["provenance"]["seed"] == 0
+    for seed in (0, 7):
+        expected = split_manifest(m, None, seed)[1]
+        assert _select_split(m, "valid", seed=seed).items == expected.items
+    assert _select_split(m, "valid", seed=0).items != _select_split(m, "valid", seed=7).items
+    assert clips("--data", spec, "--split", "valid") == len(split_manifest(m, None, 0)[1])
+    assert clips("--data", spec, "--split", "train", "--seed", "7") == \
+        len(split_manifest(m, None, 7)[0])

@@ -109,9 +109,6 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "(with --gain-db)")
     g.add_argument("--stages-from", default=None, metavar="RUN",
                    help="reuse another codebook run's stages where their settings match")
-    # which field each option string sets: to find the options a user typed (--recipe)
-    p.set_defaults(option_dests={opt: action.dest for action in p._actions
-                                 for opt in action.option_strings})
 
 
 def _pair(text: str) -> list[float]:
@@ -179,8 +176,7 @@ def _train_config(a: argparse.Namespace, fold=None):
         if a.recipe:
             # options the user typed (exact spellings: abbreviations are off) win over the
             # recipe, also where they repeat a default value
-            dests = a.option_dests
-            given = {dests[tok.split("=")[0]] for tok in a.argv if tok.split("=")[0] in dests}
+            given = typed_options(a.argv)
             given |= {"model_args"} if a.model_arg else set()
             given |= {"progress"} if a.no_progress else set()
             config = apply_recipe(a.recipe, config, given)
@@ -254,8 +250,11 @@ def cmd_synth(a) -> int:
     return 0
 
 
-def _select_split(manifest, split: str, fold: int | None = None, group: str | None = None):
-    """The items ``--split`` (and ``--fold``, ``--group``) name, as training splits them.
+def _select_split(manifest, split: str, fold: int | None = None, group: str | None = None,
+                  seed: int = 0):
+    """The items ``--split`` (and ``--fold``, ``--group``) name, as training splits them:
+    with a fold, ``train`` is every other fold and ``valid`` and ``test`` the fold itself;
+    without one, the validation items a run with ``seed`` set aside.
 
     A manifest file without a split column has no test split: ``test`` is then every item.
     An empty split is an error naming the sizes of the others.
@@ -268,7 +267,7 @@ def _select_split(manifest, split: str, fold: int | None = None, group: str | No
     if split == "all":
         part = manifest
     elif fold is not None:
-        part = manifest.for_fold(fold)[1]
+        part = manifest.for_fold(fold)[0 if split == "train" else 1]
     elif split == "test" and not manifest.has_splits:
         print(f"note: {manifest.name} has no split column, so all {len(manifest)} items are "
               "used", file=sys.stderr)
@@ -276,7 +275,7 @@ def _select_split(manifest, split: str, fold: int | None = None, group: str | No
     else:
         if split == "test":
             manifest.require_split("test")
-        part = dict(zip(("train", "valid", "test"), split_manifest(manifest, None)))[split]
+        part = dict(zip(("train", "valid", "test"), split_manifest(manifest, None, seed)))[split]
     if group is not None:
         part = part.subset(lambda it: it.group == group)
         if not len(part):
@@ -291,7 +290,9 @@ def cmd_eval(a) -> int:
     from earmark.infer.tagger import load
 
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
-    manifest = _select_split(from_spec(a.data), a.split, a.fold, a.group)
+    seed = a.seed if a.seed is not None else \
+        (tagger.config.get("provenance") or {}).get("seed", 0)
+    manifest = _select_split(from_spec(a.data), a.split, a.fold, a.group, seed)
     metrics = evaluate_model(tagger, manifest, progress=not a.no_progress)
     print(format_table(metrics))
     if a.out:
@@ -596,7 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model or run directory")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"))
-    p.add_argument("--fold", type=int, default=None)
+    p.add_argument("--fold", type=int, default=None,
+                   help="the fold a run held out: --split train is every other fold")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the validation items a run set aside (default: the model's)")
     p.add_argument("--group", default=None, help="only the items of this group (e.g. a speaker)")
     p.add_argument("--out", default=None, help="folder for metrics.json and the PNG plot")
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
@@ -707,6 +711,24 @@ def build_parser() -> argparse.ArgumentParser:
     for p in sub.choices.values():  # --epoch must not pass for --epochs
         p.allow_abbrev = False
     return parser
+
+
+def typed_options(argv: list[str]) -> set[str]:
+    """The destinations of the options typed in ``argv``: parsed again with every default
+    suppressed, the namespace holds only what the command line set.
+
+        >>> sorted(typed_options(["train", "--data", "x", "--out", "r", "--epochs=5"]))
+        ['data', 'epochs', 'out']
+    """
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    options = set()
+    for p in [parser, *(c for s in subparsers for c in s.choices.values())]:
+        for action in p._actions:
+            if action.option_strings:
+                action.default = argparse.SUPPRESS
+                options.add(action.dest)
+    return set(vars(parser.parse_args(argv))) & options
 
 
 def main(argv: list[str] | None = None) -> int:

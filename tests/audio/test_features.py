@@ -201,3 +201,36 @@ def test_buffers_follow_the_module_but_stay_out_of_state_dict():
     assert fe.window.dtype == torch.float16
     out = fe(wave.half())
     assert out.dtype == torch.float32 and out.shape == expected.shape
+
+
+def _coloured(wave: torch.Tensor, gain: float) -> torch.Tensor:
+    """``wave`` through a fixed two-tap filter (a microphone's colour) at another level."""
+    return gain * (wave - 0.9 * torch.nn.functional.pad(wave, (1, 0))[..., :-1])
+
+
+@pytest.mark.parametrize("how", ["mean", "meanvar"])
+def test_per_clip_normalisation_cancels_level_and_a_fixed_channel(how):
+    wave = torch.from_numpy(_signal(1.0, 16000) * np.hanning(16000)).float()
+    plain = front_end("sat")
+    normed = front_end(dataclasses.replace(PRESETS["sat"], f_max=4000.0, top_db=None,
+                                           normalize=how))
+    out = normed(wave)
+    # every bin has zero mean over the clip's frames (and unit deviation with meanvar)
+    torch.testing.assert_close(out.mean(-1), torch.zeros(64), atol=1e-4, rtol=0)
+    if how == "meanvar":
+        torch.testing.assert_close(out.std(-1, unbiased=False), torch.ones(64), atol=1e-3, rtol=0)
+    # a louder recording through another microphone: the log-mel moves by many dB, the
+    # normalised features barely (the filter is a fixed gain per bin, up to window effects)
+    other = _coloured(wave, 8.0)
+    moved = (plain(other) - plain(wave)).abs().mean()
+    assert moved > 10.0
+    assert (normed(other) - out).abs().mean() < 0.05 * moved
+    # a batch equals its items stacked, and the setting round-trips through config.json
+    torch.testing.assert_close(normed(torch.stack([wave, other])),
+                               torch.stack([out, normed(other)]))
+    assert FrontEndConfig.from_dict(normed.config.to_dict()).normalize == how
+
+
+def test_unknown_normalisation_is_refused():
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        dataclasses.replace(PRESETS["sat"], normalize="global")

@@ -134,3 +134,22 @@ def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monke
         main(args + ["--speed-range", "1.2"])
     with pytest.raises(SystemExit):
         main(args + ["--speed-range", "1.2,0.9"])
+
+
+def test_recipe_yields_to_the_options_the_command_line_set(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(cfg, resume=False):
+        seen["config"] = cfg
+        return {"stage": "finetune", "epochs": 0, "train_seconds": 0.0, "averaged": []}
+
+    monkeypatch.setattr("earmark.train.run.train", fake_train)
+    default_lr = TrainConfig(data="x").lr
+    # "--epochs=5" is one token; "--lr" repeats the default and still wins over the recipe's
+    assert main(["train", "--data", "synth:x", f"--out={tmp_path / 'r'}", "--recipe",
+                 "htsat-esc50", "--epochs=5", "--lr", str(default_lr)]) == 0
+    cfg = seen["config"]
+    assert RECIPES["htsat-esc50"]["lr"] != default_lr
+    assert cfg.epochs == 5 and cfg.lr == default_lr
+    assert cfg.mixup == RECIPES["htsat-esc50"]["mixup"]  # not typed: the recipe's
+    assert cfg.batch_size == RECIPES["htsat-esc50"]["batch_size"]

@@ -39,6 +39,7 @@ __all__ = [
 _MEL_SCALES = ("htk", "slaney")
 _MEL_NORMS = (None, "slaney")
 _LOGS = ("db", "log", "none")
+_NORMALIZE = (None, "mean", "meanvar")
 _PAD_MODES = ("reflect", "constant", "replicate", "circular")
 
 
@@ -53,6 +54,10 @@ class FrontEndConfig:
     when ``top_db`` is set), ``"log"`` (natural ``log(max(x, amin))``) or ``"none"``.
     With ``center=False`` frames are those whose window fits inside the signal, as in
     ``tf.signal.stft``. ``resize=(bins, time)`` resizes the result bilinearly.
+    ``normalize`` works per clip, after the log: ``"mean"`` subtracts each bin's mean over
+    the clip's frames (cepstral mean normalisation: a fixed microphone or channel colouring
+    and the recording level cancel), ``"meanvar"`` also divides by each bin's standard
+    deviation. A streaming model normalises each chunk on its own.
 
     It is stored in every saved model's config.json:
 
@@ -78,6 +83,7 @@ class FrontEndConfig:
     amin: float = 1e-10
     top_db: float | None = None
     resize: tuple[int, int] | None = None
+    normalize: str | None = None
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ValueError:
@@ -105,6 +111,8 @@ class FrontEndConfig:
             raise bad(f"amin must be positive, got {self.amin}")
         if self.top_db is not None and (self.log != "db" or self.top_db < 0):
             raise bad("top_db needs log='db' and must be >= 0")
+        if self.normalize not in _NORMALIZE:
+            raise bad(f"normalize must be one of {_NORMALIZE}, got {self.normalize!r}")
         if self.resize is not None:
             # Normalise a JSON list to a tuple so configs compare and hash equal.
             object.__setattr__(self, "resize", tuple(int(s) for s in self.resize))
@@ -285,6 +293,21 @@ def compress(x: torch.Tensor, config: FrontEndConfig) -> torch.Tensor:
     return x
 
 
+def normalize_per_clip(x: torch.Tensor, how: str, eps: float = 1e-5) -> torch.Tensor:
+    """Each bin of a (..., bins, time) spectrogram less its mean over time (``"mean"``),
+    also over its standard deviation (``"meanvar"``).
+
+        >>> x = torch.tensor([[1.0, 3.0], [10.0, 10.0]])
+        >>> normalize_per_clip(x, "mean")
+        tensor([[-1.,  1.],
+                [ 0.,  0.]])
+    """
+    x = x - x.mean(-1, keepdim=True)
+    if how == "meanvar":
+        x = x / (x.std(-1, keepdim=True, unbiased=False) + eps)
+    return x
+
+
 def resize_spectrogram(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (..., bins, time) to (..., *size), half-pixel centres, no antialias.
 
@@ -344,6 +367,8 @@ class FrontEnd(nn.Module):
             if self.mel_fb is not None:
                 x = torch.matmul(self.mel_fb.float(), x)  # (..., mel, frames)
             x = compress(x, c)
+            if c.normalize is not None:
+                x = normalize_per_clip(x, c.normalize)
             if c.resize is not None:
                 x = resize_spectrogram(x, c.resize)
         return x

@@ -536,7 +536,9 @@ def train(config: TrainConfig, resume: bool = False,
     if best:
         model.load_state_dict(average_checkpoints(best))
     model.spec_augment = None
+    # seed and fold: ``earmark eval --split`` picks the items this run trained and validated on
     provenance = {"source": "earmark train", "stage": config.stage, "data": config.data,
+                  "seed": config.seed, **({"fold": config.fold} if config.fold is not None else {}),
                   **({"init": str(config.init)} if config.init else {}), **setup.provenance,
                   "averaged_checkpoints": [p.name for p in best]}
     model_dir = save_model_dir(model.cpu().eval(), out / "model", setup.labels, provenance)
