@@ -505,8 +505,9 @@ def cmd_sed_eval(a) -> int:
     result = run_sed_eval(a.truth, a.pred, a.meta, threshold=a.threshold)
     print(format_sed_table(result))
     if a.json:
-        Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {a.json}")
+        from earmark.files import write_json
+
+        print(f"wrote {write_json(a.json, result)}")
     return 0
 
 

@@ -62,7 +62,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ import torch
 from torch import nn
 
 from earmark.errors import ModelError
+from earmark.files import atomic_path
 from earmark.models.base import AudioModel
 from earmark.models.vit import AudioViT, ChunkCache, StreamingAudioViT
 
@@ -134,13 +134,8 @@ def export_onnx(model_or_dir, out_path: str | Path, chunk_seconds: float | None 
         diff = check_onnx(model, proto.SerializeToString(), atol=atol)
         _set_metadata(proto, {META_CHECK: {"max_abs_diff": diff, "atol": atol,
                                            "provider": _PROVIDERS[0]}})
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out_path) as tmp:
         onnx.save_model(proto, str(tmp))
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_path
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import soxr
 import torch
 
 from earmark.errors import AudioError
+from earmark.files import atomic_path
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -267,16 +267,8 @@ def write_audio(
         raise AudioError(path, "cannot write NaN or infinite samples")
     if x.ndim == 2:
         x = x.T  # soundfile wants (frames, channels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         sf.write(tmp, x, int(sample_rate), format=fmt, subtype=subtype)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from earmark.errors import DataError
+from earmark.files import atomic_write
 
 SPLITS = ("train", "valid", "test")
 
@@ -125,10 +126,8 @@ class Manifest:
     def write(self, path: str | Path) -> Path:
         """Write as CSV (``.csv``) or JSONL (anything else); labels joined by ``;`` in CSV."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         if path.suffix.lower() == ".csv":
-            with open(tmp, "w", newline="") as f:
+            with atomic_write(path, newline="") as f:
                 w = csv.writer(f)
                 w.writerow(["path", "labels", "onset", "offset", "split", "fold", "group"])
                 for it in self.items:
@@ -136,14 +135,13 @@ class Manifest:
                                 it.split if self.has_splits else "", _blank(it.fold),
                                 _blank(it.group)])
         else:
-            with open(tmp, "w") as f:
+            with atomic_write(path) as f:
                 for it in self.items:
                     d = asdict(it)
                     d["labels"] = list(it.labels)
                     if not self.has_splits:  # reads back as a manifest without splits
                         del d["split"]
                     f.write(json.dumps(d) + "\n")
-        tmp.replace(path)
         return path
 
 

@@ -40,6 +40,7 @@ import soundfile as sf
 
 from earmark.data.manifest import SPLITS, Item, Manifest, register_source
 from earmark.errors import DataError
+from earmark.files import atomic_path, write_text
 
 CLASSES: tuple[str, ...] = (
     "siren", "alarm", "engine", "rain", "clicks", "bark", "whistle", "babble",
@@ -408,17 +409,8 @@ def _render_clip(name: str, rng: np.random.Generator, sr: int, seconds: float,
 
 def _write_wav(path: Path, audio: np.ndarray, sr: int) -> None:
     # to a hidden temporary beside the target, then an atomic rename: never a half-written wav
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(tmp, audio, sr, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path, sync=False) as tmp:  # thousands of clips: no fsync each
+        sf.write(tmp, audio, sr, subtype="PCM_16", format="WAV")
 
 
 def _splits(n: int) -> list[str]:
@@ -490,7 +482,7 @@ def synthesize(out_dir: str | Path, clips_per_class: int = 30, clip_seconds: flo
     Manifest(clip_items, list(CLASSES), name="synth").write(out / "clips.csv")
     Manifest(scape_items, list(CLASSES), multi_label=True,
              name="synth-soundscapes").write(out / "soundscapes.csv")
-    _write_text(out / "soundscapes.tsv", tsv.getvalue())
+    write_text(out / "soundscapes.tsv", tsv.getvalue())
     params = {
         "format": "earmark-synth", "version": 1, "classes": list(CLASSES),
         "sample_rate": sr, "seed": seed, "clips_per_class": clips_per_class,
@@ -500,7 +492,7 @@ def synthesize(out_dir: str | Path, clips_per_class: int = 30, clip_seconds: flo
         "split": {"train": 1 - sum(_SPLIT_SHARE.values()), **_SPLIT_SHARE},
         "folds": _N_FOLDS,
     }
-    _write_text(out / "synth.json", json.dumps(params, indent=2) + "\n")
+    write_text(out / "synth.json", json.dumps(params, indent=2) + "\n")
     return out
 
 

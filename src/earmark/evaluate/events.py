@@ -10,14 +10,13 @@ events. Reading names the file and line of any bad row; writing is atomic.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from earmark.errors import DataError
+from earmark.files import write_text
 
 
 @dataclass(frozen=True)
@@ -194,18 +193,7 @@ def write_events(path: str | Path, events: Events, score: bool = False,
             if score:
                 row += "\t" + ("" if e.score is None else f"{e.score:.4f}")
             rows.append(row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write("\n".join(rows) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, "\n".join(rows) + "\n")
 
 
 def read_predictions(path: str | Path) -> dict[float, dict[str, list[Event]]]:

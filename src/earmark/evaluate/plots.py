@@ -11,8 +11,6 @@ worker processes. Files are written atomically: a crash never leaves a half-writ
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,8 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from earmark.files import atomic_write
 
 __all__ = ["plot_confusion_matrix", "plot_per_class_ap"]
 
@@ -38,19 +38,9 @@ def _as_array(x: Any) -> np.ndarray:
 def _save(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     """Render ``fig`` to ``path`` as PNG via a temporary file in the same folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a plot is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from earmark.audio.io import audio_info, iter_blocks, load_audio
 from earmark.errors import AudioError, ModelError
+from earmark.files import write_json
 from earmark.models.directory import (
     CONFIG,
     build_from_config,
@@ -211,9 +212,7 @@ class Tagger:
         path = Path(model_dir) / CONFIG
         data = json.loads(path.read_text())
         data["detection"] = config.to_dict()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(path)
+        write_json(path, data)
         self.config["detection"] = data["detection"]
         return path
 

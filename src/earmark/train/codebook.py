@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from earmark.data.dataset import fit_length, load_segment
 from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError, ModelError
-from earmark.files import write_json
+from earmark.files import atomic_path, write_json
 from earmark.models.codebook import FAMILIES, CodebookTagger
 from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.module import TaggingModule
@@ -164,9 +163,8 @@ def _settings(config: TrainConfig, model: CodebookTagger, keys: tuple[str, ...],
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], info: dict) -> None:
     """``path`` (safetensors) then ``path.json`` (its settings): the JSON marks it finished."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     write_json(path.with_name(path.name + ".json"), info)
 
 

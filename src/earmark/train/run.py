@@ -42,7 +42,7 @@ from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest, from_spec, group_folds
 from earmark.data.sampler import BalancedSampler
 from earmark.errors import DataError, ModelError
-from earmark.files import write_json
+from earmark.files import atomic_write, temporary_name, write_json
 from earmark.models.convert import _fit_pos_embed
 from earmark.models.directory import CONFIG, WEIGHTS, load_checkpoint, read_config, save_model_dir
 from earmark.models.registry import create_model
@@ -128,7 +128,7 @@ class LastCheckpoint(L.Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = temporary_name(self.path)  # only rank 0 writes, to its own name
         trainer.save_checkpoint(tmp, weights_only=False)
         trainer.strategy.barrier()
         if trainer.is_global_zero:
@@ -171,12 +171,10 @@ def _read_csv(path: Path) -> list[dict]:
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     header = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         w = csv.DictWriter(f, header)
         w.writeheader()
         w.writerows(rows)
-    tmp.replace(path)
 
 
 # ---- --init: start from another run's weights ------------------------------------------------
