@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -14,8 +13,6 @@ from earmark.data import audioset, desed, esc50, folder, fsd50k, fsdd, manifest_
 from earmark.data.labels import counts, encode, targets
 from earmark.data.manifest import Item, Manifest
 from earmark.errors import DataError
-
-HAS_SYNTH = importlib.util.find_spec("earmark.data.synth") is not None
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -44,7 +41,6 @@ def test_fsdd_real_copy_has_official_test_split(fsdd_dir):
     assert m.groups() == m.meta["speakers"]  # the speaker is the group
 
 
-@pytest.mark.skipif(not HAS_SYNTH, reason="earmark.data.synth not written yet")
 def test_fsdd_spec_resolves_through_from_spec(fsdd_dir):
     from earmark.data.manifest import from_spec
 
@@ -376,7 +372,6 @@ def test_manifest_errors_name_the_file_line_and_reason(tmp_path, write_wav):
         manifest_file.load(str(not_json))
 
 
-@pytest.mark.skipif(not HAS_SYNTH, reason="earmark.data.synth not written yet")
 def test_every_spec_kind_is_registered(tmp_path, write_wav):
     from earmark.data.manifest import from_spec, sources
 
