@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import earmark
+from earmark.audio.features import PRESETS
 from earmark.errors import ModelError
 from earmark.models.convert import convert
 
@@ -20,6 +21,24 @@ def test_chunk_sizes_of_the_released_models(chunk, frames, tokens):
     assert m.time_pos_embed.shape[-1] == 2 * frames // 16  # chunk + cache positions
     assert {"sat-tiny", "sat-small", "sat-base"} <= set(earmark.list_models())
     assert earmark.create_model("sat-small", 3).pooling == "token"
+
+
+def test_chunks_follow_the_front_ends_frame_rate():
+    # a 5 ms hop: 200 frames per second, so a 1 s chunk is 192 frames (whole patches), not
+    # the 96 of the released 100-frame models, and a 1 s wave fills one chunk, tail included
+    fast = {**PRESETS["sat"].to_dict(), "name": "sat-5ms", "hop_length": 80}
+    m = tiny(chunk_seconds=1.0, frontend=fast)
+    assert (m.target_length, m.cache_length) == (192, 192)
+    wave = torch.randn(1, 16000)
+    spec = m.frontend(wave)  # 201 frames: 192 fill the chunk, 9 are the cut tail
+    first, _ = m.forward_chunk(wave)
+    whole, _ = m.forward_spectrogram_cached(spec[..., :192])
+    torch.testing.assert_close(first, whole)
+    # the primed cache comes from cache_length frames of silence (at 200 frames per second)
+    seen = []
+    m.forward_chunk = lambda w, c=None: seen.append(w.shape[-1]) or (None, c)
+    m.prime_cache(1)
+    assert seen == [192 * 80]
 
 
 def test_pieces_of_a_long_input_go_through_the_cache_in_turn():

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from earmark.audio.features import front_end
 from earmark.errors import ModelError
 from earmark.models.base import AudioModel
 from earmark.models.layers import Block, init_vit_weights
@@ -256,7 +257,9 @@ class StreamingAudioViT(AudioViT):
                              "blocks after it would cache learned tokens, which the official "
                              "SAT position handling does not define; use vit-* instead")
         stride = _pair(kwargs.get("patch_stride", 16))[1]
-        target = target_length or int(round(chunk_seconds * 100)) // stride * stride
+        fe = front_end(kwargs.get("frontend", "sat")).config
+        frames_per_second = fe.sample_rate / fe.hop_length  # 100 for the released models
+        target = target_length or int(round(chunk_seconds * frames_per_second)) // stride * stride
         cache = target if cache_length is None else cache_length
         # position embeddings cover the chunk and its cache (the official max_length)
         super().__init__(num_classes, target_length=target + cache, pad_last=pad_last, **kwargs)
@@ -403,7 +406,7 @@ class StreamingAudioViT(AudioViT):
 
     def prime_cache(self, batch: int = 1) -> ChunkCache:
         """A cache primed with silence, as the official inference script starts a stream."""
-        n = int(self.cache_length / 100 * self.sample_rate)
+        n = self.cache_length * self.frontend.config.hop_length  # cache_length frames
         with torch.no_grad():
             return self.forward_chunk(self.time_pos_embed.new_zeros(batch, n))[1]
 
