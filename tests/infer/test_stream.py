@@ -279,3 +279,29 @@ def test_chunk_scores_of_a_streaming_model_go_through_its_cache(write_wav):
     assert [(c.start, c.end) for c in chunks] == [(r.start, r.end) for r in expect]
     for c, r in zip(chunks, expect):
         torch.testing.assert_close(c.scores, r.scores)
+
+
+def test_a_tagger_traces_its_chunk_step_once(sat, write_wav):
+    tagger = Tagger(sat.model, sat.config)  # a fresh tagger: nothing traced yet
+    model = tagger.model
+    traced = []
+    original = model.traced_chunk_step
+
+    def counting(*args, **kw):
+        traced.append(args[0].shape)
+        return original(*args, **kw)
+
+    model.traced_chunk_step = counting
+    try:
+        first = write_wav("a.wav", seconds=2.5)
+        second = write_wav("b.wav", seconds=1.5)
+        a1 = tagger.chunk_scores(first, model.chunk_seconds)
+        tagger.chunk_scores(second, model.chunk_seconds)
+        a2 = tagger.chunk_scores(first, model.chunk_seconds)
+        session = tagger.stream()
+        session.push(noise(1.0))
+        assert len(traced) == 1  # one shape, one trace, for every file and stream
+        for x, y in zip(a1, a2):
+            torch.testing.assert_close(x.scores, y.scores)
+    finally:
+        del model.traced_chunk_step

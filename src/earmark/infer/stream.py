@@ -143,11 +143,10 @@ class StreamSession:
             model = self.tagger.model
             with torch.no_grad():
                 self.cache = model.prime_cache(1)
-                if self._step is None and hasattr(model, "traced_chunk_step") and self.fast:
-                    # same numbers, less per-op overhead: a traced and frozen chunk step
-                    example = torch.zeros(1, self.chunk_samples, device=self.tagger.device)
-                    self._step = model.traced_chunk_step(example, self.cache,
-                                                         compile=self.compile)
+                if self._step is None and self.fast:
+                    # same numbers, less per-op overhead: a traced and frozen chunk step,
+                    # traced once per tagger
+                    self._step = self.tagger.chunk_step(self.chunk_samples, self.compile)
         else:
             # ring buffer of the last window_samples samples; _pos is where the next one goes
             self._ring = torch.zeros(self.window_samples)

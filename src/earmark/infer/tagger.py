@@ -45,6 +45,22 @@ class Tagger:
         self.model = model.eval().to(device)
         self.config = config
         self.device = torch.device(device)
+        self._chunk_steps: dict = {}  # traced chunk steps of a streaming model, see chunk_step
+
+    def chunk_step(self, chunk_samples: int, compile: bool = False):
+        """A streaming model's traced (or compiled) chunk step for chunks of ``chunk_samples``,
+        built once per tagger and shape: every stream, ``chunk_scores`` and ``detect`` call
+        after the first reuses it. None for models without one."""
+        key = (chunk_samples, compile)
+        if key not in self._chunk_steps:
+            model = self.model
+            if not hasattr(model, "traced_chunk_step"):
+                return None
+            with torch.no_grad():
+                example = torch.zeros(1, chunk_samples, device=self.device)
+                self._chunk_steps[key] = model.traced_chunk_step(example, model.prime_cache(1),
+                                                                 compile=compile)
+        return self._chunk_steps[key]
 
     @property
     def labels(self) -> list[str]:
