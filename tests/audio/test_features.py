@@ -234,3 +234,22 @@ def test_per_clip_normalisation_cancels_level_and_a_fixed_channel(how):
 def test_unknown_normalisation_is_refused():
     with pytest.raises(ValueError, match="normalize must be one of"):
         dataclasses.replace(PRESETS["sat"], normalize="global")
+
+
+def test_a_preset_with_changes_and_a_model_saves_it_in_full(tmp_path):
+    import earmark
+    from earmark.models.directory import save_model_dir
+
+    cfg = front_end({"preset": "sat", "f_max": 4000.0, "normalize": "mean"}).config
+    assert cfg == dataclasses.replace(PRESETS["sat"], name="sat*", f_max=4000.0,
+                                      normalize="mean")
+    with pytest.raises(ValueError, match="unknown front end config keys.*'hop'"):
+        front_end({"preset": "sat", "hop": 80})
+    with pytest.raises(ValueError, match="unknown front end preset 'vggish'"):
+        front_end({"preset": "vggish"})
+    model = earmark.create_model("vit-tiny", 2, depth=1, embed_dim=32, num_heads=2,
+                                 frontend={"preset": "sat", "normalize": "mean"}).eval()
+    loaded = earmark.load(save_model_dir(model, tmp_path / "m", ["a", "b"]))
+    assert loaded.model.frontend.config.normalize == "mean"
+    wave = torch.randn(1, 16000)
+    torch.testing.assert_close(loaded.model(wave), model(wave))

@@ -389,13 +389,25 @@ def _resolve(config: FrontEndConfig | str | dict[str, Any]) -> FrontEndConfig:
                 f"unknown front end preset {config!r}; presets: {', '.join(sorted(PRESETS))}"
             )
         return PRESETS[config]
+    if isinstance(config, dict) and "preset" in config:  # a preset with some fields changed
+        changes = {k: v for k, v in config.items() if k != "preset"}
+        base = _resolve(config["preset"]).to_dict()
+        unknown = sorted(set(changes) - set(base))
+        if unknown:
+            raise ValueError(f"unknown front end config keys {unknown}; known: {sorted(base)}")
+        return FrontEndConfig.from_dict({**base, "name": f"{config['preset']}*", **changes})
     if isinstance(config, dict):
         return FrontEndConfig.from_dict(config)
     raise TypeError(f"expected a preset name, FrontEndConfig or dict, got {type(config).__name__}")
 
 
 def front_end(name_or_config: FrontEndConfig | str | dict[str, Any]) -> FrontEnd:
-    """Build a front end from a preset name, a FrontEndConfig or its dict (config.json).
+    """Build a front end from a preset name, a FrontEndConfig or its dict (config.json), or a
+    preset with changes: ``{"preset": "sat", "f_max": 4000.0, "normalize": "mean"}`` (as
+    ``--model-arg 'frontend={"preset": "sat", "normalize": "mean"}'``).
+
+        >>> front_end({"preset": "sat", "normalize": "mean"}).config.normalize
+        'mean'
 
         >>> front_end("tokenlearner")(torch.zeros(80000)).shape
         torch.Size([64, 64])
