@@ -68,8 +68,9 @@ RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"  # as bench/fsdd.py
 SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")
 RECIPE_NAMES = ("baseline", "robust", "codebook")
-# rows of an earlier robust recipe kept beside it under their own name (the 30-epoch version)
-EARLIER = ("robust-30ep",)
+# rows of earlier robust recipes kept beside it under their own names: 30 epochs, and 60 epochs
+# on the plain SAT front end (before the FSDD band and per-clip mean of bench/fsdd.py)
+EARLIER = ("robust-30ep", "robust-sat")
 PROTOCOLS = ("loso", "official", "ablation")
 MODES = ("alone", "without")
 TARGET_MEAN = 0.95  # LOSO mean accuracy the robust recipe aims at
@@ -100,26 +101,33 @@ FIXED = ("data", "out", "seed")  # set by the script per run, not by --set
 # ---- recipes ---------------------------------------------------------------------------------
 
 
+def fsdd_bench():
+    """The bench/fsdd.py module (BEST, its recipes and FSDD front end)."""
+    sys.path.insert(0, str(HERE))
+    import fsdd
+
+    return fsdd
+
+
 def best() -> dict:
     """BEST of bench/fsdd.py, a fresh copy."""
-    sys.path.insert(0, str(HERE))
-    from fsdd import BEST
-
-    return copy.deepcopy(BEST)
+    return fsdd_bench().recipe("baseline")
 
 
 def codebook() -> dict:
     """The codebook model (paper 001) as bench/codebook.py chose it on validation (F 20, D 64,
     a 512-unit head with dropout 0.4, 512-unit autoencoders, its stages and head training),
     plus the robust recipe's acoustic augmentations on the shifted training copies its
-    histograms are computed from, and code masking at 0.2."""
+    histograms are computed from, code masking at 0.2, and its front end on FSDD's band with
+    each clip's mean log-mel taken out (FSDD_BAND)."""
     robust = robust_overrides()
     return dict(model="codebook", clip_seconds=1.0, fit="repeat", epochs=30, batch_size=64,
                 lr=1e-3, weight_decay=1e-4, warmup_epochs=1, ae_steps=1500, ae_batch=256,
                 codebook_chunks=20000, kmeans_epochs=3, feature_views=8, gain_db=6.0,
                 top_k_average=1,
                 model_args={"codebook_size": 64, "compression": 20, "hidden": 512,
-                            "head_dropout": 0.4, "mask_prob": 0.2, "ae_hidden": 512},
+                            "head_dropout": 0.4, "mask_prob": 0.2, "ae_hidden": 512,
+                            "frontend": {"preset": "codebook", **fsdd_bench().FSDD_BAND}},
                 **{k: robust[k] for k in ACOUSTIC_FIELDS if k in robust})
 
 
@@ -157,7 +165,7 @@ def recipe(name: str) -> dict:
     if name == "baseline":
         return best()
     if name == "robust":
-        return merged(best(), robust_overrides())
+        return fsdd_bench().recipe("robust")
     if name == "codebook":
         return codebook()
     if name.startswith("baseline+"):
@@ -618,7 +626,8 @@ def plot(rows: list[dict], path: Path) -> bool:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / len(names)
-    colours = {"baseline": "#8c8c8c", "robust-30ep": "#9ecae1", "robust": "#1f77b4",
+    colours = {"baseline": "#8c8c8c", "robust-30ep": "#c6dbef", "robust-sat": "#6baed6",
+               "robust": "#1f77b4",
                "codebook": "#ff7f0e"}
     lows = []
     for i, n in enumerate(names):
