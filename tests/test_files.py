@@ -54,3 +54,23 @@ def test_atomic_write_refuses_modes_that_do_not_write_a_new_file(tmp_path):
     with pytest.raises(ValueError, match="has no 'w'"):
         with atomic_write(tmp_path / "a.txt", "a"):
             pass
+
+
+def test_files_written_through_a_library_get_ordinary_permissions(tmp_path):
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    import earmark
+    from earmark.models.directory import save_model_dir
+
+    with atomic_path(tmp_path / "w.safetensors") as tmp:
+        save_file({"a": torch.zeros(2)}, str(tmp))  # safetensors makes it 0600
+    with open(tmp_path / "plain.txt", "w") as f:
+        f.write("x")
+    ordinary = os.stat(tmp_path / "plain.txt").st_mode & 0o777
+    assert os.stat(tmp_path / "w.safetensors").st_mode & 0o777 == ordinary
+    model = earmark.create_model("vit-tiny", 2, depth=1, embed_dim=32, num_heads=2)
+    out = save_model_dir(model, tmp_path / "m", ["a", "b"])
+    assert os.stat(out / "model.safetensors").st_mode & 0o777 == ordinary

@@ -25,6 +25,21 @@ def temporary_name(path: str | Path) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: setting it to read it is not thread-safe
+
+
+def make_ordinary(path: str | Path) -> None:
+    """Give ``path`` the permissions of a file ``open()`` (or a folder ``mkdir()``) creates:
+    some writers, safetensors and ``tempfile`` among them, make theirs private to their owner."""
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_UMASK)
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -43,6 +58,7 @@ def atomic_path(path: str | Path, sync: bool = True) -> Iterator[Path]:
     tmp = temporary_name(path)
     try:
         yield tmp
+        make_ordinary(tmp)
         if sync:
             _fsync(tmp)
         os.replace(tmp, path)

@@ -22,6 +22,7 @@ from torch import nn
 
 import earmark
 from earmark.errors import ModelError
+from earmark.files import make_ordinary
 from earmark.models.registry import create_model
 
 CONFIG = "config.json"
@@ -91,11 +92,10 @@ def save_model_dir(model: nn.Module, out_dir: str | Path, labels: list[str],
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a model is an ordinary folder
+        make_ordinary(tmp)  # mkdtemp makes it private; a model is an ordinary folder
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        make_ordinary(tmp / WEIGHTS)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         old = None
         if out_dir.exists():
