@@ -29,7 +29,7 @@ from fsdd import BEST, DEFAULT_DATA  # noqa: E402
 from fsdd_speakers import matmul_gflops  # noqa: E402
 
 from earmark.data.dataset import ClipDataset  # noqa: E402
-from earmark.data.manifest import from_spec  # noqa: E402
+from earmark.data.sources import from_spec  # noqa: E402
 from earmark.models.registry import create_model  # noqa: E402
 from earmark.train.config import ACOUSTIC, TrainConfig  # noqa: E402
 from earmark.train.module import TaggingModule  # noqa: E402

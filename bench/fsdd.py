@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 import earmark
-from earmark.data.manifest import from_spec
+from earmark.data.sources import from_spec
 from earmark.train.config import TrainConfig
 from earmark.train.recipes import RECIPES
 from earmark.train.run import train

@@ -58,7 +58,7 @@ from pathlib import Path
 
 import torch
 
-from earmark.data.manifest import from_spec
+from earmark.data.sources import from_spec
 from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.recipes import RECIPES
 from earmark.train.run import group_split, split_manifest, train

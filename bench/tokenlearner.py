@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import earmark
-from earmark.data.manifest import from_spec
+from earmark.data.sources import from_spec
 from earmark.evaluate.metrics import top_k_accuracy
 from earmark.profile import profile_model
 from earmark.train.config import TrainConfig

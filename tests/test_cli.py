@@ -109,7 +109,7 @@ def test_stream_a_file_prints_a_line_per_chunk(tmp_path, capsys, write_wav):
 def clip_list(trained, tmp_path, name, header, cells):
     """A manifest CSV of the synth clips: ``header`` columns after path and labels, one row of
     ``cells(i)`` per clip."""
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
 
     m = from_spec(f"synth:{trained / 'data'}")
     rows = [",".join([it.path, it.labels[0], *cells(i)]) for i, it in enumerate(m.items)]
@@ -176,7 +176,7 @@ def test_cv_group_options_give_clear_errors(trained, capsys, tmp_path):
 
 def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, tmp_path):
     from earmark.cli import _select_split
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
     from earmark.train.run import split_manifest
 
     def clips(*options):

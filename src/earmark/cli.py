@@ -284,7 +284,7 @@ def _select_split(manifest, split: str, fold: int | None = None, group: str | No
 
 
 def cmd_eval(a) -> int:
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
     from earmark.evaluate.metrics import format_table
     from earmark.evaluate.run import evaluate_model, write_report
     from earmark.infer.tagger import load
@@ -306,7 +306,7 @@ def cmd_eval(a) -> int:
 
 
 def cmd_codebook(a) -> int:
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
     from earmark.evaluate.codebook import (
         code_statistics,
         format_statistics,
@@ -461,7 +461,7 @@ def cmd_detect(a) -> int:
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     config = _detection_config(a, tagger)
     if a.tune:
-        from earmark.data.manifest import from_spec
+        from earmark.data.sources import from_spec
 
         manifest = from_spec(a.tune)
         split = manifest.split("valid")

@@ -20,7 +20,7 @@ DEMO_MODEL_ARGS = {"depth": 4, "embed_dim": 128, "num_heads": 4, "patch_stride":
 
 def run_demo(out: str | Path = "earmark-demo", seed: int = 0, epochs: int | None = None,
              clips_per_class: int = 100, progress: bool = True) -> dict:
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
     from earmark.data.synth import synthesize
     from earmark.evaluate.metrics import format_table
     from earmark.evaluate.run import write_report

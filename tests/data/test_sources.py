@@ -42,7 +42,7 @@ def test_fsdd_real_copy_has_official_test_split(fsdd_dir):
 
 
 def test_fsdd_spec_resolves_through_from_spec(fsdd_dir):
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
 
     assert len(from_spec(f"fsdd:{fsdd_dir}")) == 2500
 
@@ -373,7 +373,7 @@ def test_manifest_errors_name_the_file_line_and_reason(tmp_path, write_wav):
 
 
 def test_every_spec_kind_is_registered(tmp_path, write_wav):
-    from earmark.data.manifest import from_spec, sources
+    from earmark.data.sources import from_spec, sources
 
     assert {"fsdd", "esc50", "speechcommands", "fsd50k", "audioset", "desed", "folder",
             "manifest"} <= set(sources())

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from sklearn.linear_model import LogisticRegression
 
-from earmark.data import manifest
+from earmark.data import sources
 from earmark.data.synth import (
     CLASSES,
     load,
@@ -169,7 +169,7 @@ def test_synthesize_writes_the_layout(tmp_path):
             assert 0 < np.abs(audio).max() < 1
     for i in range(2):
         assert sf.info(root / "soundscapes" / f"scape_{i:04d}.wav").frames == 4 * SR
-    assert not list(root.rglob("*.tmp"))
+    assert not list(root.rglob(".*.tmp*"))  # no temporary file left behind
     params = json.loads((root / "synth.json").read_text())
     assert params["classes"] == list(CLASSES)
     assert params["sample_rate"] == SR and params["seed"] == 0
@@ -177,7 +177,7 @@ def test_synthesize_writes_the_layout(tmp_path):
 
 def test_synth_spec_loads_the_clips_with_labels_and_splits(tmp_path):
     root = small_synth(tmp_path / "synth")
-    assert manifest._SOURCES["synth"] is load
+    assert sources.SOURCES["synth"] is load
     m = load(str(root))
     assert m.labels == list(CLASSES) and not m.multi_label and len(m) == 3 * len(CLASSES)
     for it in m:

@@ -92,7 +92,7 @@ def test_nothing_is_augmented_in_eval_tag_detect_or_stream(robust_run, synth_dir
     monkeypatch.setattr(augment, "mixup", refuse)
     monkeypatch.setattr("earmark.train.module.mixup", refuse)
     tagger = earmark.load(robust_run)
-    manifest = earmark.data.manifest.from_spec(f"synth:{synth_dir}").split("test")
+    manifest = earmark.data.sources.from_spec(f"synth:{synth_dir}").split("test")
     metrics = evaluate_model(tagger, manifest, progress=False)
     assert not metrics["failed"]
     clip = manifest.items[0].path

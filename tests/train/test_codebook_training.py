@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import earmark
 from earmark.cli import main
-from earmark.data.manifest import from_spec
+from earmark.data.sources import from_spec
 from earmark.data.synth import synthesize
 from earmark.errors import ModelError
 from earmark.evaluate.codebook import code_statistics, plot_code, render_code

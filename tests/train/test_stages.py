@@ -209,7 +209,7 @@ def test_psl_run_through_the_command_line(data, vit_run, tmp_path, capsys):
 
 def test_teacher_crops_are_resampled_to_the_teachers_rate(data):
     from earmark.data.dataset import ClipDataset
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
     from earmark.train.psl import TeacherCrops
 
     clips = ClipDataset(from_spec(f"synth:{data}"), 16000, 2.0, train=True)
@@ -243,7 +243,7 @@ def test_stage_errors_are_clear(data, vit_run, tmp_path):
 
 
 def test_psl_needs_labels_the_teacher_knows(data):
-    from earmark.data.manifest import from_spec
+    from earmark.data.sources import from_spec
     from earmark.train.psl import to_vocabulary
 
     with pytest.raises(DataError, match="none of its labels"):

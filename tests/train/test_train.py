@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import earmark
-from earmark.data.manifest import from_spec
+from earmark.data.sources import from_spec
 from earmark.errors import DataError
 from earmark.train.config import TrainConfig
 from earmark.train.module import warmup_cosine

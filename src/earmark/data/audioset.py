@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 from earmark.data.folder import absolute, is_audio, read_table
-from earmark.data.manifest import Item, Manifest, register_source
+from earmark.data.manifest import Item, Manifest
 from earmark.errors import DataError
 
 CLASS_INDEX = "class_labels_indices.csv"
@@ -93,7 +93,6 @@ def candidate_names(ytid: str, start: str, end: str) -> list[str]:
     return names
 
 
-@register_source("audioset")
 def load(csv_file: str) -> Manifest:
     """A multi-label manifest of the segments in ``csv_file`` that have a local audio file.
 

@@ -1,6 +1,6 @@
 """A map-style dataset of fixed-length clips and their targets, for training and evaluation.
 
-    >>> from earmark.data.manifest import from_spec
+    >>> from earmark.data.sources import from_spec
     >>> ds = ClipDataset(from_spec("fsdd:data/fsdd").split("train"), 16000, 1.0, train=True)
     ... # doctest: +SKIP
     >>> wave, target = ds[0]  # doctest: +SKIP

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 
 from earmark.data.folder import absolute, require_dir
-from earmark.data.manifest import Item, Manifest, register_source, vocabulary
+from earmark.data.manifest import Item, Manifest, vocabulary
 from earmark.errors import DataError
 
 # The ten DESED classes (DCASE 2019-2023 task 4), in alphabetical order.
@@ -95,7 +95,6 @@ def _float(text: str, table: Path, line: int) -> float:
         raise DataError(table, f"line {line}: onset/offset {text!r} is not a number") from None
 
 
-@register_source("desed")
 def load(root: str) -> Manifest:
     """A multi-label, clip-level manifest of DESED-style tables under ``root``.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from earmark.data.folder import absolute, check_audio_exists, read_table, require_dir, require_file
-from earmark.data.manifest import Item, Manifest, register_source
+from earmark.data.manifest import Item, Manifest
 from earmark.errors import DataError
 
 TEST_FOLD = 5
@@ -28,7 +28,6 @@ def split_of_fold(fold: int) -> str:
     return "test" if fold == TEST_FOLD else "valid" if fold == VALID_FOLD else "train"
 
 
-@register_source("esc50")
 def load(root: str) -> Manifest:
     """A manifest of ESC-50 under ``root``.
 

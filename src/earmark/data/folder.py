@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from earmark.audio.io import AUDIO_EXTENSIONS
-from earmark.data.manifest import Item, Manifest, register_source
+from earmark.data.manifest import Item, Manifest
 from earmark.errors import DataError
 
 # How many missing paths an error message lists before "...".
@@ -117,7 +117,6 @@ def hash_split(relative_path: str) -> str:
     return "test" if bucket == 0 else "valid" if bucket == 1 else "train"
 
 
-@register_source("folder")
 def load(root: str) -> Manifest:
     """A manifest of ``root/<class>/**/<audio>``, one single-label item per file.
 

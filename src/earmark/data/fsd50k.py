@@ -19,7 +19,7 @@ import csv
 from pathlib import Path
 
 from earmark.data.folder import absolute, check_audio_exists, read_table, require_file
-from earmark.data.manifest import Item, Manifest, register_source
+from earmark.data.manifest import Item, Manifest
 from earmark.errors import DataError
 
 GROUND_TRUTH = "FSD50K.ground_truth"
@@ -36,7 +36,6 @@ def _vocabulary(path: Path) -> list[str]:
     return [name for _, name in indexed]
 
 
-@register_source("fsd50k")
 def load(root: str) -> Manifest:
     """A multi-label manifest of FSD50K under ``root``.
 

@@ -16,7 +16,7 @@ import re
 import warnings
 
 from earmark.data.folder import absolute, require_dir
-from earmark.data.manifest import Item, Manifest, register_source
+from earmark.data.manifest import Item, Manifest
 from earmark.errors import DataError
 
 LABELS = [str(d) for d in range(10)]
@@ -30,7 +30,6 @@ def split_of_take(take: int) -> str:
     return "test" if take in TEST_TAKES else "valid" if take in VALID_TAKES else "train"
 
 
-@register_source("fsdd")
 def load(root: str) -> Manifest:
     """A manifest of the FSDD recordings under ``root``.
 

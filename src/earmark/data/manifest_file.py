@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from earmark.data.folder import absolute, check_audio_exists, read_table, require_file
-from earmark.data.manifest import SPLITS, Item, Manifest, register_source, vocabulary
+from earmark.data.manifest import SPLITS, Item, Manifest, vocabulary
 from earmark.errors import DataError
 
 
@@ -97,7 +97,6 @@ def _rows_jsonl(path: Path) -> tuple[list[tuple[str, dict]], str]:
     return rows, ";" if any(";" in t for t in texts) else ","
 
 
-@register_source("manifest")
 def load(file: str) -> Manifest:
     """The manifest stored in ``file`` (CSV or JSONL).
 

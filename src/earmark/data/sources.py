@@ -1,6 +1,15 @@
-"""Imports every data adapter so that each registers its SPEC prefix."""
+"""Data SPECs: which adapter reads ``KIND:PATH`` (``fsdd:/data/fsdd``, ``manifest:x.csv``).
 
-from earmark.data import (  # noqa: F401
+A new data source is a module of this package with a ``load(location) -> Manifest`` function
+and one row in :data:`SOURCES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from earmark.data import (
     audioset,
     desed,
     esc50,
@@ -11,3 +20,40 @@ from earmark.data import (  # noqa: F401
     speechcommands,
     synth,
 )
+from earmark.data.manifest import Manifest
+from earmark.errors import DataError
+
+SOURCES: dict[str, Callable[[str], Manifest]] = {
+    "audioset": audioset.load,  # AudioSet segment CSVs and a folder of clips
+    "desed": desed.load,  # DESED / DCASE task 4 tables (weak, strong, unlabelled)
+    "esc50": esc50.load,  # ESC-50: meta/esc50.csv, five folds
+    "folder": folder.load,  # one sub-folder per label
+    "fsd50k": fsd50k.load,  # FSD50K ground-truth CSVs
+    "fsdd": fsdd.load,  # Free Spoken Digit Dataset recordings
+    "manifest": manifest_file.load,  # earmark's own CSV / JSONL manifests
+    "speechcommands": speechcommands.load,  # Speech Commands v1/v2 with their split lists
+    "synth": synth.load,  # earmark's synthetic clips and soundscapes
+}
+
+
+def sources() -> list[str]:
+    """The KINDs a data SPEC can name."""
+    return sorted(SOURCES)
+
+
+def from_spec(spec: str) -> Manifest:
+    """Resolve a data SPEC such as ``fsdd:/data/fsdd`` or ``manifest:files.csv``.
+
+    >>> from_spec("vggsound:/data")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    earmark.errors.DataError: vggsound:/data: unknown data kind 'vggsound'; known: ['audioset', ...]
+    """
+    if ":" not in spec:
+        raise DataError(spec, f"a data SPEC is KIND:PATH with KIND one of {sources()}")
+    kind, _, location = spec.partition(":")
+    if kind not in SOURCES:
+        raise DataError(spec, f"unknown data kind {kind!r}; known: {sources()}")
+    if not Path(location).exists():
+        raise DataError(location, "does not exist")
+    return SOURCES[kind](location)

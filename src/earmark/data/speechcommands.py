@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from earmark.data.folder import absolute, audio_files, check_audio_exists, require_dir, require_file
-from earmark.data.manifest import Item, Manifest, register_source
+from earmark.data.manifest import Item, Manifest
 from earmark.errors import DataError
 
 NOISE_DIR = "_background_noise_"
@@ -36,7 +36,6 @@ def _read_list(path: Path) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-@register_source("speechcommands")
 def load(root: str) -> Manifest:
     """A manifest of Speech Commands v2 under ``root``.
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from earmark.data.manifest import SPLITS, Item, Manifest, register_source
+from earmark.data.manifest import SPLITS, Item, Manifest
 from earmark.errors import DataError
 from earmark.files import atomic_path, write_text
 
@@ -547,7 +547,6 @@ def _read_items(path: Path, root: Path, vocabulary: list[str]) -> list[Item]:
     return items
 
 
-@register_source("synth")
 def load(root: str) -> Manifest:
     """The ``synth:DIR`` SPEC: the event clips of an ``earmark synth`` folder, single-label.
 

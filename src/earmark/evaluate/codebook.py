@@ -7,7 +7,7 @@ which gives the slice of log-mel the code stands for; :func:`plot_code` and
 :func:`plot_class_codes` draw those as PNG.
 
     >>> import earmark
-    >>> from earmark.data.manifest import from_spec
+    >>> from earmark.data.sources import from_spec
     >>> tagger = earmark.load("runs/cb")  # doctest: +SKIP
     >>> stats = code_statistics(tagger.model, from_spec("fsdd:data/fsdd").split("test"))
     ... # doctest: +SKIP

@@ -39,8 +39,9 @@ from torch import nn
 
 from earmark.data.dataset import ClipDataset
 from earmark.data.labels import targets as manifest_targets
-from earmark.data.manifest import Manifest, from_spec, group_folds
+from earmark.data.manifest import Manifest, group_folds
 from earmark.data.sampler import BalancedSampler
+from earmark.data.sources import from_spec
 from earmark.errors import DataError, ModelError
 from earmark.files import atomic_write, temporary_name, write_json
 from earmark.models.convert import _fit_pos_embed
