@@ -93,7 +93,8 @@ class _Call(nn.Module):
 
 def sat_onnx(chunk: float, chunks: int) -> dict | None:
     try:
-        from earmark.export import export_onnx, load_onnx
+        from earmark.export import export_onnx
+        from earmark.infer.tagger import load_onnx
     except ImportError:
         return None
     torch.manual_seed(0)

@@ -13,7 +13,9 @@ import torch
 import earmark
 import earmark.export as ex
 from earmark.errors import ModelError
-from earmark.export import OnnxModel, export_onnx, load_onnx, onnx_metadata
+from earmark.export import export_onnx
+from earmark.infer.onnx import OnnxModel, onnx_metadata
+from earmark.infer.tagger import load_onnx
 from earmark.models.directory import save_model_dir
 
 LABELS = ["dog", "rain", "siren"]

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from earmark._version import __version__
 
 # The public API is imported lazily so that ``import earmark`` (and the CLI's help) stay fast.
 _API = {

@@ -454,8 +454,8 @@ def _detection_config(a, tagger):
 
 def cmd_detect(a) -> int:
     from earmark.audio.io import audio_info, find_audio_files
+    from earmark.data.events import write_events
     from earmark.errors import AudioError
-    from earmark.evaluate.events import write_events
     from earmark.infer.tagger import load
 
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
@@ -530,7 +530,8 @@ def cmd_stream(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from earmark.export import export_onnx, onnx_metadata
+    from earmark.export import export_onnx
+    from earmark.infer.onnx import onnx_metadata
 
     if a.format != "onnx":
         print(f"error: unknown format {a.format!r} (onnx)", file=sys.stderr)
@@ -553,10 +554,10 @@ def cmd_demo(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import earmark
+    from earmark._version import __version__
 
     parser = argparse.ArgumentParser(prog="earmark", description="Efficient audio tagging.")
-    parser.add_argument("--version", action="version", version=f"earmark {earmark.__version__}")
+    parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     p = sub.add_parser("demo", help="synthesise data, train, evaluate and tag, in a few minutes")

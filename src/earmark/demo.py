@@ -72,8 +72,8 @@ def run_demo(out: str | Path = "earmark-demo", seed: int = 0, epochs: int | None
 def detect_soundscape(tagger, data: Path, out: Path) -> list[Path]:
     """Detect the events of the first synthetic soundscape from half-second chunk scores."""
     from earmark.audio.io import audio_info
+    from earmark.data.events import write_events
     from earmark.data.synth import load_soundscapes
-    from earmark.evaluate.events import write_events
     from earmark.evaluate.plots import plot_timeline
     from earmark.infer.detect import DetectionConfig
 
@@ -89,7 +89,7 @@ def detect_soundscape(tagger, data: Path, out: Path) -> list[Path]:
     for e in events:
         print(f"  detected  {e.onset:6.2f}-{e.offset:6.2f} s  {e.label}  ({e.score:.2f})")
     tsv = write_events(out / "events.tsv", {name: events}, keep_empty=False)
-    from earmark.evaluate.sed import Event
+    from earmark.data.events import Event
 
     seconds = audio_info(item.path).duration
     panels = {f"{name} (truth)": [Event(a, b, lab) for a, b, lab in truth],

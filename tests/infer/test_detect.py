@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from earmark.data.desed import LABELS as DESED_LABELS
-from earmark.evaluate import events as events_module
-from earmark.evaluate.events import Event, write_events
+from earmark.data.events import Event, write_events
+from earmark.data import events as events_module
 from earmark.infer.detect import (
     HTSAT_DESED_THRESHOLDS,
     DetectionConfig,
@@ -246,7 +246,7 @@ def test_events_tsv_failure_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(events_module.os, "replace", crash)
+    monkeypatch.setattr("earmark.files.os.replace", crash)
     with pytest.raises(OSError, match="disk full"):
         write_events(path, {"a.wav": [Event(0.0, 1.0, "Dog")]})
     assert path.read_text() == "old contents\n"

@@ -124,7 +124,7 @@ def test_a_fresh_run_ignores_checkpoints_left_in_its_directory(run, data, tmp_pa
 def test_feature_views_add_shifted_copies_of_training_clips(data, tmp_path):
     import numpy as np
 
-    from earmark.train.codebook import item_chunks
+    from earmark.models.codebook import item_chunks
 
     model = earmark.create_model("codebook", 8, **TINY)
     item = from_spec(f"synth:{data}").split("train").items[0]
@@ -139,7 +139,7 @@ def test_feature_views_go_through_the_acoustic_augmentations(data):
     import numpy as np
 
     from earmark.audio.augment import AcousticAugment
-    from earmark.train.codebook import item_chunks
+    from earmark.models.codebook import item_chunks
 
     model = earmark.create_model("codebook", 8, **TINY)
     item = from_spec(f"synth:{data}").split("train").items[0]
@@ -201,7 +201,8 @@ def test_cli_codebook_writes_table_json_and_sheets(run, data, tmp_path, capsys):
 
 
 def test_profile_stream_and_export(run, tmp_path):
-    from earmark.export import export_onnx, load_onnx
+    from earmark.export import export_onnx
+    from earmark.infer.tagger import load_onnx
     from earmark.profile import profile_model
 
     out, _ = run

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError, ModelError
 from earmark.evaluate.plots import _save
-from earmark.models.codebook import FAMILIES, CodebookTagger
+from earmark.models.codebook import FAMILIES, CodebookTagger, item_chunks
 
 
 def _check(model) -> CodebookTagger:
@@ -43,8 +43,6 @@ def code_statistics(model: CodebookTagger, manifest: Manifest, top: int = 5,
     with that label: ``share`` is the fraction of the class's slices of that family that get
     the code, ``lift`` that share over the code's share in the whole set (above 1: the code
     is typical of the class). Unreadable files are skipped and listed under ``failed``."""
-    from earmark.train.codebook import item_chunks
-
     model = _check(model).eval()
     labels = manifest.labels
     d = model.codebook_size

@@ -49,8 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from earmark.errors import DataError
-from earmark.evaluate.events import (  # noqa: F401  (re-exported)
+from earmark.data.events import (  # noqa: F401  (re-exported)
     COLUMNS,
     Event,
     Events,
@@ -59,6 +58,7 @@ from earmark.evaluate.events import (  # noqa: F401  (re-exported)
     read_predictions,
     write_events,
 )
+from earmark.errors import DataError
 
 __all__ = [
     "Event",

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from earmark.evaluate.sed import Event
+from earmark.data.events import Event
 
 __all__ = [
     "DEFAULT_THRESHOLD",

@@ -302,8 +302,6 @@ def load(path: str | Path, device: str | torch.device = "cpu",
         raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
                          "(model/config.json)")
     if path.is_file() and path.suffix == ".onnx":
-        from earmark.export import load_onnx
-
         return load_onnx(path)
     if path.is_file() and path.suffix == ".ckpt":
         ckpt = load_checkpoint(path, trust=trust_checkpoint)
@@ -316,3 +314,16 @@ def load(path: str | Path, device: str | torch.device = "cpu",
         load_state(model, state, str(path))
         return Tagger(model.eval(), config, device)
     raise ModelError(f"{path}: no such model directory or checkpoint")
+
+
+def load_onnx(path: str | Path, providers: list[str] | None = None) -> Tagger:
+    """A :class:`Tagger` over an exported file (:class:`~earmark.infer.onnx.OnnxModel`).
+
+        >>> tagger = load_onnx("esc50.onnx")                          # doctest: +SKIP
+        >>> tagger.tag("dog.wav", top_k=1)                            # doctest: +SKIP
+        [('dog', 0.93)]
+    """
+    from earmark.infer.onnx import OnnxModel
+
+    model = OnnxModel(path, providers)
+    return Tagger(model, model.config)

@@ -32,12 +32,19 @@ head (see :mod:`earmark.train.codebook`); the forward pass does the whole chain.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from earmark.data.dataset import fit_length, load_segment
 from earmark.models.base import AudioModel
 from earmark.models.registry import register_model
+
+if TYPE_CHECKING:
+    from earmark.audio.augment import AcousticAugment
 
 BINS, FRAMES = 96, 100  # one second of the codebook front end (section 3.1)
 PATCH = (8, 10)  # bins x frames of a spectral patch (3.1.1)
@@ -256,6 +263,36 @@ class CodebookTagger(AudioModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = self._new_head(num_classes)
+
+
+def item_chunks(model: CodebookTagger, item, views: int = 1, gain_db: float = 0.0,
+                rng: np.random.Generator | None = None,
+                augment: AcousticAugment | None = None) -> torch.Tensor:
+    """(K, 96, 100) log-mel chunks of one manifest item, as the model's forward pass cuts them.
+
+    With ``views`` > 1, the chunks of ``views - 1`` shifted copies follow: a clip shorter
+    than a chunk is tiled from a random point (or placed at a random point, as ``model.fit``
+    says), a longer one starts up to a chunk later; each copy at a random gain within
+    +-``gain_db`` and through ``augment`` (speed, rooms, microphones, noise). The file is read
+    once."""
+    wave = load_segment(item.path, model.sample_rate, item.onset, item.offset)
+    n = round(model.clip_seconds * model.sample_rate)
+    copies = []
+    for v in range(views):
+        r = rng if v else None
+        x = wave
+        if x.shape[-1] < n:
+            x = fit_length(x, n, model.fit or "pad", r)
+        elif r is not None:
+            x = x[int(r.integers(min(n, x.shape[-1] - n) + 1)):]
+        if r is not None and gain_db:
+            x = x * 10 ** (r.uniform(-gain_db, gain_db) / 20)
+        if r is not None and augment is not None:
+            gen = torch.Generator().manual_seed(int(r.integers(2 ** 62)))
+            x = augment(x.unsqueeze(0), gen)[0]
+        with torch.no_grad():
+            copies.append(model.chunk_spectrograms(model.frontend(x.unsqueeze(0)))[0])
+    return torch.cat(copies)
 
 
 @register_model("codebook")

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import earmark
+from earmark._version import __version__
 from earmark.errors import ModelError
 from earmark.files import make_ordinary
 from earmark.models.registry import create_model
@@ -79,7 +79,7 @@ def model_config(model: nn.Module, labels: list[str], provenance: dict | None = 
         "clip_seconds": model.clip_seconds,
         "multi_label": model.multi_label,
         "labels": list(labels),
-        "provenance": {"earmark_version": earmark.__version__,
+        "provenance": {"earmark_version": __version__,
                        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(provenance or {})},
     }
 

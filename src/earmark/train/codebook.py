@@ -44,12 +44,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from earmark.audio.augment import AcousticAugment
-from earmark.data.dataset import fit_length, load_segment
 from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError, DataError, ModelError
 from earmark.files import atomic_path, write_json
-from earmark.models.codebook import FAMILIES, CodebookTagger
+from earmark.models.codebook import FAMILIES, CodebookTagger, item_chunks
 from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.module import TaggingModule
 
@@ -83,36 +82,6 @@ class Chunks:
     owner: torch.Tensor  # (N,) index of the item in the manifest
     failed: list[str]  # "path: reason" of the files that could not be read
     complete: bool  # every item of the manifest is in
-
-
-def item_chunks(model: CodebookTagger, item, views: int = 1, gain_db: float = 0.0,
-                rng: np.random.Generator | None = None,
-                augment: AcousticAugment | None = None) -> torch.Tensor:
-    """(K, 96, 100) log-mel chunks of one manifest item, as the model's forward pass cuts them.
-
-    With ``views`` > 1, the chunks of ``views - 1`` shifted copies follow: a clip shorter
-    than a chunk is tiled from a random point (or placed at a random point, as ``model.fit``
-    says), a longer one starts up to a chunk later; each copy at a random gain within
-    +-``gain_db`` and through ``augment`` (speed, rooms, microphones, noise). The file is read
-    once."""
-    wave = load_segment(item.path, model.sample_rate, item.onset, item.offset)
-    n = round(model.clip_seconds * model.sample_rate)
-    copies = []
-    for v in range(views):
-        r = rng if v else None
-        x = wave
-        if x.shape[-1] < n:
-            x = fit_length(x, n, model.fit or "pad", r)
-        elif r is not None:
-            x = x[int(r.integers(min(n, x.shape[-1] - n) + 1)):]
-        if r is not None and gain_db:
-            x = x * 10 ** (r.uniform(-gain_db, gain_db) / 20)
-        if r is not None and augment is not None:
-            gen = torch.Generator().manual_seed(int(r.integers(2 ** 62)))
-            x = augment(x.unsqueeze(0), gen)[0]
-        with torch.no_grad():
-            copies.append(model.chunk_spectrograms(model.frontend(x.unsqueeze(0)))[0])
-    return torch.cat(copies)
 
 
 def collect_chunks(model: CodebookTagger, manifest: Manifest, limit: int | None = None,
