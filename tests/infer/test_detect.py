@@ -9,7 +9,6 @@ import torch
 
 from earmark.data.desed import LABELS as DESED_LABELS
 from earmark.data.events import Event, write_events
-from earmark.data import events as events_module
 from earmark.infer.detect import (
     HTSAT_DESED_THRESHOLDS,
     DetectionConfig,
