@@ -470,9 +470,10 @@ def cmd_detect(a) -> int:
         print("tuned thresholds: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                               config.threshold.items()), file=sys.stderr)
         if a.save:
-            model_dir = Path(a.model) / "model" if (Path(a.model) / "model").is_dir() \
-                else Path(a.model)
-            print(f"saved in {tagger.save_detection(model_dir, config)}", file=sys.stderr)
+            from earmark.models.directory import model_dir_of
+
+            print(f"saved in {tagger.save_detection(model_dir_of(a.model), config)}",
+                  file=sys.stderr)
     try:
         files = find_audio_files(a.inputs)
     except AudioError as err:

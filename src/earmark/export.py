@@ -87,7 +87,8 @@ from earmark.infer.onnx import (
     _session,
 )
 from earmark.models.base import AudioModel
-from earmark.models.vit import AudioViT, ChunkCache, StreamingAudioViT
+from earmark.models.sat import ChunkStep, StreamingAudioViT
+from earmark.models.vit import AudioViT
 
 __all__ = ["OPSET", "check_onnx", "export_onnx"]
 
@@ -126,7 +127,7 @@ def export_onnx(model_or_dir, out_path: str | Path, chunk_seconds: float | None 
     name = config.get("name", type(model).__name__)
     if chunk_seconds is not None and chunk_seconds <= 0:
         raise ModelError(f"{name}: chunk_seconds must be positive, got {chunk_seconds}")
-    if _is_streaming(model):
+    if model.is_streaming:
         proto, info, cache = _export_stream(model, name, chunk_seconds)
     else:
         (proto, info), cache = _export_clip(model, name, chunk_seconds), None
@@ -172,22 +173,6 @@ def _resolve(model_or_dir, labels: list[str] | None) -> tuple[nn.Module, dict]:
     return copy.deepcopy(model).cpu().float().eval(), config
 
 
-def _is_streaming(model: nn.Module) -> bool:
-    return isinstance(model, StreamingAudioViT)
-
-
-class _ChunkGraph(nn.Module):
-    """forward_chunk with the cache as plain tensors, the signature of the stream graph."""
-
-    def __init__(self, model: StreamingAudioViT):
-        super().__init__()
-        self.model = model
-
-    def forward(self, wave, h0, keys, values):
-        logits, cache = self.model.forward_chunk(wave, ChunkCache(h0, keys, values))
-        return logits, cache.h0, cache.keys, cache.values
-
-
 def _export_stream(model: StreamingAudioViT, name: str, chunk_seconds: float | None
                    ) -> tuple[Any, dict, dict[str, np.ndarray]]:
     seconds = chunk_seconds or model.chunk_seconds
@@ -195,7 +180,7 @@ def _export_stream(model: StreamingAudioViT, name: str, chunk_seconds: float | N
     primed = model.prime_cache(1)
     args = (torch.zeros(1, n), primed.h0, primed.keys, primed.values)
     try:
-        proto, _ = _to_onnx(_ChunkGraph(model).eval(), args, None, STREAM_INPUTS,
+        proto, _ = _to_onnx(ChunkStep(model).eval(), args, None, STREAM_INPUTS,
                             STREAM_OUTPUTS)
     except Exception as err:  # exporter errors have no common base class
         raise ModelError(f"{name}: the streaming graph does not export to ONNX: "

@@ -18,7 +18,7 @@ from torch import nn
 
 from earmark.errors import ModelError
 from earmark.models.base import AudioModel
-from earmark.models.vit import ChunkCache
+from earmark.models.sat import ChunkCache
 
 __all__ = ["OnnxModel", "onnx_metadata"]
 
@@ -91,7 +91,7 @@ class OnnxModel:
     ``model(wave)`` maps (B, N) samples at ``sample_rate`` to logits (B, C) as a torch
     tensor; ``activation`` turns them into scores. Stream files also have
     ``forward_chunk(wave, cache) -> (logits, cache)`` and ``prime_cache(batch)``, with
-    caches as :class:`~earmark.models.vit.ChunkCache`. See the module docstring for where
+    caches as :class:`~earmark.models.sat.ChunkCache`. See the module docstring for where
     it differs from PyTorch.
 
         >>> m = OnnxModel("sat.onnx")                                # doctest: +SKIP
@@ -121,6 +121,7 @@ class OnnxModel:
         self.multi_label = bool(c["multi_label"])
         self.fit = c.get("args", {}).get("fit")
         self.kind: str = info["kind"]
+        self.is_streaming = self.kind == "stream"
         if self.kind == "stream":
             self.chunk_seconds = float(info["chunk_seconds"])
             self.chunk_samples = int(info["chunk_samples"])

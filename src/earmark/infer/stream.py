@@ -66,13 +66,6 @@ class ChunkResult:
     window: tuple[float, float] | None = None
 
 
-def is_streaming(model: torch.nn.Module) -> bool:
-    """Whether ``model`` tags chunk by chunk with a cache (SAT) rather than whole clips."""
-    return (callable(getattr(model, "forward_chunk", None))
-            and callable(getattr(model, "prime_cache", None))
-            and getattr(model, "chunk_seconds", None) is not None)
-
-
 class StreamSession:
     """One live stream through a tagger; see the module docstring.
 
@@ -95,7 +88,7 @@ class StreamSession:
         self.compile = compile  # or a torch.compile'd one (faster, compiles for ~30 s first)
         self._step = None
         self.tagger = tagger
-        self.streaming = is_streaming(model)
+        self.streaming = model.is_streaming
         self.sample_rate = int(tagger.sample_rate)  # the model's rate; the clock counts at it
         self.input_rate = int(sample_rate or self.sample_rate)
         if chunk_seconds is None:

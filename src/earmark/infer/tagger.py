@@ -18,13 +18,7 @@ from torch import nn
 from earmark.audio.io import audio_info, iter_blocks, load_audio
 from earmark.errors import AudioError, ModelError
 from earmark.files import write_json
-from earmark.models.directory import (
-    CONFIG,
-    build_from_config,
-    load_checkpoint,
-    load_model_dir,
-    load_state,
-)
+from earmark.models.directory import CONFIG, load_model
 
 # Files longer than this are scored block by block, so memory stays bounded.
 LONG_FILE_SECONDS = 600.0
@@ -242,9 +236,7 @@ class Tagger:
         else:
             n = max(1, int(round(chunk_seconds * self.sample_rate)))
             blocks = self.waveform(audio, sample_rate).split(n)
-        from earmark.infer.stream import is_streaming
-
-        if is_streaming(self.model) and abs(chunk_seconds - self.model.chunk_seconds) < 1e-9:
+        if self.model.is_streaming and abs(chunk_seconds - self.model.chunk_seconds) < 1e-9:
             # a streaming model scores its chunks through its cache, as it would live
             session = self.stream(chunk_seconds)
             results = [r for block in blocks for r in session.push(block)] + session.flush()
@@ -293,27 +285,10 @@ def load(path: str | Path, device: str | torch.device = "cpu",
     anything else it holds, which can run code: only for a file from a source you trust.
     Model directories (safetensors) carry no code and need no trust."""
     path = Path(path)
-    if path.is_dir():
-        # a run directory has its own config.json (the training config) beside model/
-        model_dir = path / "model" if (path / "model" / CONFIG).is_file() else path
-        if (model_dir / CONFIG).is_file():
-            model, config = load_model_dir(model_dir)
-            return Tagger(model, config, device)
-        raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
-                         "(model/config.json)")
     if path.is_file() and path.suffix == ".onnx":
         return load_onnx(path)
-    if path.is_file() and path.suffix == ".ckpt":
-        ckpt = load_checkpoint(path, trust=trust_checkpoint)
-        config = ckpt.get("earmark_model") if isinstance(ckpt, dict) else None
-        if config is None:
-            raise ModelError(f"{path}: not an earmark training checkpoint (no earmark_model entry)")
-        model = build_from_config(config)
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
-                 if k.startswith("model.")}
-        load_state(model, state, str(path))
-        return Tagger(model.eval(), config, device)
-    raise ModelError(f"{path}: no such model directory or checkpoint")
+    model, config = load_model(path, trust=trust_checkpoint)
+    return Tagger(model, config, device)
 
 
 def load_onnx(path: str | Path, providers: list[str] | None = None) -> Tagger:

@@ -17,6 +17,9 @@ from earmark.audio.features import front_end
 
 class AudioModel(nn.Module):
     family: str = "base"
+    # whether it tags chunk by chunk with a cache (``forward_chunk``, ``prime_cache``,
+    # ``chunk_seconds``: SAT) rather than whole clips
+    is_streaming: bool = False
 
     def __init__(self, num_classes: int, frontend: str | dict, clip_seconds: float,
                  multi_label: bool = False):

@@ -22,6 +22,7 @@ from torch import nn
 
 from earmark.errors import ModelError
 from earmark.models.directory import load_checkpoint, save_model_dir
+from earmark.models.layers import resize_pos_embed
 from earmark.models.registry import create_model
 
 AUDIOSET_NUM_CLASSES = 527
@@ -124,16 +125,6 @@ VIT_DROPPED = ((re.compile(r"^front_end\."),
                 "torchaudio STFT window and mel buffers; rebuilt from the 'sat' preset"),)
 
 
-def _fit_pos_embed(value: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Crop a position embedding to ``size`` along ``dim``, or interpolate it bilinearly when
-    it is shorter: the rule of the official loader."""
-    if value.shape[dim] >= size:
-        return value.narrow(dim, 0, size)
-    target = (1, size) if dim == 3 else (size, 1)
-    return torch.nn.functional.interpolate(value, size=target, mode="bilinear",
-                                           align_corners=False)
-
-
 def _vit_like(path: str | Path, streaming: bool, trust: bool = False,
               **overrides) -> tuple[nn.Module, int]:
     state = dict(_load_state(path, trust))
@@ -166,7 +157,7 @@ def _vit_like(path: str | Path, streaming: bool, trust: bool = False,
             (True, 192): "sat-tiny", (True, 384): "sat-small", (True, 768): "sat-base"}
     model = create_model(name[(streaming, embed_dim)], num_classes, **{**args, **overrides})
     for key, dim in (("time_pos_embed", 3), ("freq_pos_embed", 2)):
-        state[key] = _fit_pos_embed(state[key], getattr(model, key).shape[dim], dim)
+        state[key] = resize_pos_embed(state[key], getattr(model, key).shape[dim], dim)
     _strict_load(model, state, str(path))
     return model.eval(), num_classes
 

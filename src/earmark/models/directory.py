@@ -143,6 +143,49 @@ def load_model_dir(model_dir: str | Path, map_location: str = "cpu") -> tuple[nn
     return model.eval(), config
 
 
+def model_dir_of(path: str | Path) -> Path:
+    """The model directory of ``path``: a training run directory's ``model/``, else ``path``."""
+    path = Path(path)
+    return path / "model" if (path / "model" / CONFIG).is_file() else path
+
+
+def read_weights(source: str | Path, trust: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, model config) of a model directory, a training run directory (its
+    ``model/``) or a training checkpoint (``.ckpt``, read as :func:`load_checkpoint` with
+    ``trust``): the one place earmark turns "a model" on the command line into weights."""
+    path = Path(source)
+    if path.is_file() and path.suffix == ".ckpt":
+        ckpt = load_checkpoint(path, trust=trust)
+        config = ckpt.get("earmark_model") if isinstance(ckpt, dict) else None
+        if config is None:
+            raise ModelError(f"{path}: not an earmark training checkpoint (no earmark_model entry)")
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+                 if k.startswith("model.")}
+        return state, config
+    if path.is_dir():
+        model_dir = model_dir_of(path)
+        if not (model_dir / CONFIG).is_file():
+            raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
+                             "(model/config.json)")
+        config = read_config(model_dir)
+        weights = model_dir / WEIGHTS
+        if not weights.is_file():
+            raise ModelError(f"{model_dir}: no {WEIGHTS}")
+        try:
+            return load_file(str(weights)), config
+        except Exception as err:  # safetensors raises its own error types
+            raise ModelError(f"{weights}: unreadable weights ({err})") from None
+    raise ModelError(f"{path}: no such model directory or checkpoint")
+
+
+def load_model(source: str | Path, trust: bool = False) -> tuple[nn.Module, dict]:
+    """(model in eval mode, config) of a model directory, run directory or training .ckpt."""
+    state, config = read_weights(source, trust)
+    model = build_from_config(config)
+    load_state(model, state, source=str(source))
+    return model.eval(), config
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load strictly, naming the missing and unexpected keys in the error."""
     try:

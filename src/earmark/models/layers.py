@@ -113,3 +113,19 @@ def init_vit_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def resize_pos_embed(value: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """A (1, D, F, T) position embedding cropped to ``size`` along ``dim`` (2: frequency,
+    3: time), or interpolated bilinearly when it is shorter, as the SAT repository's loader
+    fits released embeddings to a model of another length.
+
+        >>> resize_pos_embed(torch.zeros(1, 8, 1, 63), 25, 3).shape
+        torch.Size([1, 8, 1, 25])
+        >>> resize_pos_embed(torch.zeros(1, 8, 4, 1), 6, 2).shape
+        torch.Size([1, 8, 6, 1])
+    """
+    if value.shape[dim] >= size:
+        return value.narrow(dim, 0, size)
+    target = (1, size) if dim == 3 else (size, 1)
+    return F.interpolate(value, size=target, mode="bilinear", align_corners=False)

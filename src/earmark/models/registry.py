@@ -15,7 +15,7 @@ from torch import nn
 from earmark.errors import ModelError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
-_FAMILY_MODULES = ("earmark.models.vit", "earmark.models.htsat",
+_FAMILY_MODULES = ("earmark.models.vit", "earmark.models.sat", "earmark.models.htsat",
                   "earmark.models.tokenlearner", "earmark.models.codebook")
 
 

@@ -34,7 +34,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from safetensors.torch import load_file
 from torch import nn
 
 from earmark.data.dataset import ClipDataset
@@ -44,10 +43,15 @@ from earmark.data.sampler import BalancedSampler
 from earmark.data.sources import from_spec
 from earmark.errors import DataError, ModelError
 from earmark.files import atomic_write, temporary_name, write_json
-from earmark.models.convert import _fit_pos_embed
-from earmark.models.directory import CONFIG, WEIGHTS, load_checkpoint, read_config, save_model_dir
+from earmark.models.directory import (
+    load_checkpoint,
+    read_weights,
+    save_model_dir,
+)
+from earmark.models.layers import resize_pos_embed
 from earmark.models.registry import create_model
-from earmark.models.vit import AudioViT, StreamingAudioViT
+from earmark.models.sat import StreamingAudioViT
+from earmark.models.vit import AudioViT
 from earmark.train.config import TrainConfig
 from earmark.train.module import TaggingModule
 
@@ -206,25 +210,6 @@ class InitReport:
         return asdict(self)
 
 
-def _read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, model config) of a model directory, a run directory or a training .ckpt
-    (weights and plain values only: see :func:`load_checkpoint`)."""
-    path = Path(source)
-    if path.is_file() and path.suffix == ".ckpt":
-        ckpt = load_checkpoint(path)
-        if not isinstance(ckpt, dict) or "earmark_model" not in ckpt:
-            raise ModelError(f"{path}: not an earmark training checkpoint (no earmark_model)")
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
-                 if k.startswith("model.")}
-        return state, ckpt["earmark_model"]
-    model_dir = path / "model" if (path / "model" / CONFIG).is_file() else path
-    config = read_config(model_dir)
-    weights = model_dir / WEIGHTS
-    if not weights.is_file():
-        raise ModelError(f"{model_dir}: no {WEIGHTS}")
-    return load_file(str(weights)), config
-
-
 def head_keys(model: nn.Module) -> set[str]:
     """The state-dict keys of the classifier: those that ``reset_classifier`` replaces."""
     probe = copy.deepcopy(model)
@@ -250,7 +235,7 @@ def init_weights(model: nn.Module, source: str | Path, labels: list[str]) -> Ini
     >>> report.reinitialised  # doctest: +SKIP
     ['outputlayer.1.bias', 'outputlayer.1.weight']
     """
-    state, config = _read_weights(source)
+    state, config = read_weights(source)
     report = InitReport(str(source))
     head = head_keys(model)
     stage = config.get("provenance", {}).get("stage")
@@ -268,7 +253,7 @@ def init_weights(model: nn.Module, source: str | Path, labels: list[str]) -> Ini
         elif key in ("time_pos_embed", "freq_pos_embed") and theirs.dim() == own.dim() == 4 \
                 and theirs.shape[:2] == own.shape[:2]:
             dim = 3 if key == "time_pos_embed" else 2
-            new_state[key] = _fit_pos_embed(theirs, own.shape[dim], dim)
+            new_state[key] = resize_pos_embed(theirs, own.shape[dim], dim)
             report.resized.append(key)
         else:
             mismatched.append(f"{key} {tuple(theirs.shape)} vs {tuple(own.shape)}")
