@@ -71,7 +71,7 @@ def tagging_rtf(model_dir: Path, files: list[str], repeats: int = 3) -> dict:
     for _ in range(repeats):
         t0 = time.perf_counter()
         for w in waves:
-            tagger._score(w)
+            tagger.score_wave(w)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return {"audio_seconds": round(seconds, 2), "tag_seconds_median": round(med, 3),

@@ -160,11 +160,11 @@ def test_full_context_model_scores_the_sliding_window(vit):
                                            (2.0, 5.0), (3.0, 6.0)]
     for r in results[:-1]:
         lo, hi = (int(t * SR) for t in r.window)
-        assert torch.equal(r.scores, vit._score(x[lo:hi]))
+        assert torch.equal(r.scores, vit.score_wave(x[lo:hi]))
     padded = torch.cat([x[3 * SR:], torch.zeros(SR // 2)])
-    assert torch.equal(results[-1].scores, vit._score(padded))
+    assert torch.equal(results[-1].scores, vit.score_wave(padded))
     # the window, not the chunk alone, is what was scored
-    assert not torch.allclose(results[4].scores, vit._score(x[4 * SR:5 * SR]), atol=1e-6)
+    assert not torch.allclose(results[4].scores, vit.score_wave(x[4 * SR:5 * SR]), atol=1e-6)
 
 
 def test_memory_stays_flat_on_a_long_stream(sat, vit):

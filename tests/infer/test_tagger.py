@@ -4,8 +4,8 @@ import soundfile as sf
 import torch
 
 import earmark
+from earmark.audio import io as audio_io
 from earmark.errors import AudioError, ModelError
-from earmark.infer import tagger as tagger_mod
 from earmark.models.directory import save_model_dir
 
 LABELS = ["a", "b", "c", "d"]
@@ -64,8 +64,8 @@ def test_chunk_scores_cover_the_file(model_dir, write_wav):
 def test_long_files_are_scored_block_by_block(model_dir, write_wav, monkeypatch):
     t = earmark.load(model_dir)
     path = write_wav("long.wav", data=noise(5.0))
-    monkeypatch.setattr(tagger_mod, "LONG_FILE_SECONDS", 2.0)
-    monkeypatch.setattr(tagger_mod, "BLOCK_SECONDS", 2.0)
+    monkeypatch.setattr(audio_io, "LONG_FILE_SECONDS", 2.0)
+    monkeypatch.setattr(audio_io, "BLOCK_SECONDS", 2.0)
     wave = torch.from_numpy(noise(5.0))
     blocks = [wave[:32000], wave[32000:64000], wave[64000:]]
     expect = sum(t.scores(b) * b.numel() for b in blocks) / wave.numel()

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import earmark
+from earmark.audio import io as audio_io
 from earmark.cli import main
-from earmark.infer import tagger as tagger_mod
 from earmark.infer.detect import DetectionConfig
 from earmark.models.directory import save_model_dir
 
@@ -49,8 +49,8 @@ def test_frame_model_detects_within_the_file(htsat_dir, write_wav):
 def test_long_files_are_detected_block_by_block_and_joined(htsat_dir, write_wav, monkeypatch):
     t = earmark.load(htsat_dir)
     path = wav(write_wav, "long.wav", 5.0, 32000)
-    monkeypatch.setattr(tagger_mod, "LONG_FILE_SECONDS", 2.0)
-    monkeypatch.setattr(tagger_mod, "BLOCK_SECONDS", 2.0)
+    monkeypatch.setattr(audio_io, "LONG_FILE_SECONDS", 2.0)
+    monkeypatch.setattr(audio_io, "BLOCK_SECONDS", 2.0)
     events = t.detect(path, threshold=0.0)
     assert len(events) == 3  # joined across the block boundaries at 2 s and 4 s
     assert all(e.onset == 0.0 and e.offset == pytest.approx(5.0) for e in events)

@@ -167,6 +167,12 @@ def load_audio(
     return _shape_out(x, mono), sr_out
 
 
+# Files longer than this are tagged (and their events detected) block by block of
+# BLOCK_SECONDS, so memory stays bounded.
+LONG_FILE_SECONDS = 600.0
+BLOCK_SECONDS = 60.0
+
+
 def iter_blocks(
     path: PathLike, block_seconds: float, sample_rate: int | None = None, mono: bool = True
 ) -> Iterator[torch.Tensor]:

@@ -39,7 +39,7 @@ def evaluate_model(model, manifest: Manifest, progress: bool = True) -> dict:
     for i, item in enumerate(tqdm(manifest.items, desc="eval", disable=not progress,
                                   unit="file")):
         try:
-            scores.append(tagger._score(load_segment(item.path, tagger.sample_rate,
+            scores.append(tagger.score_wave(load_segment(item.path, tagger.sample_rate,
                                                      item.onset, item.offset)))
         except AudioError as err:
             failed.append(str(err))

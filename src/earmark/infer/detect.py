@@ -30,13 +30,21 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from scipy import ndimage
 
+from earmark.audio import io as audio_io
+from earmark.audio.io import audio_info, iter_blocks
 from earmark.data.events import Event
+from earmark.errors import ModelError
+
+if TYPE_CHECKING:
+    from earmark.infer.tagger import Tagger
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -528,3 +536,85 @@ def tune_thresholds(frame_scores_list: Sequence[Any], truth_events_list: Sequenc
 
 
 # ---- output ----------------------------------------------------------------------------------
+
+
+# ---- with a tagger ---------------------------------------------------------------------------
+
+
+def detect(tagger: Tagger, audio, sample_rate: int | None = None, threshold=None, config=None,
+           chunk_seconds: float | None = None) -> list:
+    """Sound events ``[Event(onset, offset, label, score)]`` sorted by onset.
+
+    Models with frame outputs (HTS-AT) detect from their frame scores; others from the
+    scores of consecutive chunks (``chunk_seconds``, by default the model's clip length).
+    ``config`` is a :class:`earmark.infer.detect.DetectionConfig` (thresholds, median
+    filter, minimum length, gap merging, label map); by default the one saved with the
+    model, if any. ``threshold`` overrides its thresholds. Long files are read block by
+    block.
+    """
+    if config is None:
+        saved = tagger.config.get("detection")
+        config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
+    if threshold is not None:
+        config = replace(config, threshold=threshold)
+    if not tagger.has_frames or chunk_seconds is not None:
+        chunk = chunk_seconds or tagger.model.clip_seconds
+        return chunks_to_events(tagger.chunk_scores(audio, chunk, sample_rate), tagger.labels,
+                                config)
+    if isinstance(audio, (str, Path)) and audio_info(audio).duration > audio_io.LONG_FILE_SECONDS:
+        events, start = [], 0.0
+        for block in iter_blocks(audio, audio_io.BLOCK_SECONDS, sample_rate=tagger.sample_rate):
+            frames, hop = tagger.frame_scores(block, tagger.sample_rate)
+            dur = block.shape[-1] / tagger.sample_rate
+            found = frames_to_events(frames.numpy(), tagger.labels, hop, config,
+                                     offset_seconds=start, duration=dur)
+            events = _join_at(events + found, start) if events else found
+            start += dur
+        return events
+    wave = tagger.waveform(audio, sample_rate)
+    frames, hop = tagger.frame_scores(wave, tagger.sample_rate)
+    return frames_to_events(frames.numpy(), tagger.labels, hop, config,
+                            duration=wave.shape[-1] / tagger.sample_rate)
+
+
+def tune_detection(tagger: Tagger, manifest, config=None, metric: str = "event_f1",
+                   chunk_seconds: float | None = None):
+    """Per-class thresholds tuned on strongly labelled files (``manifest.meta["events"]``,
+    as the ``desed`` and synth soundscape sources give); returns a DetectionConfig.
+    The thresholds apply to the detection labels (after ``config.label_map``)."""
+    config = config or DetectionConfig()
+    events = manifest.meta.get("events")
+    if not events:
+        raise ModelError(f"{manifest.name}: no strong labels (meta['events']) to tune on")
+    scores, truths, hop = [], [], None
+    for item in manifest.items:
+        if item.path not in events:
+            continue
+        if tagger.has_frames and chunk_seconds is None:
+            frames, hop = tagger.frame_scores(item.path)
+        else:
+            chunks = tagger.chunk_scores(item.path, chunk_seconds or tagger.model.clip_seconds)
+            frames = torch.stack([c.scores for c in chunks])
+            hop = chunks[0].end - chunks[0].start
+        scores.append(frames.numpy())
+        truths.append(events[item.path])
+    if not scores:
+        raise ModelError(f"{manifest.name}: none of its files has strong labels")
+    thresholds = tune_thresholds(scores, truths, tagger.labels, hop, metric=metric,
+                                 config=config)
+    return replace(config, threshold=thresholds)
+
+
+def _join_at(events: list, boundary: float) -> list:
+    """Merge events of one label that a block boundary at ``boundary`` cut in two."""
+    out: list = []
+    for ev in sorted(events, key=lambda e: (e.label, e.onset)):
+        prev = out[-1] if out else None
+        if (prev is not None and prev.label == ev.label and abs(prev.offset - boundary) < 1e-6
+                and abs(ev.onset - boundary) < 1e-6):
+            best = max(s for s in (prev.score, ev.score) if s is not None) \
+                if prev.score is not None or ev.score is not None else None
+            out[-1] = type(ev)(prev.onset, ev.offset, ev.label, best)
+        else:
+            out.append(ev)
+    return sorted(out, key=lambda e: (e.onset, e.label))

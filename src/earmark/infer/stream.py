@@ -249,7 +249,7 @@ class StreamSession:
                 window = (first / sr, last / sr)
             else:
                 wave = self._window()
-                scores = self.tagger._score(wave)
+                scores = self.tagger.score_wave(wave)
                 window = ((last - wave.shape[0]) / sr, last / sr)
         latency = (time.perf_counter() - t0) * 1000.0
         self._chunks += 1
@@ -354,3 +354,33 @@ def stream_mic(tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 
         pass
     handle(session.flush())
     return result()
+
+
+@dataclass
+class ChunkScores:
+    start: float  # seconds
+    end: float
+    scores: torch.Tensor  # (C,)
+
+
+def chunk_scores(tagger: Tagger, audio, chunk_seconds: float,
+                 sample_rate: int | None = None) -> list[ChunkScores]:
+    """Scores of consecutive ``chunk_seconds`` pieces (the last one may be shorter)."""
+    if chunk_seconds <= 0:
+        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+    if isinstance(audio, (str, Path)):
+        blocks = iter_blocks(audio, chunk_seconds, sample_rate=tagger.sample_rate)
+    else:
+        n = max(1, int(round(chunk_seconds * tagger.sample_rate)))
+        blocks = tagger.waveform(audio, sample_rate).split(n)
+    if tagger.model.is_streaming and abs(chunk_seconds - tagger.model.chunk_seconds) < 1e-9:
+        # a streaming model scores its chunks through its cache, as it would live
+        session = StreamSession(tagger, chunk_seconds)
+        results = [r for block in blocks for r in session.push(block)] + session.flush()
+        return [ChunkScores(r.start, r.end, r.scores) for r in results]
+    out, start = [], 0.0
+    for block in blocks:
+        dur = block.shape[-1] / tagger.sample_rate
+        out.append(ChunkScores(start, start + dur, tagger.score_wave(block)))
+        start += dur
+    return out

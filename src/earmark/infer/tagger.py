@@ -8,28 +8,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from earmark.audio import io as audio_io
 from earmark.audio.io import audio_info, iter_blocks, load_audio
 from earmark.errors import AudioError, ModelError
 from earmark.files import write_json
 from earmark.models.directory import CONFIG, load_model
-
-# Files longer than this are scored block by block, so memory stays bounded.
-LONG_FILE_SECONDS = 600.0
-BLOCK_SECONDS = 60.0
-
-
-@dataclass
-class ChunkScores:
-    start: float  # seconds
-    end: float
-    scores: torch.Tensor  # (C,)
 
 
 class Tagger:
@@ -107,7 +96,9 @@ class Tagger:
         return wave
 
     @torch.inference_mode()
-    def _score(self, wave: torch.Tensor) -> torch.Tensor:
+    def score_wave(self, wave: torch.Tensor) -> torch.Tensor:
+        """Scores of one (N,) waveform at the model's rate, fitted to the clip length as the
+        model says (no file reading, no blocks): the call every other path ends in."""
         logits = self.model(self._fit(wave).unsqueeze(0).to(self.device))
         return self.model.activation(logits)[0].float().cpu()
 
@@ -115,14 +106,14 @@ class Tagger:
 
     def scores(self, audio, sample_rate: int | None = None) -> torch.Tensor:
         """Clip scores, one per label (probabilities). Long files are read block by block."""
-        if isinstance(audio, (str, Path)) and audio_info(audio).duration > LONG_FILE_SECONDS:
+        if isinstance(audio, (str, Path)) and audio_info(audio).duration > audio_io.LONG_FILE_SECONDS:
             total, weight = None, 0.0
-            for block in iter_blocks(audio, BLOCK_SECONDS, sample_rate=self.sample_rate):
-                s = self._score(block) * block.shape[-1]
+            for block in iter_blocks(audio, audio_io.BLOCK_SECONDS, sample_rate=self.sample_rate):
+                s = self.score_wave(block) * block.shape[-1]
                 total = s if total is None else total + s
                 weight += block.shape[-1]
             return total / weight
-        return self._score(self.waveform(audio, sample_rate))
+        return self.score_wave(self.waveform(audio, sample_rate))
 
     def tag(self, audio, sample_rate: int | None = None, top_k: int = 5) -> list[tuple[str, float]]:
         """The ``top_k`` labels with their scores, best first."""
@@ -151,69 +142,19 @@ class Tagger:
 
     def detect(self, audio, sample_rate: int | None = None, threshold=None, config=None,
                chunk_seconds: float | None = None) -> list:
-        """Sound events ``[Event(onset, offset, label, score)]`` sorted by onset.
+        """Sound events ``[Event(onset, offset, label, score)]`` sorted by onset: see
+        :func:`earmark.infer.detect.detect`."""
+        from earmark.infer.detect import detect
 
-        Models with frame outputs (HTS-AT) detect from their frame scores; others from the
-        scores of consecutive chunks (``chunk_seconds``, by default the model's clip length).
-        ``config`` is a :class:`earmark.infer.detect.DetectionConfig` (thresholds, median
-        filter, minimum length, gap merging, label map); by default the one saved with the
-        model, if any. ``threshold`` overrides its thresholds. Long files are read block by
-        block.
-        """
-        from earmark.infer.detect import DetectionConfig, chunks_to_events, frames_to_events
-
-        if config is None:
-            saved = self.config.get("detection")
-            config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
-        if threshold is not None:
-            config = replace(config, threshold=threshold)
-        if not self.has_frames or chunk_seconds is not None:
-            chunk = chunk_seconds or self.model.clip_seconds
-            return chunks_to_events(self.chunk_scores(audio, chunk, sample_rate), self.labels,
-                                    config)
-        if isinstance(audio, (str, Path)) and audio_info(audio).duration > LONG_FILE_SECONDS:
-            events, start = [], 0.0
-            for block in iter_blocks(audio, BLOCK_SECONDS, sample_rate=self.sample_rate):
-                frames, hop = self.frame_scores(block, self.sample_rate)
-                dur = block.shape[-1] / self.sample_rate
-                found = frames_to_events(frames.numpy(), self.labels, hop, config,
-                                         offset_seconds=start, duration=dur)
-                events = _join_at(events + found, start) if events else found
-                start += dur
-            return events
-        wave = self.waveform(audio, sample_rate)
-        frames, hop = self.frame_scores(wave, self.sample_rate)
-        return frames_to_events(frames.numpy(), self.labels, hop, config,
-                                duration=wave.shape[-1] / self.sample_rate)
+        return detect(self, audio, sample_rate, threshold, config, chunk_seconds)
 
     def tune_detection(self, manifest, config=None, metric: str = "event_f1",
                        chunk_seconds: float | None = None):
-        """Per-class thresholds tuned on strongly labelled files (``manifest.meta["events"]``,
-        as the ``desed`` and synth soundscape sources give); returns a DetectionConfig.
-        The thresholds apply to the detection labels (after ``config.label_map``)."""
-        from earmark.infer.detect import DetectionConfig, tune_thresholds
+        """Per-class thresholds tuned on strongly labelled files: see
+        :func:`earmark.infer.detect.tune_detection`."""
+        from earmark.infer.detect import tune_detection
 
-        config = config or DetectionConfig()
-        events = manifest.meta.get("events")
-        if not events:
-            raise ModelError(f"{manifest.name}: no strong labels (meta['events']) to tune on")
-        scores, truths, hop = [], [], None
-        for item in manifest.items:
-            if item.path not in events:
-                continue
-            if self.has_frames and chunk_seconds is None:
-                frames, hop = self.frame_scores(item.path)
-            else:
-                chunks = self.chunk_scores(item.path, chunk_seconds or self.model.clip_seconds)
-                frames = torch.stack([c.scores for c in chunks])
-                hop = chunks[0].end - chunks[0].start
-            scores.append(frames.numpy())
-            truths.append(events[item.path])
-        if not scores:
-            raise ModelError(f"{manifest.name}: none of its files has strong labels")
-        thresholds = tune_thresholds(scores, truths, self.labels, hop, metric=metric,
-                                     config=config)
-        return replace(config, threshold=thresholds)
+        return tune_detection(self, manifest, config, metric, chunk_seconds)
 
     def save_detection(self, model_dir: str | Path, config) -> Path:
         """Store a DetectionConfig in the model directory's config.json (atomically)."""
@@ -227,26 +168,12 @@ class Tagger:
         return path
 
     def chunk_scores(self, audio, chunk_seconds: float,
-                     sample_rate: int | None = None) -> list[ChunkScores]:
-        """Scores of consecutive ``chunk_seconds`` pieces (the last one may be shorter)."""
-        if chunk_seconds <= 0:
-            raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
-        if isinstance(audio, (str, Path)):
-            blocks = iter_blocks(audio, chunk_seconds, sample_rate=self.sample_rate)
-        else:
-            n = max(1, int(round(chunk_seconds * self.sample_rate)))
-            blocks = self.waveform(audio, sample_rate).split(n)
-        if self.model.is_streaming and abs(chunk_seconds - self.model.chunk_seconds) < 1e-9:
-            # a streaming model scores its chunks through its cache, as it would live
-            session = self.stream(chunk_seconds)
-            results = [r for block in blocks for r in session.push(block)] + session.flush()
-            return [ChunkScores(r.start, r.end, r.scores) for r in results]
-        out, start = [], 0.0
-        for block in blocks:
-            dur = block.shape[-1] / self.sample_rate
-            out.append(ChunkScores(start, start + dur, self._score(block)))
-            start += dur
-        return out
+                     sample_rate: int | None = None) -> list:
+        """Scores of consecutive ``chunk_seconds`` pieces: see
+        :func:`earmark.infer.stream.chunk_scores`."""
+        from earmark.infer.stream import chunk_scores
+
+        return chunk_scores(self, audio, chunk_seconds, sample_rate)
 
     def stream(self, chunk_seconds: float | None = None, **kw) -> StreamSession:  # noqa: F821
         """An online tagging session (:class:`earmark.infer.stream.StreamSession`): push
@@ -259,21 +186,6 @@ class Tagger:
         from earmark.infer.stream import StreamSession
 
         return StreamSession(self, chunk_seconds, **kw)
-
-
-def _join_at(events: list, boundary: float) -> list:
-    """Merge events of one label that a block boundary at ``boundary`` cut in two."""
-    out: list = []
-    for ev in sorted(events, key=lambda e: (e.label, e.onset)):
-        prev = out[-1] if out else None
-        if (prev is not None and prev.label == ev.label and abs(prev.offset - boundary) < 1e-6
-                and abs(ev.onset - boundary) < 1e-6):
-            best = max(s for s in (prev.score, ev.score) if s is not None) \
-                if prev.score is not None or ev.score is not None else None
-            out[-1] = type(ev)(prev.onset, ev.offset, ev.label, best)
-        else:
-            out.append(ev)
-    return sorted(out, key=lambda e: (e.onset, e.label))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu",
