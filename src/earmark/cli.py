@@ -9,106 +9,44 @@ from pathlib import Path
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from earmark.train.config import TrainConfig
+    """The options of ``train`` and ``cv``: one per :class:`TrainConfig` field, from the field's
+    type, default and metadata (help, group, spelling), so a new setting is written once."""
+    from dataclasses import MISSING, fields
 
+    from earmark.train.config import GROUPS, TrainConfig
 
-    d = TrainConfig(data="")
-    p.add_argument("--data", required=True, help="data SPEC, e.g. fsdd:DIR, esc50:DIR, synth:DIR")
-    p.add_argument("--model", default=d.model, help="registry name (earmark profile --list)")
-    p.add_argument("--out", required=True, help="run directory to create")
+    groups = {name: p.add_argument_group(title) if title else p for name, title in GROUPS.items()}
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        if not meta.get("cli", False):
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        kw: dict = {"dest": f.name, "help": meta["help"]}
+        if meta["required"]:
+            kw["required"] = True
+        else:
+            kw["default"] = None if default is MISSING else default
+        kind = str(f.type).replace(" | None", "")
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind == "list":  # a LOW,HIGH range
+            kw["type"] = _pair
+            kw["help"] += f" (default {_show(default)})"
+        else:
+            kw["type"] = {"int": int, "float": float, "str": str}[kind]
+        if meta["choices"]:
+            kw["choices"] = meta["choices"]
+        if meta["metavar"]:
+            kw["metavar"] = meta["metavar"]
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        groups[meta["group"]].add_argument(flag, **kw)
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument (JSON value), e.g. patch_stride=[16,8]")
     p.add_argument("--recipe", default=None,
                    help="named training settings: robust (augmentation for new speakers, rooms and "
-                        "microphones), htsat-audioset, htsat-esc50, htsat-scv2 (paper 002); "
-                        "options given explicitly win")
-    p.add_argument("--lr-schedule", choices=("cosine", "htsat"), default=d.lr_schedule)
-    for name in ("epochs", "batch_size", "num_workers", "devices", "seed", "top_k_average",
-                 "early_stopping", "time_mask", "freq_mask", "time_masks", "freq_masks"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "weight_decay", "warmup_epochs", "mixup", "gain_db", "shift", "polarity",
-                 "min_lr_ratio"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
-    p.add_argument("--clip-seconds", type=float, default=None)
-    p.add_argument("--max-minutes", type=float, default=None)
-    p.add_argument("--fit", choices=("crop", "pad", "repeat"), default=d.fit)
-    p.add_argument("--accelerator", default=d.accelerator)
-    p.add_argument("--precision", default=d.precision)
-    p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--multi-label", action=argparse.BooleanOptionalAction, default=None,
-                   help="sigmoid outputs and BCE (default: as the data)")
-    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep decoded audio in memory (default: when the set is small)")
+                        "microphones), htsat-audioset, htsat-esc50, htsat-scv2 (the HTS-AT "
+                        "paper's); options given explicitly win")
     p.add_argument("--no-progress", action="store_true")
-    g = p.add_argument_group(
-        "augmentation for new speakers, rooms and microphones (each: a probability per item, "
-        "0 = off; ranges as LOW,HIGH)")
-    g.add_argument("--speed", type=float, default=d.speed,
-                   help="speed perturbation: tempo and pitch together")
-    g.add_argument("--speed-range", type=_pair, default=d.speed_range, metavar="LOW,HIGH",
-                   help=f"speed factors (default {_show(d.speed_range)})")
-    g.add_argument("--pitch", type=float, default=d.pitch, help="pitch shift, same tempo")
-    g.add_argument("--pitch-semitones", type=float, default=d.pitch_semitones,
-                   help="largest shift in semitones, up or down")
-    g.add_argument("--vtlp", type=float, default=d.vtlp,
-                   help="vocal-tract-length perturbation (warps the mel axis)")
-    g.add_argument("--vtlp-range", type=_pair, default=d.vtlp_range, metavar="LOW,HIGH",
-                   help=f"VTLP warp factors (default {_show(d.vtlp_range)})")
-    g.add_argument("--noise", type=float, default=d.noise, help="background noise")
-    g.add_argument("--noise-snr", type=_pair, default=d.noise_snr, metavar="LOW,HIGH",
-                   help=f"signal-to-noise ratios in dB (default {_show(d.noise_snr)})")
-    g.add_argument("--noise-dir", default=None, metavar="DIR",
-                   help="noise recordings of any length, read in random segments "
-                        "(default: earmark's synthetic coloured noises)")
-    g.add_argument("--reverb", type=float, default=d.reverb,
-                   help="reverberation with room impulse responses")
-    g.add_argument("--reverb-rt60", type=_pair, default=d.reverb_rt60, metavar="LOW,HIGH",
-                   help=f"RT60 of simulated rooms in s (default {_show(d.reverb_rt60)})")
-    g.add_argument("--rir", dest="rir_dir", default=None, metavar="DIR",
-                   help="room impulse response files (default: simulated shoebox rooms)")
-    g.add_argument("--eq", type=float, default=d.eq,
-                   help="random equaliser (microphone colouration)")
-    g.add_argument("--eq-db", type=float, default=d.eq_db, help="largest EQ gain, +- dB")
-    g.add_argument("--band-limit", type=float, default=d.band_limit,
-                   help="telephone band (about 300-3400 Hz)")
-    g.add_argument("--clipping", type=float, default=d.clipping,
-                   help="hard clipping at 30-80 %% of the peak")
-    g = p.add_argument_group("stages of paper 003 (MAE -> full-context finetune -> SAT by PSL)")
-    g.add_argument("--stage", choices=("mae", "finetune", "psl"), default=d.stage,
-                   help="mae: masked-autoencoder pretraining (no labels); finetune: supervised "
-                        "training (default); psl: a sat-* student learns --teacher's scores on "
-                        "crops of two chunks")
-    g.add_argument("--init", default=None, metavar="MODEL",
-                   help="start from the matching weights of a model or run directory (or "
-                        ".ckpt); a head for other labels is re-initialised")
-    g.add_argument("--teacher", default=None, metavar="MODEL",
-                   help="psl: the model (directory) whose scores the student learns")
-    g.add_argument("--mask-ratio", type=float, default=d.mask_ratio, help="mae: masked patches")
-    g.add_argument("--decoder-dim", type=int, default=d.decoder_dim, help="mae decoder width")
-    g.add_argument("--decoder-depth", type=int, default=None,
-                   help="mae decoder blocks (default: 4 behind ViT-T, 8 behind ViT-S/B)")
-    g.add_argument("--decoder-heads", type=int, default=d.decoder_heads)
-    g.add_argument("--time-patch-out", type=float, default=None,
-                   help="ViT/SAT: fraction of time patches dropped in training (paper: 0.25)")
-    g.add_argument("--freq-patch-out", type=float, default=None,
-                   help="ViT/SAT: fraction of frequency patches dropped (paper: 0.25)")
-    g.add_argument("--drop-path-rate", type=float, default=None,
-                   help="ViT/SAT: stochastic depth of the last block (paper: 0.1)")
-    g = p.add_argument_group("codebook model (paper 001): the stages before the head; --epochs, "
-                             "--lr, --batch-size are the head's")
-    g.add_argument("--codebook-chunks", type=int, default=d.codebook_chunks,
-                   help="1 s chunks of the training split that fit autoencoders and code books")
-    g.add_argument("--ae-steps", type=int, default=d.ae_steps, help="autoencoder updates")
-    g.add_argument("--ae-batch", type=int, default=d.ae_batch, help="slices per family and update")
-    g.add_argument("--ae-lr", type=float, default=d.ae_lr)
-    g.add_argument("--kmeans-batch", type=int, default=d.kmeans_batch)
-    g.add_argument("--kmeans-epochs", type=int, default=d.kmeans_epochs,
-                   help="passes of mini-batch k-means over the bottlenecks")
-    g.add_argument("--feature-views", type=int, default=d.feature_views,
-                   help="histograms per training clip: the clip, then randomly shifted copies "
-                        "(with --gain-db)")
-    g.add_argument("--stages-from", default=None, metavar="RUN",
-                   help="reuse another codebook run's stages where their settings match")
 
 
 def _pair(text: str) -> list[float]:
@@ -145,34 +83,16 @@ def _model_args(pairs: list[str]) -> dict:
 
 
 def _train_config(a: argparse.Namespace, fold=None):
+    from dataclasses import fields
+
     from earmark.train.config import TrainConfig
     from earmark.train.recipes import apply_recipe
 
     model_args = _model_args(a.model_arg)
     try:
-        config = TrainConfig(
-            data=a.data, out=a.out, model=a.model, model_args=model_args, epochs=a.epochs,
-            batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-            warmup_epochs=a.warmup_epochs, min_lr_ratio=a.min_lr_ratio,
-            clip_seconds=a.clip_seconds, fit=a.fit, mixup=a.mixup, time_mask=a.time_mask,
-            freq_mask=a.freq_mask, gain_db=a.gain_db, shift=a.shift, polarity=a.polarity,
-            top_k_average=a.top_k_average, early_stopping=a.early_stopping, balanced=a.balanced,
-            cache=a.cache, multi_label=a.multi_label, seed=a.seed, num_workers=a.num_workers,
-            devices=a.devices, accelerator=a.accelerator, precision=a.precision, fold=fold,
-            max_minutes=a.max_minutes, progress=not a.no_progress, lr_schedule=a.lr_schedule,
-            time_masks=a.time_masks, freq_masks=a.freq_masks, stage=a.stage, init=a.init,
-            teacher=a.teacher, mask_ratio=a.mask_ratio, decoder_dim=a.decoder_dim,
-            decoder_depth=a.decoder_depth, decoder_heads=a.decoder_heads,
-            time_patch_out=a.time_patch_out, freq_patch_out=a.freq_patch_out,
-            drop_path_rate=a.drop_path_rate, codebook_chunks=a.codebook_chunks,
-            ae_steps=a.ae_steps, ae_batch=a.ae_batch, ae_lr=a.ae_lr, kmeans_batch=a.kmeans_batch,
-            kmeans_epochs=a.kmeans_epochs, stages_from=a.stages_from,
-            feature_views=a.feature_views, speed=a.speed, speed_range=a.speed_range,
-            pitch=a.pitch, pitch_semitones=a.pitch_semitones, vtlp=a.vtlp,
-            vtlp_range=a.vtlp_range, noise=a.noise, noise_snr=a.noise_snr,
-            noise_dir=a.noise_dir, reverb=a.reverb, reverb_rt60=a.reverb_rt60,
-            rir_dir=a.rir_dir, eq=a.eq, eq_db=a.eq_db, band_limit=a.band_limit,
-            clipping=a.clipping)
+        options = {f.name for f in fields(TrainConfig) if f.metadata.get("cli")}
+        config = TrainConfig(**{name: getattr(a, name) for name in options},
+                             model_args=model_args, fold=fold, progress=not a.no_progress)
         if a.recipe:
             # options the user typed (exact spellings: abbreviations are off) win over the
             # recipe, also where they repeat a default value

@@ -153,3 +153,26 @@ def test_recipe_yields_to_the_options_the_command_line_set(tmp_path, monkeypatch
     assert cfg.epochs == 5 and cfg.lr == default_lr
     assert cfg.mixup == RECIPES["htsat-esc50"]["mixup"]  # not typed: the recipe's
     assert cfg.batch_size == RECIPES["htsat-esc50"]["batch_size"]
+
+
+def test_every_train_setting_is_an_option_with_the_configs_default():
+    from dataclasses import fields
+
+    from earmark.cli import _train_config, build_parser
+
+    a = build_parser().parse_args(["train", "--data", "synth:x", "--out", "r"])
+    a.argv = []
+    cfg = _train_config(a)
+    assert cfg == TrainConfig(data="synth:x", out="r")  # every default as the dataclass's
+    ours = {f.name for f in fields(TrainConfig) if f.metadata.get("cli")}
+    assert ours >= {"speed", "rir_dir", "cache_hours", "stage", "feature_views"}
+    assert ours | {"model_args", "fold", "progress"} == {f.name for f in fields(TrainConfig)}
+    assert all(f.metadata.get("help") for f in fields(TrainConfig) if f.metadata.get("cli"))
+    # a setting given on the command line reaches the config, whatever its type
+    a = build_parser().parse_args(["train", "--data", "synth:x", "--out", "r", "--cache-hours",
+                                   "0.5", "--no-balanced", "--rir", "rooms", "--vtlp-range",
+                                   "0.8,1.2", "--stage", "mae", "--decoder-depth", "2"])
+    a.argv = []
+    cfg = _train_config(a)
+    assert (cfg.cache_hours, cfg.balanced, cfg.rir_dir, cfg.vtlp_range, cfg.stage,
+            cfg.decoder_depth) == (0.5, False, "rooms", [0.8, 1.2], "mae", 2)

@@ -14,7 +14,7 @@ from the previous one's model directory (``init``):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 STAGES = ("mae", "finetune", "psl")
@@ -26,84 +26,147 @@ ACOUSTIC_FIELDS = (*ACOUSTIC, "speed_range", "pitch_semitones", "noise_snr", "no
                    "reverb_rt60", "rir_dir", "eq_db")
 
 
+# Option groups of ``earmark train`` and ``earmark cv`` (the options come from the fields below)
+GROUPS = {
+    "training": None,
+    "augmentation": "augmentation (each effect: a probability per item, 0 = off; ranges as "
+                    "LOW,HIGH)",
+    "stages": "stages of the streaming-transformer paper (MAE -> full-context finetune -> SAT "
+              "by pseudo-strong labels)",
+    "codebook": "codebook model (the bag-of-words paper): the stages before the head; --epochs, "
+                "--lr, --batch-size are the head's",
+}
+
+
+def option(default=MISSING, help: str = "", group: str = "training", *, factory=None,
+           flag: str | None = None, metavar: str | None = None,
+           choices: tuple | None = None, cli: bool = True, required: bool = False):
+    """A :class:`TrainConfig` field (no default: a required argument) and what its
+    command-line option needs: the help text, the option group, another spelling (``flag``),
+    a metavar, choices; ``cli=False`` for the fields the command line sets its own way."""
+    meta = {"help": help, "group": group, "flag": flag, "metavar": metavar,
+            "choices": choices, "cli": cli, "required": required}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _pair(low: float, high: float):
+    return lambda: [low, high]
+
+
 @dataclass
 class TrainConfig:
-    data: str  # a data SPEC, e.g. "fsdd:/data/fsdd"
-    out: str = "runs/run"
-    model: str = "vit-tiny"
-    model_args: dict = field(default_factory=dict)  # overrides for create_model
-    epochs: int = 30
-    batch_size: int = 32
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 2.0  # linear warm-up, then cosine decay to lr * min_lr_ratio
-    min_lr_ratio: float = 0.01
-    clip_seconds: float | None = None  # None: the model's own clip length
-    fit: str = "repeat"  # how clips are fitted to clip_seconds: crop, pad or repeat
-    cache: bool | None = None  # keep decoded audio in memory; None = when under cache_hours
-    cache_hours: float = 2.0
-    mixup: float = 0.0  # Beta(alpha, alpha); 0 turns mixup off
-    lr_schedule: str = "cosine"  # "cosine" (warm-up then cosine) or "htsat" (paper 002's steps)
-    time_mask: int = 0  # SpecAugment: max masked frames (paper 003 uses 192 on 10 s clips)
-    freq_mask: int = 0  # SpecAugment: max masked mel bins (paper 003 uses 24)
-    time_masks: int = 1  # number of time masks per clip
-    freq_masks: int = 1  # number of frequency masks per clip
-    gain_db: float = 0.0  # random gain in +-dB
-    shift: float = 0.0  # random circular shift, fraction of the clip
-    polarity: float = 0.0  # probability of inverting the sign
+    data: str = option(help="data SPEC, e.g. fsdd:DIR, esc50:DIR, synth:DIR", required=True)
+    out: str = option("runs/run", "run directory to create", required=True)
+    model: str = option("vit-tiny", "registry name (earmark profile --list)")
+    model_args: dict = option(factory=dict, cli=False)  # overrides for create_model (--model-arg)
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(32, "clips per step")
+    lr: float = option(5e-4, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.05, "AdamW weight decay")
+    warmup_epochs: float = option(2.0, "linear warm-up, then cosine decay to lr * min-lr-ratio")
+    min_lr_ratio: float = option(0.01, "final learning rate as a fraction of --lr")
+    clip_seconds: float | None = option(None, "clip length in s (default: the model's own)")
+    fit: str = option("repeat", "how clips are fitted to --clip-seconds",
+                      choices=("crop", "pad", "repeat"))
+    cache: bool | None = option(None, "keep decoded audio in memory (default: when the set is "
+                                      "under --cache-hours)")
+    cache_hours: float = option(2.0, "largest data set kept in memory by default, in hours")
+    mixup: float = option(0.0, "mixup alpha, Beta(alpha, alpha) (0 = off; single- or "
+                               "multi-label)", "augmentation")
+    lr_schedule: str = option("cosine", "warm-up then cosine, or the HTS-AT paper's steps",
+                              choices=("cosine", "htsat"))
+    time_mask: int = option(0, "SpecAugment: most masked frames per mask (the streaming paper "
+                               "uses 192 on 10 s clips)", "augmentation")
+    freq_mask: int = option(0, "SpecAugment: most masked mel bins per mask (24 there)",
+                            "augmentation")
+    time_masks: int = option(1, "SpecAugment: time masks per clip", "augmentation")
+    freq_masks: int = option(1, "SpecAugment: frequency masks per clip", "augmentation")
+    gain_db: float = option(0.0, "random gain within +- dB", "augmentation")
+    shift: float = option(0.0, "random circular shift, a fraction of the clip", "augmentation")
+    polarity: float = option(0.0, "probability of inverting the sign", "augmentation")
     # Acoustic augmentation for new speakers, rooms and microphones (earmark.audio.augment):
     # each a probability per training item (0 = off) and the range it draws from.
-    speed: float = 0.0  # speed perturbation: tempo and pitch together
-    speed_range: list = field(default_factory=lambda: [0.85, 1.15])  # factors
-    pitch: float = 0.0  # pitch shift at the same tempo (phase vocoder)
-    pitch_semitones: float = 2.0  # +- semitones
-    vtlp: float = 0.0  # vocal-tract-length perturbation of the mel axis (Jaitly & Hinton 2013)
-    vtlp_range: list = field(default_factory=lambda: [0.9, 1.1])  # warp factors
-    noise: float = 0.0  # background noise at a random SNR
-    noise_snr: list = field(default_factory=lambda: [5.0, 30.0])  # dB
-    noise_dir: str | None = None  # noise files (any length); None = earmark's coloured noises
-    reverb: float = 0.0  # convolution with a room impulse response
-    reverb_rt60: list = field(default_factory=lambda: [0.2, 0.8])  # simulated rooms, seconds
-    rir_dir: str | None = None  # impulse-response files; None = simulated shoebox rooms
-    eq: float = 0.0  # random smooth equaliser (microphone colouration)
-    eq_db: float = 6.0  # +- dB at six log-spaced frequencies
-    band_limit: float = 0.0  # telephone band, about 300-3400 Hz
-    clipping: float = 0.0  # hard clipping at 30-80 % of the peak
-    top_k_average: int = 1  # average the weights of the k best checkpoints (paper 003: 4)
-    early_stopping: int = 0  # patience in epochs; 0 = off
-    multi_label: bool | None = None  # sigmoid + BCE even for single-label data (None: as data)
-    balanced: bool | None = None  # balanced sampling; None = on for multi-label data
-    seed: int = 0
-    num_workers: int = 0
-    devices: int = 1
-    accelerator: str = "auto"
-    precision: str = "32-true"
-    fold: int | None = None  # hold this fold out (fold-based sets); None = the split's test set
-    max_minutes: float | None = None  # stop training after this wall time
-    progress: bool = True
-    stage: str = "finetune"  # one of STAGES
-    init: str | None = None  # model/run directory or .ckpt whose matching weights start the run
-    teacher: str | None = None  # psl: the model whose scores on the crops are the targets
-    # ViT regularisers of paper 003, 4.3 (finetune there: 0.25, 0.25, 0.1); None = model default
-    time_patch_out: float | None = None  # fraction of time patches dropped in training
-    freq_patch_out: float | None = None  # fraction of frequency patches dropped in training
-    drop_path_rate: float | None = None  # stochastic depth of the last block
-    # mae: masked fraction of patches and the decoder (official SAT code: width 512, 8 heads,
-    # depth 4 behind ViT-T and 8 behind ViT-S/B; None = that rule)
-    mask_ratio: float = 0.75
-    decoder_dim: int = 512
-    decoder_depth: int | None = None
-    decoder_heads: int = 8
-    # codebook (paper 001): the stages before the head (earmark.train.codebook). The paper
-    # gives no optimiser for its autoencoders; Adam with a cosine decay is earmark's choice.
-    codebook_chunks: int = 20000  # 1 s chunks of the training split that fit the autoencoders
-    ae_steps: int = 3000  # autoencoder updates (each one updates all four families)
-    ae_batch: int = 256  # slices per family and update
-    ae_lr: float = 1e-3
-    kmeans_batch: int = 4096  # mini-batch k-means: vectors per update
-    kmeans_epochs: int = 3  # passes over the bottlenecks
-    stages_from: str | None = None  # another codebook run whose matching stages are reused
-    feature_views: int = 1  # histograms per training clip: as it is, then shifted copies
+    speed: float = option(0.0, "speed perturbation: tempo and pitch together", "augmentation")
+    speed_range: list = option(help="speed factors", group="augmentation",
+                               factory=_pair(0.85, 1.15), metavar="LOW,HIGH")
+    pitch: float = option(0.0, "pitch shift at the same tempo (phase vocoder)", "augmentation")
+    pitch_semitones: float = option(2.0, "largest pitch shift in semitones, up or down",
+                                    "augmentation")
+    vtlp: float = option(0.0, "vocal-tract-length perturbation: the mel axis warped (Jaitly & "
+                              "Hinton 2013)", "augmentation")
+    vtlp_range: list = option(help="VTLP warp factors", group="augmentation",
+                              factory=_pair(0.9, 1.1), metavar="LOW,HIGH")
+    noise: float = option(0.0, "background noise at a random SNR", "augmentation")
+    noise_snr: list = option(help="signal-to-noise ratios in dB", group="augmentation",
+                             factory=_pair(5.0, 30.0), metavar="LOW,HIGH")
+    noise_dir: str | None = option(None, "noise recordings of any length, read in random "
+                                         "segments (default: earmark's synthetic coloured "
+                                         "noises)", "augmentation", metavar="DIR")
+    reverb: float = option(0.0, "reverberation with room impulse responses", "augmentation")
+    reverb_rt60: list = option(help="RT60 of simulated rooms in s", group="augmentation",
+                               factory=_pair(0.2, 0.8), metavar="LOW,HIGH")
+    rir_dir: str | None = option(None, "room impulse response files (default: simulated "
+                                       "shoebox rooms)", "augmentation", flag="--rir",
+                                 metavar="DIR")
+    eq: float = option(0.0, "random smooth equaliser (microphone colouration)", "augmentation")
+    eq_db: float = option(6.0, "largest EQ gain, +- dB at six log-spaced frequencies",
+                          "augmentation")
+    band_limit: float = option(0.0, "telephone band, about 300-3400 Hz", "augmentation")
+    clipping: float = option(0.0, "hard clipping at 30-80 %% of the peak", "augmentation")
+    top_k_average: int = option(1, "average the weights of the k best checkpoints (the "
+                                   "streaming paper: 4)")
+    early_stopping: int = option(0, "patience in epochs (0 = off)")
+    multi_label: bool | None = option(None, "sigmoid outputs and BCE (default: as the data)")
+    balanced: bool | None = option(None, "balanced sampling (default: on for multi-label data)")
+    seed: int = option(0, "seed of every random choice of the run")
+    num_workers: int = option(0, "data loading processes")
+    devices: int = option(1, "devices (processes) to train on")
+    accelerator: str = option("auto", "cpu, gpu or auto")
+    precision: str = option("32-true", "Lightning precision, e.g. 16-mixed")
+    fold: int | None = option(None, cli=False)  # held out (fold-based sets); None: the test split
+    max_minutes: float | None = option(None, "stop training after this wall time")
+    progress: bool = option(True, cli=False)  # progress bars (--no-progress)
+    stage: str = option("finetune", "mae: masked-autoencoder pretraining (no labels); finetune: "
+                                    "supervised training; psl: a sat-* student learns "
+                                    "--teacher's scores on crops of two chunks", "stages",
+                        choices=STAGES)
+    init: str | None = option(None, "start from the matching weights of a model or run "
+                                    "directory (or .ckpt); a head for other labels is "
+                                    "re-initialised", "stages", metavar="MODEL")
+    teacher: str | None = option(None, "psl: the model (directory) whose scores the student "
+                                       "learns", "stages", metavar="MODEL")
+    # ViT regularisers of the streaming paper, 4.3 (finetune there: 0.25, 0.25, 0.1)
+    time_patch_out: float | None = option(None, "ViT/SAT: fraction of time patches dropped in "
+                                                "training (paper: 0.25)", "stages")
+    freq_patch_out: float | None = option(None, "ViT/SAT: fraction of frequency patches dropped "
+                                                "(paper: 0.25)", "stages")
+    drop_path_rate: float | None = option(None, "ViT/SAT: stochastic depth of the last block "
+                                                "(paper: 0.1)", "stages")
+    # mae: the official SAT code's decoder is 512 wide with 8 heads, depth 4 behind ViT-T and
+    # 8 behind ViT-S/B
+    mask_ratio: float = option(0.75, "mae: fraction of patches masked", "stages")
+    decoder_dim: int = option(512, "mae: decoder width", "stages")
+    decoder_depth: int | None = option(None, "mae: decoder blocks (default: 4 behind ViT-T, 8 "
+                                             "behind ViT-S/B)", "stages")
+    decoder_heads: int = option(8, "mae: decoder heads", "stages")
+    # codebook: the paper gives no optimiser for its autoencoders; Adam with a cosine decay is
+    # earmark's choice
+    codebook_chunks: int = option(20000, "1 s chunks of the training split that fit the "
+                                         "autoencoders and code books", "codebook")
+    ae_steps: int = option(3000, "autoencoder updates (each updates all four families)",
+                           "codebook")
+    ae_batch: int = option(256, "slices per family and update", "codebook")
+    ae_lr: float = option(1e-3, "autoencoder learning rate", "codebook")
+    kmeans_batch: int = option(4096, "mini-batch k-means: vectors per update", "codebook")
+    kmeans_epochs: int = option(3, "passes of mini-batch k-means over the bottlenecks",
+                                "codebook")
+    stages_from: str | None = option(None, "reuse another codebook run's stages where their "
+                                           "settings match", "codebook", metavar="RUN")
+    feature_views: int = option(1, "histograms per training clip: the clip, then randomly "
+                                   "shifted copies (with --gain-db and the augmentations)",
+                                "codebook")
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
