@@ -77,7 +77,7 @@ def robust_run(synth_dir, tmp_path_factory):  # noqa: F811
 def test_a_robust_run_saves_a_model_without_augmentation(robust_run):
     tagger = earmark.load(robust_run)
     assert tagger.model.spec_augment is None
-    written = (robust_run / "config.json").read_text()
+    written = (robust_run / "train_config.json").read_text()
     assert '"vtlp": 0.5' in written and '"noise": 0.5' in written
 
 

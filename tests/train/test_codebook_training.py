@@ -227,7 +227,7 @@ def test_cli_train_passes_the_stage_options(data, tmp_path):
                "--kmeans-epochs", "1", "--feature-views", "2", "--epochs", "1",
                "--no-progress"])
     assert rc == 0
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / "train_config.json").read_text())
     assert (saved["ae_steps"], saved["ae_batch"], saved["feature_views"]) == (7, 32, 2)
     ae = json.loads((out / "stages" / "autoencoder.safetensors.json").read_text())
     assert ae["settings"]["ae_steps"] == 7

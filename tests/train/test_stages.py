@@ -202,7 +202,7 @@ def test_psl_run_through_the_command_line(data, vit_run, tmp_path, capsys):
     provenance = tagger.config["provenance"]
     assert (provenance["stage"], provenance["teacher"]) == ("psl", str(vit_run))
     assert provenance["crop_seconds"] == 2.0
-    saved = json.loads((out / "config.json").read_text())
+    saved = json.loads((out / "train_config.json").read_text())
     assert (saved["stage"], saved["teacher"], saved["init"]) == ("psl", str(vit_run),
                                                                  str(vit_run))
 

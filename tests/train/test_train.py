@@ -47,11 +47,11 @@ def test_warmup_then_cosine_schedule():
 def test_train_writes_a_run_directory_and_the_loss_falls(synth_dir, tmp_path):
     out = tmp_path / "run"
     result = train(config(synth_dir, out, epochs=8, lr=5e-3))
-    for rel in ("config.json", "checkpoints/last.ckpt", "logs/metrics.csv", "metrics.json",
+    for rel in ("train_config.json", "checkpoints/last.ckpt", "logs/metrics.csv", "metrics.json",
                 "model/config.json", "model/model.safetensors", "test_metrics.json"):
         assert (out / rel).is_file(), rel
     assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
-    assert json.loads((out / "config.json").read_text())["model"] == "vit-tiny"
+    assert json.loads((out / "train_config.json").read_text())["model"] == "vit-tiny"
     losses = epoch_losses(out)
     assert len(losses) == 8 and losses[-1] < losses[0] * 0.8
     assert 0.0 <= result["test"]["accuracy"] <= 1.0

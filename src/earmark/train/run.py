@@ -1,7 +1,8 @@
 """``earmark train`` and ``earmark cv`` (by fold or by group): run directories with
 checkpoints, logs and a model.
 
-A run directory holds ``config.json`` (the resolved TrainConfig), ``checkpoints/``
+A run directory holds ``train_config.json`` (the resolved TrainConfig; ``model/`` has the
+model's own ``config.json``), ``checkpoints/``
 (Lightning checkpoints: ``last.ckpt`` and the best epochs), ``logs/metrics.csv`` and
 ``logs/tensorboard/``, ``metrics.json`` (final test metrics), ``init.json`` (with ``init``:
 which weights were loaded) and ``model/`` (the exported model directory, the average of the
@@ -56,6 +57,7 @@ from earmark.train.config import TrainConfig
 from earmark.train.module import TaggingModule
 
 log = logging.getLogger("earmark.train")
+TRAIN_CONFIG = "train_config.json"  # the run's settings (model/config.json describes the model)
 _SCORE = re.compile(r"score=(-?[0-9.]+)\.ckpt$")  # MAE scores are minus a loss
 
 
@@ -472,9 +474,12 @@ def train(config: TrainConfig, resume: bool = False,
         staged = (out / "stages").is_dir()  # the codebook model's stages resume on their own
         if not last.is_file() and not staged:
             raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint)")
-        saved = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+        written = out / TRAIN_CONFIG
+        if not written.is_file() and (out / "config.json").is_file():
+            written = out / "config.json"  # a run written before the file had its own name
+        saved = TrainConfig.from_dict(json.loads(written.read_text()))
         config = replace(saved, epochs=config.epochs, progress=config.progress)
-    config.write(out / "config.json")
+    config.write(out / TRAIN_CONFIG)
     if not resume:  # a fresh run owns its checkpoints: older ones must not win the average
         for stale in [*ckpt_dir.glob("epoch=*.ckpt"), last]:
             stale.unlink(missing_ok=True)
