@@ -175,7 +175,9 @@ def read_weights(source: str | Path, trust: bool = False) -> tuple[dict[str, tor
             return load_file(str(weights)), config
         except Exception as err:  # safetensors raises its own error types
             raise ModelError(f"{weights}: unreadable weights ({err})") from None
-    raise ModelError(f"{path}: no such model directory or checkpoint")
+    missing = "" if path.exists() else "no such model: the path does not exist, so it is "
+    raise ModelError(f"{path}: {missing}not a model directory, a run directory or a training "
+                     "checkpoint (.ckpt)")
 
 
 def load_model(source: str | Path, trust: bool = False) -> tuple[nn.Module, dict]:
