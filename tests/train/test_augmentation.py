@@ -106,7 +106,8 @@ def test_nothing_is_augmented_in_eval_tag_detect_or_stream(robust_run, synth_dir
     assert chunks
 
 
-def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monkeypatch):
+def no_training(monkeypatch) -> dict:
+    """``earmark train`` up to the config: ``seen["config"]`` is what train() would get."""
     seen = {}
 
     def fake_train(cfg, resume=False):
@@ -114,6 +115,11 @@ def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monke
         return {"stage": "finetune", "epochs": 0, "train_seconds": 0.0, "averaged": []}
 
     monkeypatch.setattr("earmark.train.run.train", fake_train)
+    return seen
+
+
+def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monkeypatch):
+    seen = no_training(monkeypatch)
     args = ["train", "--data", "synth:x", "--out", str(tmp_path / "r")]
     assert main(args + ["--speed", "0.4", "--speed-range", "0.9,1.1", "--noise", "1",
                         "--noise-snr", "0,20", "--rir", str(tmp_path), "--reverb", "0.2",
@@ -137,13 +143,7 @@ def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monke
 
 
 def test_recipe_yields_to_the_options_the_command_line_set(tmp_path, monkeypatch):
-    seen = {}
-
-    def fake_train(cfg, resume=False):
-        seen["config"] = cfg
-        return {"stage": "finetune", "epochs": 0, "train_seconds": 0.0, "averaged": []}
-
-    monkeypatch.setattr("earmark.train.run.train", fake_train)
+    seen = no_training(monkeypatch)
     default_lr = TrainConfig(data="x").lr
     # "--epochs=5" is one token; "--lr" repeats the default and still wins over the recipe's
     assert main(["train", "--data", "synth:x", f"--out={tmp_path / 'r'}", "--recipe",
