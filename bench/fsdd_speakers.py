@@ -59,9 +59,10 @@ from pathlib import Path
 import torch
 
 from earmark.data.sources import from_spec
+from earmark.data.splits import group_split, split_manifest
 from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.recipes import RECIPES
-from earmark.train.run import group_split, split_manifest, train
+from earmark.train.run import train
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -177,7 +177,7 @@ def test_cv_group_options_give_clear_errors(trained, capsys, tmp_path):
 def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, tmp_path):
     from earmark.cli import _select_split
     from earmark.data.sources import from_spec
-    from earmark.train.run import split_manifest
+    from earmark.data.splits import split_manifest
 
     def clips(*options):
         assert main(["eval", str(trained / "run"), "--json", "--no-progress", *options]) == 0

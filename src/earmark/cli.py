@@ -179,8 +179,8 @@ def _select_split(manifest, split: str, fold: int | None = None, group: str | No
     A manifest file without a split column has no test split: ``test`` is then every item.
     An empty split is an error naming the sizes of the others.
     """
+    from earmark.data.splits import split_manifest
     from earmark.errors import DataError
-    from earmark.train.run import split_manifest
 
     if group is not None:
         manifest.require_groups([group])

@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 import earmark
 from earmark.cli import main
 from earmark.data.sources import from_spec
+from earmark.data.splits import split_manifest
 from earmark.data.synth import synthesize
 from earmark.errors import ModelError
 from earmark.evaluate.codebook import code_statistics, plot_code, render_code
 from earmark.models.codebook import FAMILIES
 from earmark.train.codebook import HeadModule
 from earmark.train.config import TrainConfig
-from earmark.train.run import split_manifest, train
+from earmark.train.run import train
 
 TINY = dict(codebook_size=8, ae_hidden=48, hidden=48, head_dropout=0.1)
 

@@ -7,10 +7,11 @@ import torch
 
 import earmark
 from earmark.data.sources import from_spec
+from earmark.data.splits import split_manifest
 from earmark.errors import DataError
 from earmark.train.config import TrainConfig
 from earmark.train.module import warmup_cosine
-from earmark.train.run import average_checkpoints, cross_validate, split_manifest, train
+from earmark.train.run import average_checkpoints, cross_validate, train
 
 TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_stride": [16, 8]}
 

@@ -29,8 +29,8 @@ import os
 import warnings
 from pathlib import Path
 
-from earmark.data.folder import absolute, is_audio, read_table
 from earmark.data.manifest import Item, Manifest
+from earmark.data.paths import absolute, is_audio, read_table
 from earmark.errors import DataError
 
 CLASS_INDEX = "class_labels_indices.csv"

@@ -31,8 +31,8 @@ import csv
 import warnings
 from pathlib import Path
 
-from earmark.data.folder import absolute, require_dir
 from earmark.data.manifest import Item, Manifest, vocabulary
+from earmark.data.paths import absolute, require_dir
 from earmark.errors import DataError
 
 # The ten DESED classes (DCASE 2019-2023 task 4), in alphabetical order.

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from earmark.data.folder import absolute, check_audio_exists, read_table, require_dir, require_file
 from earmark.data.manifest import Item, Manifest
+from earmark.data.paths import absolute, check_audio_exists, read_table, require_dir, require_file
 from earmark.errors import DataError
 
 TEST_FOLD = 5

@@ -18,8 +18,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from earmark.data.folder import absolute, check_audio_exists, read_table, require_file
 from earmark.data.manifest import Item, Manifest
+from earmark.data.paths import absolute, check_audio_exists, read_table, require_file
 from earmark.errors import DataError
 
 GROUND_TRUTH = "FSD50K.ground_truth"

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 import warnings
 
-from earmark.data.folder import absolute, require_dir
 from earmark.data.manifest import Item, Manifest
+from earmark.data.paths import absolute, require_dir
 from earmark.errors import DataError
 
 LABELS = [str(d) for d in range(10)]

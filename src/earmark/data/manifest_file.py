@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from earmark.data.folder import absolute, check_audio_exists, read_table, require_file
 from earmark.data.manifest import SPLITS, Item, Manifest, vocabulary
+from earmark.data.paths import absolute, check_audio_exists, read_table, require_file
 from earmark.errors import DataError
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from earmark.data.folder import absolute, audio_files, check_audio_exists, require_dir, require_file
 from earmark.data.manifest import Item, Manifest
+from earmark.data.paths import absolute, audio_files, check_audio_exists, require_dir, require_file
 from earmark.errors import DataError
 
 NOISE_DIR = "_background_noise_"
