@@ -31,10 +31,11 @@ GROUPS = {
     "training": None,
     "augmentation": "augmentation (each effect: a probability per item, 0 = off; ranges as "
                     "LOW,HIGH)",
-    "stages": "stages of the streaming-transformer paper (MAE -> full-context finetune -> SAT "
-              "by pseudo-strong labels)",
-    "codebook": "codebook model (the bag-of-words paper): the stages before the head; --epochs, "
-                "--lr, --batch-size are the head's",
+    "stages": "stages of \"Streaming Audio Transformers for Online Audio Tagging\" (MAE -> "
+              "full-context finetune -> SAT by pseudo-strong labels)",
+    "codebook": "codebook model of \"Attention is all you need? Good embeddings with statistics "
+                "are enough\": the stages before the head; --epochs, --lr, --batch-size are "
+                "the head's",
 }
 
 
