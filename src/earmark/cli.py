@@ -160,6 +160,20 @@ def _print_cv_table(summary: dict) -> None:
         print(line)
 
 
+def cmd_shard(a) -> int:
+    from earmark.data.shards import write_shards
+    from earmark.data.sources import from_spec
+
+    index = write_shards(from_spec(a.data), a.out, shard_size=int(a.shard_size * 2 ** 20),
+                         sample_rate=a.sample_rate, workers=a.workers,
+                         progress=not a.no_progress)
+    print(f"wrote {len(index['shards'])} shards, {index['clips']} clips, {index['hours']:.2f} h "
+          f"at {index['sample_rate']} Hz to {a.out} (index: {Path(a.out) / 'index.json'})")
+    for f in index["failed"]:
+        print(f"skipped {f}", file=sys.stderr)
+    return 1 if index["failed"] else 0
+
+
 def cmd_synth(a) -> int:
     from earmark.data.synth import synthesize
 
@@ -497,6 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-db", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("shard", help="write a data set as WebDataset tar shards (FLAC + JSON)")
+    p.add_argument("data", metavar="SPEC", help="data SPEC, e.g. esc50:DIR, audioset:DIR")
+    p.add_argument("out", help="folder for the shards and index.json; a rerun continues")
+    p.add_argument("--shard-size", type=float, default=512.0, metavar="MB",
+                   help="megabytes per shard, about (default 512)")
+    p.add_argument("--sample-rate", type=int, default=None,
+                   help="resample to this rate (default: the first file's)")
+    p.add_argument("--workers", type=int, default=1, help="processes that decode and encode")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_shard)
 
     p = sub.add_parser("train", help="train a model; writes a run directory")
     _add_train_args(p)
