@@ -68,10 +68,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"  # as bench/fsdd.py
 SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")
-RECIPE_NAMES = ("baseline", "robust", "codebook")
-# rows of earlier robust recipes kept beside it under their own names: 30 epochs, and 60 epochs
-# on the plain SAT front end (before the FSDD band and per-clip mean of bench/fsdd.py)
-EARLIER = ("robust-30ep", "robust-sat")
+RECIPE_NAMES = ("baseline", "robust", "robust-cmn", "codebook")
+# variants of the robust recipe kept beside it under their own names: 30 epochs, and on the
+# FSDD band with each clip's mean log-mel taken out (bench/fsdd.py, recipe "robust-cmn")
+EARLIER = ("robust-30ep", "robust-cmn")
 PROTOCOLS = ("loso", "official", "ablation")
 MODES = ("alone", "without")
 TARGET_MEAN = 0.95  # LOSO mean accuracy the robust recipe aims at
@@ -162,11 +162,12 @@ def ablated_groups(wanted: list[str]) -> list[str]:
 
 
 def recipe(name: str) -> dict:
-    """TrainConfig fields of a recipe: baseline, robust, baseline+G or robust-no-G."""
+    """TrainConfig fields of a recipe: baseline, robust, robust-cmn, codebook, baseline+G or
+    robust-no-G."""
     if name == "baseline":
         return best()
-    if name == "robust":
-        return fsdd_bench().recipe("robust")
+    if name in ("robust", "robust-cmn"):
+        return fsdd_bench().recipe(name)
     if name == "codebook":
         return codebook()
     if name.startswith("baseline+"):
@@ -627,7 +628,7 @@ def plot(rows: list[dict], path: Path) -> bool:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     width = 0.8 / len(names)
-    colours = {"baseline": "#8c8c8c", "robust-30ep": "#c6dbef", "robust-sat": "#6baed6",
+    colours = {"baseline": "#8c8c8c", "robust-30ep": "#c6dbef", "robust-cmn": "#6baed6",
                "robust": "#1f77b4",
                "codebook": "#ff7f0e"}
     lows = []
