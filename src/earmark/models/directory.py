@@ -128,18 +128,24 @@ def build_from_config(config: dict[str, Any]) -> nn.Module:
     return create_model(config["name"], config["num_classes"], **config["args"])
 
 
-def load_model_dir(model_dir: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model of a model directory with its weights; returns (model in eval, config)."""
+def _model_dir_weights(model_dir: str | Path, map_location: str = "cpu"
+                       ) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, config) of a model directory, with errors that name the file."""
     config = read_config(model_dir)
     weights = Path(model_dir) / WEIGHTS
     if not weights.is_file():
         raise ModelError(f"{model_dir}: no {WEIGHTS}")
-    model = build_from_config(config)
     try:
-        state = load_file(str(weights), device=map_location)
+        return load_file(str(weights), device=map_location), config
     except Exception as err:  # safetensors raises its own error types
         raise ModelError(f"{weights}: unreadable weights ({err})") from None
-    load_state(model, state, source=str(weights))
+
+
+def load_model_dir(model_dir: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a model directory with its weights; returns (model in eval, config)."""
+    state, config = _model_dir_weights(model_dir, map_location)
+    model = build_from_config(config)
+    load_state(model, state, source=str(Path(model_dir) / WEIGHTS))
     return model.eval(), config
 
 
@@ -167,14 +173,7 @@ def read_weights(source: str | Path, trust: bool = False) -> tuple[dict[str, tor
         if not (model_dir / CONFIG).is_file():
             raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
                              "(model/config.json)")
-        config = read_config(model_dir)
-        weights = model_dir / WEIGHTS
-        if not weights.is_file():
-            raise ModelError(f"{model_dir}: no {WEIGHTS}")
-        try:
-            return load_file(str(weights)), config
-        except Exception as err:  # safetensors raises its own error types
-            raise ModelError(f"{weights}: unreadable weights ({err})") from None
+        return _model_dir_weights(model_dir)
     missing = "" if path.exists() else "no such model: the path does not exist, so it is "
     raise ModelError(f"{path}: {missing}not a model directory, a run directory or a training "
                      "checkpoint (.ckpt)")
