@@ -202,3 +202,22 @@ def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, 
     assert clips("--data", spec, "--split", "valid") == len(split_manifest(m, None, 0)[1])
     assert clips("--data", spec, "--split", "train", "--seed", "7") == \
         len(split_manifest(m, None, 7)[0])
+    # the seed eval uses by default is the one the model directory records from training
+    import shutil
+
+    import earmark.cli as cli
+
+    run7 = tmp_path / "run7"
+    shutil.copytree(trained / "run" / "model", run7)
+    saved["provenance"]["seed"] = 7
+    (run7 / "config.json").write_text(json.dumps(saved))
+    used = []
+    real = cli._select_split
+    cli._select_split = lambda *a: used.append(a[-1]) or real(*a)
+    try:
+        assert main(["eval", str(run7), "--data", spec, "--split", "valid", "--no-progress"]) == 0
+        assert main(["eval", str(run7), "--data", spec, "--split", "valid", "--seed", "3",
+                     "--no-progress"]) == 0
+    finally:
+        cli._select_split = real
+    assert used == [7, 3]

@@ -40,10 +40,12 @@ Metadata (``metadata_props``, all JSON strings): ``earmark.config`` is the model
 directory's config.json (name, family, labels, sample rate, front end, args, ...);
 ``earmark.export`` the graph's contract (kind, sample counts, opset, versions);
 ``earmark.check`` the largest absolute difference to PyTorch found by the check
-(``max_abs_diff``, ``atol``) when ``check=True``. :func:`onnx_metadata` reads them back.
+(``max_abs_diff``, ``atol``) when ``check=True``. :func:`earmark.infer.onnx.onnx_metadata`
+reads them back.
 
-:class:`~earmark.infer.onnx.OnnxModel` runs a file with onnxruntime behind the small part of the AudioModel API
-the :class:`~earmark.infer.tagger.Tagger` uses; where it cannot be exact it says so:
+:class:`~earmark.infer.onnx.OnnxModel` runs a file with onnxruntime behind the small part of
+the AudioModel API the :class:`~earmark.infer.tagger.Tagger` uses; where it cannot be exact
+it says so:
 
 - clip graphs: an input longer than ``max_samples`` is scored as windows of
   ``window_samples`` (the ViT's own piece length, else the graph length; the last window
@@ -59,6 +61,7 @@ the :class:`~earmark.infer.tagger.Tagger` uses; where it cannot be exact it says
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
 import json
@@ -81,7 +84,6 @@ from earmark.infer.onnx import (
     META_EXPORT,
     STREAM_INPUTS,
     STREAM_OUTPUTS,
-    _encode,
     _first_line,
     _run_session,
     _session,
@@ -149,12 +151,12 @@ def export_onnx(model_or_dir, out_path: str | Path, chunk_seconds: float | None 
 
 def _resolve(model_or_dir, labels: list[str] | None) -> tuple[nn.Module, dict]:
     """-> (a CPU float32 eval copy of the model, its config.json dict)."""
-    from earmark.infer.tagger import Tagger, load
-    from earmark.models.directory import model_config
+    from earmark.infer.tagger import Tagger
+    from earmark.models.directory import load_model, model_config
 
-    if isinstance(model_or_dir, (str, Path)):
-        tagger = load(model_or_dir)
-        model, config = tagger.model, dict(tagger.config)
+    fresh = isinstance(model_or_dir, (str, Path))  # loaded here: no one else holds it
+    if fresh:
+        model, config = load_model(model_or_dir)
     elif isinstance(model_or_dir, Tagger):
         model, config = model_or_dir.model, dict(model_or_dir.config)
     elif isinstance(model_or_dir, AudioModel):
@@ -170,7 +172,7 @@ def _resolve(model_or_dir, labels: list[str] | None) -> tuple[nn.Module, dict]:
         if len(labels) != model.num_classes:
             raise ModelError(f"{len(labels)} labels for a model with {model.num_classes} outputs")
         config["labels"] = list(labels)
-    return copy.deepcopy(model).cpu().float().eval(), config
+    return (model if fresh else copy.deepcopy(model)).cpu().float().eval(), config
 
 
 def _export_stream(model: StreamingAudioViT, name: str, chunk_seconds: float | None
@@ -311,6 +313,13 @@ def _set_metadata(proto, meta: dict[str, Any]) -> None:
     for key, value in meta.items():
         prop = props.get(key) or proto.metadata_props.add()
         prop.key, prop.value = key, json.dumps(value)
+
+
+def _encode(a: np.ndarray) -> dict:
+    a = np.ascontiguousarray(a, dtype="<f4")
+    return {"shape": list(a.shape), "dtype": "float32",
+            "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
 
 
 # ---- check ---------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def test_a_killed_run_leaves_whole_shards_and_a_rerun_continues(clips, tmp_path)
     index = write_shards(clips, out, shard_size=40_000)
     assert index["shards"] == whole["shards"]
     for shard in whole["shards"]:  # the same bytes as an uninterrupted run
-        assert (out / shard["name"]).read_bytes() == (tmp_path / "whole" / shard["name"]).read_bytes()
+        expected = (tmp_path / "whole" / shard["name"]).read_bytes()
+        assert (out / shard["name"]).read_bytes() == expected
     # other items in the same folder: refused, nothing overwritten
     other = Manifest(clips.items[:5], clips.labels, name="other")
     with pytest.raises(DataError, match="holds shards of other items"):

@@ -301,7 +301,15 @@ def test_a_tagger_traces_its_chunk_step_once(sat, write_wav):
         session = tagger.stream()
         session.push(noise(1.0))
         assert len(traced) == 1  # one shape, one trace, for every file and stream
+        assert session._step is tagger.chunk_step(session.chunk_samples)  # the stream's too
         for x, y in zip(a1, a2):
             torch.testing.assert_close(x.scores, y.scores)
+        # and the traced step scores as the model does, chunk by chunk through the cache
+        eager = StreamSession(tagger, model.chunk_seconds, fast=False)
+        wave = tagger.waveform(first)
+        plain = [r for r in eager.push(wave) + eager.flush()]
+        assert len(plain) == len(a1)
+        for x, y in zip(a1, plain):
+            torch.testing.assert_close(x.scores, y.scores, atol=1e-5, rtol=0)
     finally:
         del model.traced_chunk_step

@@ -337,7 +337,7 @@ class FrontEnd(nn.Module):
 
     def __init__(self, config: FrontEndConfig | str | dict[str, Any]):
         super().__init__()
-        self.config = _resolve(config)
+        self.config = frontend_config(config)
         c = self.config
         self.register_buffer(
             "window", torch.hann_window(c.win_length, periodic=True), persistent=False
@@ -380,7 +380,9 @@ class FrontEnd(nn.Module):
 LogMel = FrontEnd
 
 
-def _resolve(config: FrontEndConfig | str | dict[str, Any]) -> FrontEndConfig:
+def frontend_config(config: FrontEndConfig | str | dict[str, Any]) -> FrontEndConfig:
+    """The :class:`FrontEndConfig` a preset name, a config dict or a preset with changes
+    names, without building the front end."""
     if isinstance(config, FrontEndConfig):
         return config
     if isinstance(config, str):
@@ -391,7 +393,7 @@ def _resolve(config: FrontEndConfig | str | dict[str, Any]) -> FrontEndConfig:
         return PRESETS[config]
     if isinstance(config, dict) and "preset" in config:  # a preset with some fields changed
         changes = {k: v for k, v in config.items() if k != "preset"}
-        base = _resolve(config["preset"]).to_dict()
+        base = frontend_config(config["preset"]).to_dict()
         unknown = sorted(set(changes) - set(base))
         if unknown:
             raise ValueError(f"unknown front end config keys {unknown}; known: {sorted(base)}")

@@ -29,6 +29,7 @@ import io
 import json
 import tarfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -47,6 +48,11 @@ INDEX = "index.json"
 
 def shard_name(k: int) -> str:
     return f"shard-{k:06d}.tar"
+
+
+def record_name(k: int) -> str:
+    """The record written once shard ``k`` is whole."""
+    return f"shard-{k:06d}.json"
 
 
 def _fingerprint(manifest: Manifest, sample_rate: int) -> str:
@@ -95,7 +101,7 @@ def _records(out: Path, fingerprint: str) -> list[dict]:
     """The complete shards of an earlier run of the same job, in order."""
     records = []
     for k in range(10 ** 6):
-        record = out / shard_name(k).replace(".tar", ".json")
+        record = out / record_name(k)
         if not record.is_file() or not (out / shard_name(k)).is_file():
             break
         r = json.loads(record.read_text())
@@ -146,12 +152,11 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = SHARD_SI
                 _add(tar, f"{meta['key']}.json", json.dumps(meta).encode())
         metas = [m for _, m in pending]
         record = {"name": name, "clips": len(metas), "bytes": (out / name).stat().st_size,
-                  "first": metas[0]["key"] if metas else None,
-                  "last": metas[-1]["key"] if metas else None, "next_item": next_item,
+                  "first": metas[0]["key"], "last": metas[-1]["key"], "next_item": next_item,
                   "fingerprint": fingerprint, "failed": pending_failed,
-                  "labels": _count([m["labels"] for m in metas]),
+                  "labels": Counter(lab for m in metas for lab in m["labels"]),
                   "seconds": round(sum(m["duration"] for m in metas), 3)}
-        write_json(out / name.replace(".tar", ".json"), record)
+        write_json(out / record_name(k), record)
         records.append(record)
         failed.extend(pending_failed)
         k += 1
@@ -199,14 +204,6 @@ def _first_rate(manifest: Manifest) -> int:
         except AudioError:
             continue
     raise DataError(manifest.name, "no readable file to take the sample rate from")
-
-
-def _count(label_lists: list[list[str]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for labels in label_lists:
-        for lab in labels:
-            counts[lab] = counts.get(lab, 0) + 1
-    return counts
 
 
 def _merge(counts: list[dict[str, int]], labels: list[str]) -> dict[str, int]:

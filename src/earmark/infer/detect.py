@@ -535,9 +535,6 @@ def tune_thresholds(frame_scores_list: Sequence[Any], truth_events_list: Sequenc
     return chosen
 
 
-# ---- output ----------------------------------------------------------------------------------
-
-
 # ---- with a tagger ---------------------------------------------------------------------------
 
 

@@ -36,12 +36,6 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def _encode(a: np.ndarray) -> dict:
-    a = np.ascontiguousarray(a, dtype="<f4")
-    return {"shape": list(a.shape), "dtype": "float32",
-            "data": base64.b64encode(a.tobytes()).decode("ascii")}
-
-
 def _decode(d: dict) -> np.ndarray:
     a = np.frombuffer(base64.b64decode(d["data"]), dtype="<f4")
     return a.reshape(d["shape"]).astype(np.float32)

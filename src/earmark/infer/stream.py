@@ -133,9 +133,8 @@ class StreamSession:
         self.cache = None
         if self.streaming:
             self._chunk = torch.zeros(self.chunk_samples)  # (N,) the chunk being filled
-            model = self.tagger.model
             with torch.no_grad():
-                self.cache = model.prime_cache(1)
+                self.cache = self.tagger.primed_cache()
                 if self._step is None and self.fast:
                     # same numbers, less per-op overhead: a traced and frozen chunk step,
                     # traced once per tagger

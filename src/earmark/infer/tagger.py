@@ -29,6 +29,7 @@ class Tagger:
         self.config = config
         self.device = torch.device(device)
         self._chunk_steps: dict = {}  # traced chunk steps of a streaming model, see chunk_step
+        self._primed = None  # a streaming model's primed cache, see primed_cache
 
     def chunk_step(self, chunk_samples: int, compile: bool = False):
         """A streaming model's traced (or compiled) chunk step for chunks of ``chunk_samples``,
@@ -41,9 +42,18 @@ class Tagger:
                 return None
             with torch.no_grad():
                 example = torch.zeros(1, chunk_samples, device=self.device)
-                self._chunk_steps[key] = model.traced_chunk_step(example, model.prime_cache(1),
+                self._chunk_steps[key] = model.traced_chunk_step(example, self.primed_cache(),
                                                                  compile=compile)
         return self._chunk_steps[key]
+
+    def primed_cache(self):
+        """A streaming model's cache primed with silence (one forward pass), computed once per
+        tagger: every stream starts from it. Chunk steps return new caches and never change
+        it in place."""
+        if self._primed is None:
+            with torch.no_grad():
+                self._primed = self.model.prime_cache(1)
+        return self._primed
 
     @property
     def labels(self) -> list[str]:
@@ -60,6 +70,7 @@ class Tagger:
     def to(self, device: str | torch.device) -> Tagger:
         self.model.to(device)
         self.device = torch.device(device)
+        self._chunk_steps, self._primed = {}, None  # built for the old device
         return self
 
     # ---- audio in ----------------------------------------------------------------------------
@@ -106,7 +117,8 @@ class Tagger:
 
     def scores(self, audio, sample_rate: int | None = None) -> torch.Tensor:
         """Clip scores, one per label (probabilities). Long files are read block by block."""
-        if isinstance(audio, (str, Path)) and audio_info(audio).duration > audio_io.LONG_FILE_SECONDS:
+        long = audio_io.LONG_FILE_SECONDS
+        if isinstance(audio, (str, Path)) and audio_info(audio).duration > long:
             total, weight = None, 0.0
             for block in iter_blocks(audio, audio_io.BLOCK_SECONDS, sample_rate=self.sample_rate):
                 s = self.score_wave(block) * block.shape[-1]

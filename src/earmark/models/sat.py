@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from earmark.audio.features import front_end
+from earmark.audio.features import frontend_config
 from earmark.errors import ModelError
 from earmark.models.vit import AudioViT, _pair, _register_sizes
 
@@ -75,7 +75,7 @@ class StreamingAudioViT(AudioViT):
                              "blocks after it would cache learned tokens, which the official "
                              "SAT position handling does not define; use vit-* instead")
         stride = _pair(kwargs.get("patch_stride", 16))[1]
-        fe = front_end(kwargs.get("frontend", "sat")).config
+        fe = frontend_config(kwargs.get("frontend", "sat"))
         frames_per_second = fe.sample_rate / fe.hop_length  # 100 for the released models
         target = target_length or int(round(chunk_seconds * frames_per_second)) // stride * stride
         cache = target if cache_length is None else cache_length
@@ -181,33 +181,25 @@ class StreamingAudioViT(AudioViT):
             # freezing folds the weights into the graph and pre-packs them for oneDNN; inductor
             # reads it whenever it (re)compiles, so it stays on for the process
             inductor_config.freezing = True
-            compiled = torch.compile(ChunkStep(self).eval(), dynamic=False)
+            run = torch.compile(ChunkStep(self).eval(), dynamic=False)
             with torch.no_grad():  # compile now, not in the middle of a stream
-                compiled(wave, cache.h0, cache.keys, cache.values)
-            self.train(was_training)
-
-            def compiled_step(w, c):
-                if w.shape != wave.shape or c.h0.shape != cache.h0.shape:
-                    return self.forward_chunk(w, c)
-                with torch.no_grad():
-                    logits, h0, keys, values = compiled(w, c.h0, c.keys, c.values)
-                return logits, ChunkCache(h0, keys, values)
-
-            return compiled_step
-        with torch.no_grad(), warnings.catch_warnings():
-            # the shape checks become constants in the trace: that is why it is keyed by shape
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
-            args = (wave, cache.h0, cache.keys, cache.values)
-            frozen = torch.jit.freeze(torch.jit.trace(ChunkStep(self).eval(), args,
-                                                      check_trace=False))
+                run(wave, cache.h0, cache.keys, cache.values)
+        else:
+            with torch.no_grad(), warnings.catch_warnings():
+                # the shape checks become constants in the trace: that is why it is keyed by
+                # shape
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+                args = (wave, cache.h0, cache.keys, cache.values)
+                run = torch.jit.freeze(torch.jit.trace(ChunkStep(self).eval(), args,
+                                                       check_trace=False))
         self.train(was_training)
 
         def step(w: torch.Tensor, c: ChunkCache) -> tuple[torch.Tensor, ChunkCache]:
             if w.shape != wave.shape or c.h0.shape != cache.h0.shape:
                 return self.forward_chunk(w, c)  # other shapes: the eager path
             with torch.no_grad():
-                logits, h0, keys, values = frozen(w, c.h0, c.keys, c.values)
+                logits, h0, keys, values = run(w, c.h0, c.keys, c.values)
             return logits, ChunkCache(h0, keys, values)
 
         return step
