@@ -28,7 +28,8 @@ from earmark.errors import AudioError
 from earmark.models.codebook import FAMILIES, item_chunks
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"
+sys.path.insert(0, str(HERE))
+from fsdd import DEFAULT_DATA  # noqa: E402
 
 
 def histograms(model, manifest) -> tuple[dict[str, torch.Tensor], list[int], list[str]]:
@@ -42,10 +43,9 @@ def histograms(model, manifest) -> tuple[dict[str, torch.Tensor], list[int], lis
         except AudioError as err:
             print(f"skipped {err}", file=sys.stderr)
             continue
-        with torch.no_grad():
-            codes = model.codes(chunks)
-        for name, c in codes.items():
-            h = torch.bincount(c.flatten(), minlength=model.codebook_size).float()
+        with torch.no_grad():  # the model's own counts, one block of codebook_size per family
+            counts = model.histogram(chunks).sum(0).split(model.codebook_size)
+        for name, h in zip(FAMILIES, counts):
             per_family[name].append(h / h.sum())
         classes.append(index[item.labels[0]])
         groups.append(item.group)

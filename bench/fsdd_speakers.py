@@ -66,7 +66,10 @@ from earmark.train.run import train
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"  # as bench/fsdd.py
+sys.path.insert(0, str(HERE))
+import fsdd  # noqa: E402  (BEST, its recipes, the FSDD front end, DEFAULT_DATA)
+
+DEFAULT_DATA = fsdd.DEFAULT_DATA
 SPEAKERS = ("george", "jackson", "nicolas", "theo", "yweweler")
 RECIPE_NAMES = ("baseline", "robust", "robust-cmn", "codebook")
 # variants of the robust recipe kept beside it under their own names: 30 epochs, and on the
@@ -102,17 +105,9 @@ FIXED = ("data", "out", "seed")  # set by the script per run, not by --set
 # ---- recipes ---------------------------------------------------------------------------------
 
 
-def fsdd_bench():
-    """The bench/fsdd.py module (BEST, its recipes and FSDD front end)."""
-    sys.path.insert(0, str(HERE))
-    import fsdd
-
-    return fsdd
-
-
 def best() -> dict:
     """BEST of bench/fsdd.py, a fresh copy."""
-    return fsdd_bench().recipe("baseline")
+    return fsdd.recipe("baseline")
 
 
 def codebook() -> dict:
@@ -128,7 +123,7 @@ def codebook() -> dict:
                 top_k_average=1,
                 model_args={"codebook_size": 64, "compression": 20, "hidden": 512,
                             "head_dropout": 0.4, "mask_prob": 0.2, "ae_hidden": 512,
-                            "frontend": {"preset": "codebook", **fsdd_bench().FSDD_BAND}},
+                            "frontend": {"preset": "codebook", **fsdd.FSDD_BAND}},
                 **{k: robust[k] for k in ACOUSTIC_FIELDS if k in robust})
 
 
@@ -167,7 +162,7 @@ def recipe(name: str) -> dict:
     if name == "baseline":
         return best()
     if name in ("robust", "robust-cmn"):
-        return fsdd_bench().recipe(name)
+        return fsdd.recipe(name)
     if name == "codebook":
         return codebook()
     if name.startswith("baseline+"):
