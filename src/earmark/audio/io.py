@@ -21,6 +21,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from earmark.audio.packed import member_info, member_of, read_member
 from earmark.errors import AudioError
 from earmark.files import atomic_path
 
@@ -127,6 +128,11 @@ def audio_info(path: PathLike) -> AudioInfo:
         >>> audio_info("dog.wav").duration                     # doctest: +SKIP
         5.0
     """
+    if member_of(path) is not None:
+        sr, frames, channels = member_info(path)
+        if frames <= 0:
+            raise AudioError(path, "contains no samples (zero length)")
+        return AudioInfo(sr, frames, channels, frames / sr)
     path = Path(path)
     with _open(path) as f:
         return AudioInfo(f.samplerate, f.frames, f.channels, f.frames / f.samplerate)
@@ -146,16 +152,19 @@ def load_audio(
         >>> wave.dtype, wave.ndim, sr                                      # doctest: +SKIP
         (torch.float32, 1, 16000)
     """
-    path = Path(path)
-    with _open(path) as f:
-        sr_in = f.samplerate
-        try:
-            x = f.read(dtype="float32", always_2d=True)  # (frames, channels)
-        except (sf.SoundFileError, RuntimeError, OSError) as err:
-            raise _decode_error(path, err) from err
-    if x.shape[0] == 0:
-        raise AudioError(path, "contains no samples (zero length)")
-    _check_finite(path, x, 0, sr_in)
+    if member_of(path) is not None:  # a clip inside a tar shard or an HDF5 pack
+        x, sr_in = read_member(path)
+    else:
+        path = Path(path)
+        with _open(path) as f:
+            sr_in = f.samplerate
+            try:
+                x = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+            except (sf.SoundFileError, RuntimeError, OSError) as err:
+                raise _decode_error(path, err) from err
+        if x.shape[0] == 0:
+            raise AudioError(path, "contains no samples (zero length)")
+        _check_finite(path, x, 0, sr_in)
     if mono:
         # Mixing down first resamples one channel instead of C; both are linear, so equal.
         x = x.mean(axis=1, keepdims=True, dtype=np.float32)
@@ -187,6 +196,12 @@ def iter_blocks(
         >>> for block in iter_blocks("hour.flac", 10.0, sample_rate=16000):  # doctest: +SKIP
         ...     print(block.shape)                                        # (160000,) ...
     """
+    if member_of(path) is not None:  # clips in containers are short: one read, then blocks
+        wave, sr = load_audio(path, sample_rate, mono)
+        step = round(block_seconds * sr)
+        if step < 1:
+            raise ValueError(f"block_seconds={block_seconds} gives blocks of no samples at {sr} Hz")
+        return iter([wave[..., i:i + step] for i in range(0, wave.shape[-1], step)])
     path = Path(path)
     with _open(path) as f:
         sr_in, channels = f.samplerate, f.channels

@@ -24,6 +24,7 @@ import soxr
 import torch
 
 from earmark.audio.io import RESAMPLE_QUALITY, audio_info, load_audio
+from earmark.audio.packed import member_of
 from earmark.data.labels import encode, targets
 from earmark.data.manifest import Manifest
 from earmark.errors import AudioError
@@ -84,6 +85,14 @@ def load_segment(path: str, sample_rate: int, onset: float | None = None,
     """
     if onset is None and offset is None:
         return load_audio(path, sample_rate=sample_rate)[0]
+    if member_of(path) is not None:  # a clip in a shard or pack: read whole, then cut
+        wave = load_audio(path, sample_rate=sample_rate)[0]
+        start = max(0, round((onset or 0.0) * sample_rate))
+        stop = wave.shape[-1] if offset is None else min(wave.shape[-1], round(offset * sample_rate))
+        if start >= stop:
+            raise AudioError(path, f"segment {onset}-{offset} s is empty or beyond the end of the "
+                             f"clip ({wave.shape[-1] / sample_rate:.3f} s)")
+        return wave[start:stop].clone()
     info = audio_info(path)  # raises AudioError for a missing or unreadable file
     start = max(0, round((onset or 0.0) * info.sample_rate))
     stop = info.frames if offset is None else min(info.frames, round(offset * info.sample_rate))

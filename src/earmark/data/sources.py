@@ -16,6 +16,7 @@ from earmark.data import (
     folder,
     fsd50k,
     fsdd,
+    hdf5,
     manifest_file,
     speechcommands,
     synth,
@@ -30,6 +31,7 @@ SOURCES: dict[str, Callable[[str], Manifest]] = {
     "folder": folder.load,  # one sub-folder per label
     "fsd50k": fsd50k.load,  # FSD50K ground-truth CSVs
     "fsdd": fsdd.load,  # Free Spoken Digit Dataset recordings
+    "hdf5": hdf5.load,  # PANNs / HTS-AT and SAT / CED waveform packs
     "manifest": manifest_file.load,  # earmark's own CSV / JSONL manifests
     "speechcommands": speechcommands.load,  # Speech Commands v1/v2 with their split lists
     "synth": synth.load,  # earmark's synthetic clips and soundscapes

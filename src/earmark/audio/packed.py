@@ -1,0 +1,203 @@
+"""Clips stored inside a container file: a tar shard or an HDF5 waveform pack.
+
+A clip in a container has the path ``CONTAINER#KEY``:
+
+- ``shards/shard-000003.tar#000000042``: the member ``000000042.flac`` (or ``.wav``, any
+  member of that key that is not metadata such as ``.json``) of a tar shard (what ``earmark shard`` writes, or any WebDataset
+  tar of audio);
+- ``hdf5/balanced_train.h5#17``: row 17 of the ``waveform`` dataset of a PANNs / HTS-AT pack
+  (int16 samples, 32 kHz unless the file's ``sample_rate`` attribute says otherwise, scaled by
+  1/32767 as HTS-AT's ``int16_to_float32`` does);
+- ``hdf5/balanced.h5#Y0abc_30.000.wav``: the dataset of that name in a SAT / CED pack (one
+  dataset per clip, int16 or float, 16 kHz unless a ``sample_rate`` attribute says otherwise;
+  integers scaled by 1/32768 as SAT's ``WeakHDF5Dataset`` does).
+
+:func:`earmark.audio.io.load_audio` and :func:`~earmark.audio.io.audio_info` read such paths
+like files, so every command that reads a manifest reads containers too. Open HDF5 files and
+the member tables of tar shards are kept per process (DataLoader workers open their own).
+
+    >>> member_of("a/shard-000000.tar#000000007")
+    ('a/shard-000000.tar', 'tar', '000000007')
+    >>> member_of("dog.wav") is None
+    True
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from earmark.errors import AudioError
+
+TAR_SUFFIXES = (".tar",)
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+PANNS_RATE = 32000  # PANNs / HTS-AT packs hold 32 kHz clips
+SAT_RATE = 16000  # SAT / CED packs hold 16 kHz clips
+# members of a sample that are not its audio (WebDataset names members KEY.EXT)
+METADATA = ("json", "txt", "cls", "npy", "pt", "pth", "pickle", "scores.npy")
+_MEMBER = re.compile(r"^(.*?\.(?:tar|h5|hdf5|hdf))#(.+)$", re.IGNORECASE)
+
+
+def member_of(path: str | os.PathLike) -> tuple[str, str, str] | None:
+    """``(container, kind, key)`` of a ``CONTAINER#KEY`` path (kind ``tar`` or ``hdf5``), or
+    None for an ordinary path."""
+    text = os.fspath(path)
+    if "#" not in text:
+        return None
+    m = _MEMBER.match(text)
+    if m is None:
+        return None
+    container, key = m.group(1), m.group(2)
+    kind = "tar" if container.lower().endswith(TAR_SUFFIXES) else "hdf5"
+    return container, kind, key
+
+
+def member_path(container: str | os.PathLike, key: str | int) -> str:
+    """The path of clip ``key`` inside ``container``."""
+    return f"{os.fspath(container)}#{key}"
+
+
+# ---- tar shards -------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _tar_table(container: str, mtime: float) -> dict[str, tuple[str, int, int]]:
+    """key -> (member name, data offset, size) of the audio members of one shard (headers only:
+    tarfile seeks past the data)."""
+    table: dict[str, tuple[str, int, int]] = {}
+    try:
+        with tarfile.open(container) as tar:
+            for m in tar:
+                key, dot, ext = m.name.rpartition("/")[2].partition(".")
+                if m.isfile() and dot and ext.lower() not in METADATA:
+                    table[key] = (m.name, m.offset_data, m.size)
+    except (tarfile.TarError, OSError) as err:
+        raise AudioError(container, f"not a readable tar shard ({err})") from None
+    return table
+
+
+def _read_tar(container: str, key: str) -> tuple[np.ndarray, int]:
+    try:
+        mtime = os.stat(container).st_mtime
+    except OSError:
+        raise AudioError(container, "shard not found") from None
+    table = _tar_table(container, mtime)
+    if key not in table:
+        raise AudioError(member_path(container, key), "no audio member with this key in the shard")
+    name, offset, size = table[key]
+    with open(container, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    return decode_bytes(data, member_path(container, key))
+
+
+def decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """(samples (frames, channels) float32, sample rate) of an encoded audio file in memory;
+    AudioError naming ``name`` when it cannot be decoded."""
+    if not data:
+        raise AudioError(name, "empty audio member (0 bytes)")
+    try:
+        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as err:
+        raise AudioError(name, f"cannot decode audio: {err}") from None
+    return x, sr
+
+
+# ---- HDF5 packs -------------------------------------------------------------------------------
+
+_open_h5: dict[tuple[int, str], object] = {}  # (process id, path) -> open h5py.File
+
+
+def open_hdf5(container: str | os.PathLike):
+    """The container opened read-only, kept open for this process."""
+    import h5py
+
+    key = (os.getpid(), os.fspath(container))
+    f = _open_h5.get(key)
+    if f is None:
+        if not Path(container).is_file():
+            raise AudioError(container, "HDF5 pack not found")
+        try:
+            f = h5py.File(container, "r")
+        except OSError as err:
+            raise AudioError(container, f"not a readable HDF5 file ({err})") from None
+        _open_h5[key] = f
+    return f
+
+
+def hdf5_rate(obj, default: int) -> int:
+    """The ``sample_rate`` attribute of an HDF5 dataset or file, else ``default``."""
+    rate = obj.attrs.get("sample_rate")
+    if rate is None and hasattr(obj, "file") and obj.file is not obj:
+        rate = obj.file.attrs.get("sample_rate")
+    return default if rate is None else int(np.asarray(rate).reshape(-1)[0])
+
+
+def _read_hdf5(container: str, key: str) -> tuple[np.ndarray, int]:
+    f = open_hdf5(container)
+    name = member_path(container, key)
+    if "waveform" in f and key.isdigit():  # PANNs / HTS-AT: rows of one int16 matrix
+        data = f["waveform"]
+        row = int(key)
+        if row >= data.shape[0]:
+            raise AudioError(name, f"row {row} is beyond the pack's {data.shape[0]} clips")
+        x, scale, rate = data[row], 32767.0, hdf5_rate(data, PANNS_RATE)
+    else:  # SAT / CED: one dataset per clip, named by the clip's file name (or its base name)
+        for candidate in (key, os.path.basename(key)):
+            if candidate in f and hasattr(f[candidate], "shape"):
+                data = f[candidate]
+                break
+        else:
+            raise AudioError(name, "no clip of this name in the HDF5 pack")
+        x, scale, rate = data[()], 32768.0, hdf5_rate(data, SAT_RATE)
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32) / np.float32(scale)
+    x = x.astype(np.float32, copy=False)
+    x = x.reshape(-1, 1) if x.ndim == 1 else x.T  # (frames, channels)
+    return np.ascontiguousarray(x), rate
+
+
+# ---- both -------------------------------------------------------------------------------------
+
+
+def member_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(sample rate, frames, channels) of a ``CONTAINER#KEY`` clip without decoding all of it
+    where the container allows (HDF5: the dataset's shape)."""
+    container, kind, key = member_of(path) or (None, None, None)
+    if kind == "hdf5":
+        f = open_hdf5(container)
+        if "waveform" in f and key.isdigit() and int(key) < f["waveform"].shape[0]:
+            return hdf5_rate(f["waveform"], PANNS_RATE), f["waveform"].shape[1], 1
+        for candidate in (key, os.path.basename(key)):
+            if candidate in f and hasattr(f[candidate], "shape"):
+                d = f[candidate]
+                frames = d.shape[-1] if d.ndim else 0
+                return hdf5_rate(d, SAT_RATE), frames, 1 if d.ndim < 2 else d.shape[0]
+    x, sr = read_member(path)
+    return sr, x.shape[0], x.shape[1]
+
+
+def read_member(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(samples (frames, channels) float32, sample rate) of a ``CONTAINER#KEY`` clip.
+
+    Raises AudioError naming the clip's path for a missing container or key, an undecodable
+    member, no samples or NaN/inf samples."""
+    found = member_of(path)
+    if found is None:
+        raise AudioError(path, "not a CONTAINER#KEY path")
+    container, kind, key = found
+    x, sr = _read_tar(container, key) if kind == "tar" else _read_hdf5(container, key)
+    if x.shape[0] == 0:
+        raise AudioError(path, "contains no samples (zero length)")
+    if not np.isfinite(x).all():
+        first = int(np.argmin(np.isfinite(x).all(axis=1)))
+        raise AudioError(path, f"contains NaN or infinite samples (first at {first / sr:.3f} s)")
+    return x, sr
