@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from earmark.audio.packed import member_path
 from earmark.data.dataset import load_segment
+from earmark.data.events import Event
 from earmark.data.manifest import Item, Manifest
 from earmark.errors import AudioError, DataError
 from earmark.files import atomic_path, write_json
@@ -155,6 +157,7 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = SHARD_SI
                   "first": metas[0]["key"], "last": metas[-1]["key"], "next_item": next_item,
                   "fingerprint": fingerprint, "failed": pending_failed,
                   "labels": Counter(lab for m in metas for lab in m["labels"]),
+                  "splits": Counter(m["split"] for m in metas), "samples": metas,
                   "seconds": round(sum(m["duration"] for m in metas), 3)}
         write_json(out / record_name(k), record)
         records.append(record)
@@ -208,6 +211,100 @@ def _first_rate(manifest: Manifest) -> int:
 
 def _merge(counts: list[dict[str, int]], labels: list[str]) -> dict[str, int]:
     return {lab: sum(c.get(lab, 0) for c in counts) for lab in labels}
+
+
+# ---- reading: shards:DIR -------------------------------------------------------------------
+
+
+def shard_paths(location: str) -> list[Path]:
+    """The tar shards a ``shards:`` SPEC names: a folder written by :func:`write_shards` (its
+    index's order), one ``.tar`` file, or a brace pattern (``dir/shard-{000000..000031}.tar``,
+    webdataset's notation)."""
+    if "{" in location:
+        from braceexpand import braceexpand
+
+        paths = [Path(p) for p in braceexpand(location)]
+    else:
+        root = Path(location)
+        if root.is_dir():
+            index = root / INDEX
+            if index.is_file():
+                paths = [root / s["name"] for s in json.loads(index.read_text())["shards"]]
+            else:
+                paths = sorted(root.glob("*.tar"))
+            if not paths:
+                raise DataError(root, f"holds no tar shards (and no {INDEX})")
+        else:
+            paths = [root]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(location, f"{len(missing)} of {len(paths)} shard(s) missing, e.g. "
+                        f"{missing[0]}")
+    return paths
+
+
+def _scan(path: Path) -> list[dict]:
+    """The metadata of every sample of a shard written without records (any WebDataset tar
+    whose samples have ``KEY.json`` with at least ``labels``)."""
+    metas = []
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                if ext == "json":
+                    meta = json.loads(tar.extractfile(member).read())
+                    meta.setdefault("key", key)
+                    metas.append(meta)
+    except (tarfile.TarError, OSError, json.JSONDecodeError) as err:
+        raise DataError(path, f"not a readable tar shard ({err})") from None
+    return metas
+
+
+def _samples(path: Path) -> list[dict]:
+    record = path.with_suffix(".json")
+    if record.is_file():
+        samples = json.loads(record.read_text()).get("samples")
+        if samples is not None:
+            return samples
+    return _scan(path)
+
+
+def load(location: str) -> Manifest:
+    """A manifest of the clips of a shard set: items ``SHARD#KEY`` with the labels, split,
+    fold and group their metadata holds; strong events in ``meta["events"]``;
+    ``meta["shards"]`` lists each shard's path and clips per split (what streaming splits by).
+
+    >>> m = load("shards/esc50")  # doctest: +SKIP
+    >>> m.items[0].path  # doctest: +SKIP
+    '/data/shards/esc50/shard-000000.tar#000000000'
+    """
+    paths = shard_paths(location)
+    root = paths[0].parent
+    index = json.loads((root / INDEX).read_text()) if (root / INDEX).is_file() else {}
+    items, events, shards = [], {}, []
+    for path in paths:
+        absolute = str(path.resolve())
+        samples = _samples(path)
+        for meta in samples:
+            if "labels" not in meta:
+                raise DataError(path, f"sample {meta.get('key')}: metadata without labels")
+            item_path = member_path(absolute, meta["key"])
+            items.append(Item(path=item_path, labels=tuple(meta["labels"]),
+                              split=meta.get("split") or "train", fold=meta.get("fold"),
+                              group=meta.get("group")))
+            if meta.get("events") is not None:
+                events[item_path] = [Event(on, off, lab) for on, off, lab in meta["events"]]
+        shards.append({"path": absolute, "clips": len(samples),
+                       "splits": dict(Counter(m.get("split") or "train" for m in samples))})
+    if not items:
+        raise DataError(location, "the shards hold no samples")
+    labels = index.get("labels") or sorted({lab for it in items for lab in it.labels})
+    multi = index.get("multi_label", any(len(it.labels) != 1 for it in items))
+    meta = {"shards": shards, "sample_rate": index.get("sample_rate")}
+    if events:
+        meta["events"] = events
+    return Manifest(items=items, labels=labels, multi_label=multi, name=f"shards:{root.name}",
+                    meta=meta)
 
 
 def read_shard(path: str | Path) -> Iterator[tuple[np.ndarray, int, dict]]:

@@ -18,6 +18,7 @@ from earmark.data import (
     fsdd,
     hdf5,
     manifest_file,
+    shards,
     speechcommands,
     synth,
 )
@@ -33,6 +34,7 @@ SOURCES: dict[str, Callable[[str], Manifest]] = {
     "fsdd": fsdd.load,  # Free Spoken Digit Dataset recordings
     "hdf5": hdf5.load,  # PANNs / HTS-AT and SAT / CED waveform packs
     "manifest": manifest_file.load,  # earmark's own CSV / JSONL manifests
+    "shards": shards.load,  # what earmark shard wrote, or a brace pattern of tar shards
     "speechcommands": speechcommands.load,  # Speech Commands v1/v2 with their split lists
     "synth": synth.load,  # earmark's synthetic clips and soundscapes
 }
@@ -56,6 +58,6 @@ def from_spec(spec: str) -> Manifest:
     kind, _, location = spec.partition(":")
     if kind not in SOURCES:
         raise DataError(spec, f"unknown data kind {kind!r}; known: {sources()}")
-    if not Path(location).exists():
+    if not Path(location).exists() and "{" not in location:  # braces: a pattern of shards
         raise DataError(location, "does not exist")
     return SOURCES[kind](location)

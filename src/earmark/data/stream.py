@@ -1,0 +1,248 @@
+"""Training clips streamed from tar shards: sequential reads, split over nodes and workers.
+
+:class:`ShardStream` reads the shards of a ``shards:`` manifest front to back (no random
+access, so networked and object storage keep up) and yields ``(wave, target)`` like
+:class:`earmark.data.dataset.ClipDataset`. Every epoch the shards are dealt to *slots*, one
+per (rank, DataLoader worker): whole shards, largest first to the slot with the fewest clips,
+when there are at least as many shards as slots; otherwise every slot reads all shards and
+keeps every ``slots``-th clip. Each slot then yields the same number of clips, ``quota``, a
+multiple of the batch size, so every rank runs the same number of full batches and DDP never
+waits on a rank that ran out (a slot with fewer clips repeats some of its own, after all of
+them).
+
+- ``balanced=False`` (*exact*): each clip once per epoch, plus the repeats that even out the
+  slots; ``quota`` is the largest slot's clip count.
+- ``balanced=True``: each clip comes ``k`` times, ``k`` drawn from a Poisson law whose mean is
+  the clip's :func:`~earmark.data.sampler.balanced_weights` over their mean (rare classes come
+  back, frequent ones are thinned), ``quota`` = clips / slots.
+
+A shuffle buffer of ``buffer`` clips mixes the order within a slot. All randomness is seeded
+by ``(seed, epoch, slot)``, so a run repeats exactly; :meth:`ShardStream.set_epoch` picks the
+epoch (held in shared memory, so persistent workers see it).
+
+The rank and world size are torch.distributed's when it is initialised in the process that
+iterates (DataLoader workers forked from a rank inherit it), else the ``RANK`` and
+``WORLD_SIZE`` environment variables, else a single process.
+
+    >>> from earmark.data.shards import load
+    >>> m = load("shards/audioset")  # doctest: +SKIP
+    >>> ds = ShardStream(m.split("train"), 32000, 10.0, batch_size=32, balanced=True)  # doctest: +SKIP
+    >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=4)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tarfile
+from collections.abc import Iterator
+
+import numpy as np
+import soxr
+import torch
+
+from earmark.audio.io import RESAMPLE_QUALITY
+from earmark.audio.packed import METADATA, decode_bytes, member_of, member_path
+from earmark.data.dataset import FIT_MODES, fit_length
+from earmark.data.manifest import Manifest
+from earmark.data.sampler import balanced_weights
+from earmark.errors import AudioError, DataError
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process (see the module docstring)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def worker() -> tuple[int, int]:
+    """(worker id, workers) of the DataLoader worker this runs in; (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def deal(counts: list[int], slots: int) -> list[list[int]]:
+    """Shard indices per slot: largest first, each to the slot with the fewest clips so far
+    (ties to the lower slot), in the given order among equal sizes.
+
+    >>> deal([5, 3, 3, 2, 1], 2)
+    [[0, 3], [1, 2, 4]]
+    """
+    dealt: list[list[int]] = [[] for _ in range(slots)]
+    load = [0] * slots
+    for shard in sorted(range(len(counts)), key=lambda i: -counts[i]):
+        s = min(range(slots), key=lambda j: (load[j], j))
+        dealt[s].append(shard)
+        load[s] += counts[shard]
+    return [sorted(d, key=lambda i: -counts[i]) for d in dealt]
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Streams the items of a ``shards:`` manifest (or of a subset of it, such as its
+    training split) as ``(wave (clip_samples,), target (C,))`` (see the module docstring).
+    ``len()`` is the clips one rank yields per epoch."""
+
+    def __init__(self, manifest: Manifest, sample_rate: int, clip_seconds: float,
+                 batch_size: int = 1, fit: str = "crop", seed: int = 0, buffer: int = 1000,
+                 balanced: bool = False, train: bool = True, slots: tuple[int, int] | None = None):
+        if fit not in FIT_MODES:
+            raise ValueError(f"fit mode {fit!r} is not one of {', '.join(FIT_MODES)}")
+        shards = manifest.meta.get("shards")
+        if not shards:
+            raise DataError(manifest.name, "streaming reads a shards: data set")
+        self.labels = list(manifest.labels)
+        self.sample_rate = int(sample_rate)
+        self.clip_samples = round(clip_seconds * self.sample_rate)
+        self.batch_size = max(1, int(batch_size))
+        self.fit, self.seed, self.buffer = fit, seed, max(1, int(buffer))
+        self.balanced, self.train = balanced, train
+        self.workers = None  # set by the DataLoader's count when iterating
+        self._slots = slots  # (rank, world) for tests and tools; None: detect when iterating
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        items = manifest.items
+        if not items:
+            raise DataError(manifest.name, "no clips to stream")
+        # compact per-clip tables (AudioSet has 2M clips): key, shard, labels as CSR
+        order = {s["path"]: k for k, s in enumerate(shards)}
+        self.shards = [s["path"] for s in shards]
+        keys, shard_of = [], np.empty(len(items), dtype=np.int32)
+        index = manifest.label_index()
+        cols, offsets = [], np.zeros(len(items) + 1, dtype=np.int64)
+        for i, it in enumerate(items):
+            container, _, key = member_of(it.path) or (None, None, None)
+            if container not in order:
+                raise DataError(it.path, "is not a clip of the manifest's shards")
+            keys.append(key)
+            shard_of[i] = order[container]
+            cols.extend(index[lab] for lab in it.labels)
+            offsets[i + 1] = len(cols)
+        self.keys = np.asarray(keys)
+        self.label_cols, self.label_offsets = np.asarray(cols, dtype=np.int32), offsets
+        self._shard_of = shard_of
+        self.per_shard = [np.flatnonzero(shard_of == k) for k in range(len(self.shards))]
+        self.total = len(items)
+        self.weights = None  # each clip's mean number of draws per epoch, when balanced
+        if balanced:
+            w = balanced_weights(manifest).double().numpy()
+            self.weights = w / w.mean()
+
+    def target(self, i: int) -> torch.Tensor:
+        """The (C,) target of clip ``i`` of the split."""
+        t = torch.zeros(len(self.labels))
+        t[torch.from_numpy(self.label_cols[self.label_offsets[i]:self.label_offsets[i + 1]]
+                           ).long()] = 1.0
+        return t
+
+    # ---- epochs and slots ------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def _world(self) -> tuple[int, int]:
+        return self._slots if self._slots is not None else world()
+
+    def quota(self, slots: int) -> int:
+        """Clips each of ``slots`` slots yields per epoch (a multiple of the batch size)."""
+        if self.balanced:
+            n = math.ceil(self.total / slots)
+        else:
+            n = max(len(c) for c in self._plan(slots, 0)) if slots else 0
+        return max(1, math.ceil(n / self.batch_size)) * self.batch_size
+
+    def __len__(self) -> int:
+        rank_world = self._world()
+        workers = self.workers or 1
+        return self.quota(rank_world[1] * workers) * workers
+
+    def _plan(self, slots: int, epoch: int) -> list[np.ndarray]:
+        """The clips (indices into the split) of each slot, in reading order: shard by shard,
+        each shard's clips in their order in the shard."""
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        order = rng.permutation(len(self.shards)) if self.train else np.arange(len(self.shards))
+        used = [k for k in order if len(self.per_shard[k])]
+        if len(used) >= slots:
+            dealt = deal([len(self.per_shard[k]) for k in used], slots)
+            return [np.concatenate([self.per_shard[used[j]] for j in d]) if d
+                    else np.empty(0, dtype=np.int64) for d in dealt]
+        every = np.concatenate([self.per_shard[k] for k in used])
+        return [every[s::slots] for s in range(slots)]
+
+    def _read(self, clips: np.ndarray) -> Iterator[tuple[int, np.ndarray, int]]:
+        """(clip, samples, rate) of ``clips``, reading each of their shards once, front to back."""
+        shard_of = {}
+        for i in clips.tolist():
+            shard_of.setdefault(self._shard(i), {})[str(self.keys[i])] = i
+        for k, wanted in shard_of.items():
+            path = self.shards[k]
+            try:
+                tar = tarfile.open(path)
+            except (tarfile.TarError, OSError) as err:
+                raise AudioError(path, f"not a readable tar shard ({err})") from None
+            with tar:
+                for member in tar:
+                    key, _, ext = member.name.rpartition("/")[2].partition(".")
+                    if key not in wanted or ext in METADATA or not member.isfile():
+                        continue
+                    x, sr = decode_bytes(tar.extractfile(member).read(), member_path(path, key))
+                    yield wanted.pop(key), x, sr
+            if wanted:
+                raise AudioError(path, f"{len(wanted)} clip(s) of its index are not in the "
+                                 f"shard, e.g. {next(iter(wanted))}")
+
+    def _shard(self, i: int) -> int:
+        return int(self._shard_of[i])
+
+    def _item(self, i: int, x: np.ndarray, sr: int, rng: np.random.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.mean(axis=1, dtype=np.float32)  # (frames, channels) -> mono
+        if sr != self.sample_rate:
+            x = soxr.resample(x, sr, self.sample_rate, quality=RESAMPLE_QUALITY)
+        wave = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        wave = fit_length(wave, self.clip_samples, self.fit, rng if self.train else None)
+        return wave, self.target(i)
+
+    def _pass(self, clips: np.ndarray, rng: np.random.Generator) -> Iterator[tuple]:
+        """One pass over a slot's clips: repeats drawn when balanced, then the shuffle buffer."""
+        buffer: list[tuple] = []
+        for i, x, sr in self._read(clips):
+            times = int(rng.poisson(self.weights[i])) if self.balanced else 1
+            for _ in range(times):
+                item = self._item(i, x, sr, rng)
+                if not self.train:
+                    yield item
+                    continue
+                buffer.append(item)
+                if len(buffer) >= self.buffer:
+                    yield buffer.pop(int(rng.integers(len(buffer))))
+        while buffer:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+
+    def slot_items(self, rank: int, world_size: int, worker_id: int, workers: int,
+                   epoch: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """What slot (rank, worker) yields in ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        slots = world_size * workers
+        slot = rank * workers + worker_id
+        plan = self._plan(slots, epoch)
+        quota = self.quota(slots)
+        mine = plan[slot]
+        if not len(mine):  # more slots than clips: repeat another slot's clips
+            mine = plan[slot % self.total]
+        rng = np.random.default_rng([self.seed, epoch, slot])
+        sent = 0
+        for _ in range(quota):  # passes; each yields a clip unless balanced draws give none
+            for item in self._pass(mine, rng):
+                yield item
+                sent += 1
+                if sent == quota:
+                    return
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rank, world_size = self._world()
+        worker_id, workers = worker()
+        return self.slot_items(rank, world_size, worker_id, workers)
