@@ -21,8 +21,8 @@ by ``(seed, epoch, slot)``, so a run repeats exactly; :meth:`ShardStream.set_epo
 epoch (held in shared memory, so persistent workers see it).
 
 The rank and world size are torch.distributed's when it is initialised in the process that
-iterates (DataLoader workers forked from a rank inherit it), else the ``RANK`` and
-``WORLD_SIZE`` environment variables, else a single process.
+iterates or that started the DataLoader worker, else the ``RANK`` and ``WORLD_SIZE``
+environment variables (torchrun sets them), else a single process.
 
     >>> from earmark.data.shards import load
     >>> m = load("shards/audioset")  # doctest: +SKIP
@@ -145,6 +145,16 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _world(self) -> tuple[int, int]:
         return self._slots if self._slots is not None else world()
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers of a spawned rank (Lightning's ddp_spawn, torch.multiprocessing)
+        # start by unpickling the data set and do not inherit the process group: send them the
+        # rank they work for
+        state = dict(self.__dict__)
+        if state["_slots"] is None and torch.distributed.is_available() \
+                and torch.distributed.is_initialized():
+            state["_slots"] = world()
+        return state
 
     def quota(self, slots: int) -> int:
         """Clips each of ``slots`` slots yields per epoch (a multiple of the batch size)."""

@@ -123,7 +123,11 @@ class TrainConfig:
     balanced: bool | None = option(None, "balanced sampling (default: on for multi-label data)")
     seed: int = option(0, "seed of every random choice of the run")
     num_workers: int = option(0, "data loading processes")
-    devices: int = option(1, "devices (processes) to train on")
+    devices: int = option(1, "devices (processes) to train on, per machine")
+    num_nodes: int = option(1, "machines, each running --devices processes (Lightning DDP; "
+                               "launch one earmark train per machine with torchrun or srun)")
+    shuffle_buffer: int = option(1000, "shards: data: clips in each loader's shuffle buffer "
+                                       "(the shards are read in order, shuffled per epoch)")
     accelerator: str = option("auto", "cpu, gpu or auto")
     precision: str = option("32-true", "Lightning precision, e.g. 16-mixed")
     fold: int | None = option(None, cli=False)  # held out (fold-based sets); None: the test split
@@ -200,6 +204,9 @@ class TrainConfig:
             if lo > hi or (name != "noise_snr" and lo <= 0):
                 raise ValueError(f"{name} must be [low, high] with 0 < low <= high, "
                                  f"got {getattr(self, name)}")
+        for name in ("devices", "num_nodes", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
 

@@ -42,6 +42,7 @@ from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest, group_folds
 from earmark.data.sampler import BalancedSampler
 from earmark.data.sources import from_spec
+from earmark.data.stream import ShardStream
 from earmark.data.splits import group_split, split_manifest
 from earmark.errors import DataError, ModelError
 from earmark.files import atomic_write, temporary_name, write_json
@@ -62,11 +63,29 @@ TRAIN_CONFIG = "train_config.json"  # the run's settings (model/config.json desc
 _SCORE = re.compile(r"score=(-?[0-9.]+)\.ckpt$")  # MAE scores are minus a loss
 
 
+def _launched() -> bool:
+    """Whether torchrun (torch elastic) or SLURM started this process as one of many."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return TorchElasticEnvironment.detect() or SLURMEnvironment.detect()
+
+
 def _strategy(config: TrainConfig) -> str:
-    if config.devices <= 1:
+    if config.devices <= 1 and config.num_nodes <= 1:
         return "auto"
+    if config.num_nodes > 1 or _launched():  # the launcher started every process: join them
+        return "ddp"
     # CPU processes talk over gloo; spawning works from any entry point (CLI, tests, notebooks)
     return "ddp_spawn" if config.accelerator == "cpu" or not torch.cuda.is_available() else "ddp"
+
+
+def _world_size(config: TrainConfig) -> int:
+    return config.devices * config.num_nodes
+
+
+def _streams(manifest: Manifest) -> bool:
+    """Whether training reads ``manifest`` as a stream of shards (a ``shards:`` data set)."""
+    return bool(manifest.meta.get("shards"))
 
 
 def average_checkpoints(paths: list[Path]) -> dict[str, torch.Tensor]:
@@ -111,7 +130,9 @@ def _quiet_lightning() -> None:
     """Keep Lightning's banners, tips and third-party deprecation notes out of the output."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     for pattern in (r".*LeafSpec.*", r".*weights_only.*", r".*exists and is not empty.*",
-                    r".*does not have many workers.*", r".*module\(s\) in eval mode.*"):
+                    r".*does not have many workers.*", r".*module\(s\) in eval mode.*",
+                    # earmark's shard stream deals its clips to the workers itself
+                    r".*`IterableDataset` has `__len__` defined.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -266,23 +287,44 @@ def _create(config: TrainConfig, num_classes: int, multi_label: bool) -> nn.Modu
 def _use_cache(config: TrainConfig, *manifests: Manifest) -> bool:
     if config.cache is not None:
         return config.cache
+    if any(_streams(m) for m in manifests):  # shards are for sets too large to keep
+        return False
     return config.num_workers == 0 and _hours(*manifests) <= config.cache_hours
 
 
 def _loaders(config: TrainConfig, train_ds, valid_ds, sampler=None):
     loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers,
                        persistent_workers=config.num_workers > 0)
+    valid_dl = torch.utils.data.DataLoader(valid_ds, **loader_args)
+    if isinstance(train_ds, ShardStream):  # it splits itself over ranks and workers
+        workers = max(1, config.num_workers)
+        train_ds.workers = workers
+        steps = train_ds.quota(_world_size(config) * workers) * workers // config.batch_size
+        return torch.utils.data.DataLoader(train_ds, **loader_args), valid_dl, steps
     train_dl = torch.utils.data.DataLoader(train_ds, shuffle=sampler is None, sampler=sampler,
                                            drop_last=len(train_ds) > config.batch_size,
                                            **loader_args)
-    valid_dl = torch.utils.data.DataLoader(valid_ds, **loader_args)
-    return train_dl, valid_dl, max(1, len(train_dl) // max(1, config.devices))
+    return train_dl, valid_dl, max(1, len(train_dl) // _world_size(config))
+
+
+def _train_clips(config: TrainConfig, manifest: Manifest, train_m: Manifest, sample_rate: int,
+                 clip_seconds: float, cache: bool):
+    """The training data set: a stream of shards for a ``shards:`` data set, else clips read
+    by index (then sampled by :func:`_sampler`)."""
+    if _streams(train_m):
+        balanced = (manifest.multi_label if config.balanced is None else config.balanced) \
+            and config.stage != "mae"  # pretraining has no labels to balance
+        return ShardStream(train_m, sample_rate, clip_seconds, batch_size=config.batch_size,
+                           fit=config.fit, seed=config.seed, buffer=config.shuffle_buffer,
+                           balanced=balanced)
+    return ClipDataset(train_m, sample_rate, clip_seconds, train=True, fit=config.fit,
+                       seed=config.seed, cache=cache)
 
 
 def _sampler(config: TrainConfig, manifest: Manifest, train_m: Manifest, size: int):
     balanced = manifest.multi_label if config.balanced is None else config.balanced
     return (BalancedSampler(manifest_targets(train_m), num_samples=size, seed=config.seed)
-            if balanced else None)
+            if balanced and not _streams(train_m) else None)
 
 
 def _init(config: TrainConfig, model: nn.Module, labels: list[str]) -> InitReport | None:
@@ -300,12 +342,12 @@ def _prepare_finetune(config: TrainConfig, manifest: Manifest, train_m: Manifest
     model = _create(config, len(labels), multi_label)
     report = _init(config, model, labels)
     cache = _use_cache(config, train_m, valid_m)
-    train_ds = ClipDataset(train_m, model.sample_rate, model.clip_seconds, train=True,
-                           fit=config.fit, seed=config.seed, cache=cache)
+    train_ds = _train_clips(config, manifest, train_m, model.sample_rate, model.clip_seconds,
+                            cache)
     valid_ds = ClipDataset(valid_m, model.sample_rate, model.clip_seconds, train=False,
                            fit=config.fit, cache=cache)
     train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds,
-                                         _sampler(config, manifest, train_m, len(train_ds)))
+                                         _sampler(config, manifest, train_m, len(train_m)))
     module = TaggingModule(model, config, labels, steps)
     return RunSetup(model, labels, module, train_dl, valid_dl, test_m, {}, report)
 
@@ -327,8 +369,7 @@ def _prepare_mae(config: TrainConfig, manifest: Manifest, train_m: Manifest,
         raise ModelError(f"{clip} s clips are longer than the {config.model} encoder's position "
                          f"embeddings; give --clip-seconds {max_seconds(model):.2f} or less")
     cache = _use_cache(config, train_m, valid_m)
-    train_ds = ClipDataset(train_m, model.sample_rate, clip, train=True, fit=config.fit,
-                           seed=config.seed, cache=cache)
+    train_ds = _train_clips(config, manifest, train_m, model.sample_rate, clip, cache)
     valid_ds = ClipDataset(valid_m, model.sample_rate, clip, train=False, fit=config.fit,
                            cache=cache)
     train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds)
@@ -470,7 +511,7 @@ def train(config: TrainConfig, resume: bool = False,
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
         max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        strategy=_strategy(config), precision=config.precision,
+        num_nodes=config.num_nodes, strategy=_strategy(config), precision=config.precision,
         logger=[CSVLogger(out, name="logs", version=""),
                 TensorBoardLogger(out / "logs", name="tensorboard", version="")],
         callbacks=callbacks, enable_progress_bar=config.progress, enable_model_summary=False,

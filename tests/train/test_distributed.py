@@ -1,0 +1,124 @@
+"""Training on shards across processes: two gloo ranks on CPU, as across machines."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from earmark.data.manifest import Item, Manifest
+from earmark.data.shards import load, write_shards
+from earmark.data.stream import ShardStream
+from earmark.train.config import TrainConfig
+from earmark.train.run import train
+
+TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_stride": [16, 8]}
+
+
+def numbered_shards(root, n, per_shard, test=4):
+    """``n`` clips of 0.25 s, two classes, whose first sample encodes the clip's number; the
+    last ``test`` are the test split; shards of about ``per_shard`` clips."""
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(n):
+        path = root / "audio" / f"c{i:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(4000) / 16000
+        x = 0.3 * np.sin(2 * np.pi * (300 if i % 2 else 1200) * t) + 0.01 * rng.standard_normal(4000)
+        x[0] = i / 1000
+        sf.write(path, x, 16000, subtype="PCM_16")
+        items.append(Item(str(path), ("low" if i % 2 else "high",),
+                          split="test" if i >= n - test else "train"))
+    m = Manifest(items, ["high", "low"], name="numbered")
+    # a clip is about 8 kB as FLAC: a shard size of 1 byte writes one clip per shard
+    write_shards(m, root / "shards", shard_size=1 if per_shard == 1 else per_shard * 8200)
+    return root / "shards"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, shards: str, out: str, workers: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        ds = ShardStream(load(shards).split("train"), 16000, 0.25, batch_size=4, seed=3)
+        ds.workers = workers
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers)
+        seen = [round(float(x[0]) * 1000) for batch, _ in loader for x in batch]
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump({"seen": seen, "len": len(loader)}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("per_shard,workers", [(1, 1), (1, 2), (3, 2)])
+def test_two_ranks_see_every_clip_of_an_epoch_once(tmp_path, per_shard, workers):
+    # 32 training clips; shards of 1 deal evenly (exactly once), shards of about 3 do not
+    shards = numbered_shards(tmp_path, 36, per_shard)
+    mp.spawn(_rank, args=(2, free_port(), str(shards), str(tmp_path), workers), nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    seen = Counter(n for r in ranks for n in r["seen"])
+    assert set(seen) == set(range(32))  # every training clip, no test clip
+    assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == 4 * ranks[0]["len"]  # equal batches
+    if per_shard == 1:
+        assert set(seen.values()) == {1}
+    else:  # uneven: the repeats only even out the ranks' whole batches
+        assert sum(seen.values()) - 32 < 2 * workers * (4 + 3)
+
+
+def config(shards, out, **kw):
+    base = dict(data=f"shards:{shards}", out=str(out), model="vit-tiny", model_args=TINY,
+                clip_seconds=0.25, epochs=2, batch_size=4, lr=3e-3, warmup_epochs=0,
+                progress=False, seed=0, accelerator="cpu", shuffle_buffer=8)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.timeout(240)
+def test_training_streams_shards_on_one_and_on_two_uneven_ranks(tmp_path):
+    shards = numbered_shards(tmp_path, 40, 5)  # 36 clips: 32 train (valid carved out), 4 test
+    one = train(config(shards, tmp_path / "one"))
+    assert (tmp_path / "one" / "model" / "model.safetensors").is_file()
+    assert one["epochs"] == 2 and "accuracy" in one["test"]
+    # uneven shards on two ranks finish (a rank short of batches would leave DDP waiting)
+    two = train(config(shards, tmp_path / "two", devices=2, num_workers=1))
+    assert two["world_size"] == 2 and two["epochs"] == 2
+    assert two["steps"] < one["steps"]  # each rank streams about half the clips
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.timeout(240)
+def test_a_run_killed_mid_epoch_resumes(tmp_path, monkeypatch):
+    shards = numbered_shards(tmp_path, 40, 5)
+    cfg = config(shards, tmp_path / "run", epochs=3)
+    items = ShardStream.slot_items
+
+    def dying(self, *args, **kw):  # the machine goes away half-way through the second epoch
+        for k, item in enumerate(items(self, *args, **kw)):
+            if self.epoch == 1 and k == 10:
+                raise Crash("killed")
+            yield item
+
+    monkeypatch.setattr(ShardStream, "slot_items", dying)
+    with pytest.raises(Crash):
+        train(cfg)
+    monkeypatch.setattr(ShardStream, "slot_items", items)
+    result = train(cfg, resume=True)
+    assert result["epochs"] == 3
+    first = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert first["data"] == f"shards:{shards}"
