@@ -122,3 +122,27 @@ def test_a_run_killed_mid_epoch_resumes(tmp_path, monkeypatch):
     assert result["epochs"] == 3
     first = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert first["data"] == f"shards:{shards}"
+
+
+def test_evaluation_on_shards_scores_every_clip_once_as_on_the_files(tmp_path):
+    from earmark.audio.io import load_audio
+    from earmark.evaluate.run import evaluate_model
+    from earmark.models.directory import save_model_dir
+    from earmark.models.registry import create_model
+
+    shards = numbered_shards(tmp_path, 24, 4, test=10)
+    torch.manual_seed(0)
+    model = create_model("vit-tiny", 2, clip_seconds=0.25, **TINY).eval()
+    model_dir = save_model_dir(model, tmp_path / "model", ["high", "low"], {})
+    from_shards = load(str(shards)).split("test")
+    files = Manifest([Item(str(tmp_path / "audio" / f"c{i:03d}.wav"), ("low" if i % 2 else
+                                                                       "high",), split="test")
+                      for i in range(14, 24)], ["high", "low"])
+    assert [round(float(load_audio(it.path)[0][0]) * 1000) for it in from_shards] == list(
+        range(14, 24))  # each test clip once, in order
+    got = evaluate_model(model_dir, from_shards, progress=False)
+    want = evaluate_model(model_dir, files, progress=False)
+    assert not got["failed"] and got["confusion_matrix"] == want["confusion_matrix"]
+    assert sum(map(sum, got["confusion_matrix"])) == 10
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-9)
+    assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-6)  # the same 16-bit samples
