@@ -110,6 +110,8 @@ def cmd_train(a) -> int:
     from earmark.train.run import train
 
     result = train(_train_config(a, a.fold), resume=a.resume)
+    if "rank" in result:  # one of several launched processes: rank 0 reports
+        return 0
     if "init" in result:
         print(f"init: {result['init']}")
     print(f"{result['stage']}: trained {result['epochs']} epochs in "

@@ -146,3 +146,35 @@ def test_evaluation_on_shards_scores_every_clip_once_as_on_the_files(tmp_path):
     assert sum(map(sum, got["confusion_matrix"])) == 10
     assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-9)
     assert got["mAP"] == pytest.approx(want["mAP"], abs=1e-6)  # the same 16-bit samples
+
+
+@pytest.mark.timeout(300)
+def test_two_machines_started_by_torchrun_train_one_run(tmp_path):
+    """Two torchrun launches on this machine stand for two nodes of one process each."""
+    import subprocess
+    import sys
+
+    shards = numbered_shards(tmp_path, 40, 5)
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+         "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+         "-m", "earmark", "train", "--data", f"shards:{shards}", "--model", "vit-tiny",
+         "--model-arg", "depth=1", "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2",
+         "--clip-seconds", "0.25", "--epochs", "2", "--batch-size", "4", "--devices", "1",
+         "--num-nodes", "2", "--accelerator", "cpu", "--no-progress",
+         "--out", str(tmp_path / "run")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for node in (0, 1)]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]  # rank 0 reports
+    result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result["world_size"] == 2 and result["epochs"] == 2

@@ -42,8 +42,8 @@ from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest, group_folds
 from earmark.data.sampler import BalancedSampler
 from earmark.data.sources import from_spec
-from earmark.data.stream import ShardStream
 from earmark.data.splits import group_split, split_manifest
+from earmark.data.stream import ShardStream
 from earmark.errors import DataError, ModelError
 from earmark.files import atomic_write, temporary_name, write_json
 from earmark.models.directory import (
@@ -524,6 +524,9 @@ def train(config: TrainConfig, resume: bool = False,
     trainer.fit(module, setup.train_loader, setup.valid_loader,
                 ckpt_path=str(last) if resume else None, weights_only=True)
     train_seconds = time.time() - t0
+    if trainer.global_rank != 0:  # launched processes (torchrun, SLURM): rank 0 exports
+        return {"stage": config.stage, "rank": trainer.global_rank,
+                "train_seconds": round(train_seconds, 1)}
     if earlier:  # the CSV logger starts a new file; keep the epochs before the resume
         _write_csv(metrics_csv, earlier + _read_csv(metrics_csv))
 
