@@ -168,7 +168,7 @@ def cmd_shard(a) -> int:
 
     index = write_shards(from_spec(a.data), a.out, shard_size=int(a.shard_size * 2 ** 20),
                          sample_rate=a.sample_rate, workers=a.workers,
-                         progress=not a.no_progress)
+                         progress=not a.no_progress, audio_format=a.audio_format)
     print(f"wrote {len(index['shards'])} shards, {index['clips']} clips, {index['hours']:.2f} h "
           f"at {index['sample_rate']} Hz to {a.out} (index: {Path(a.out) / 'index.json'})")
     for f in index["failed"]:
@@ -522,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, default=None,
                    help="resample to this rate (default: the first file's)")
     p.add_argument("--workers", type=int, default=1, help="processes that decode and encode")
+    p.add_argument("--format", dest="audio_format", choices=("flac", "wav"), default="flac",
+                   help="audio of each sample: FLAC (default) or 16-bit WAV (larger, cheaper "
+                        "to decode for loaders short of CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_shard)
 

@@ -6,6 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from earmark.cli import main
 from earmark.data.dataset import load_segment
@@ -99,3 +100,19 @@ def test_shard_command(clips, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert "12 clips" in capsys.readouterr().out
     assert json.loads((tmp_path / "s" / "index.json").read_text())["clips"] == 12
+
+
+def test_wav_shards_hold_the_same_samples_and_read_like_flac(clips, tmp_path):
+    from earmark.audio.io import load_audio
+    from earmark.data.shards import load
+
+    flac = write_shards(clips, tmp_path / "flac")
+    wav = write_shards(clips, tmp_path / "wav", audio_format="wav")
+    assert (flac["audio"], wav["audio"]) == ("flac", "wav")
+    assert members(tmp_path / "wav" / "shard-000000.tar")[:2] == ["000000000.wav",
+                                                                  "000000000.json"]
+    assert wav["shards"][0]["bytes"] > flac["shards"][0]["bytes"]
+    for a, b in zip(load(str(tmp_path / "flac")).items, load(str(tmp_path / "wav")).items):
+        assert torch.equal(load_audio(a.path)[0], load_audio(b.path)[0])  # both 16-bit
+    with pytest.raises(ValueError, match="audio_format"):
+        write_shards(clips, tmp_path / "mp3", audio_format="mp3")

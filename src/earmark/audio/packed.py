@@ -28,6 +28,7 @@ import io
 import os
 import re
 import tarfile
+import wave
 from functools import lru_cache
 from pathlib import Path
 
@@ -103,11 +104,30 @@ def decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
     AudioError naming ``name`` when it cannot be decoded."""
     if not data:
         raise AudioError(name, "empty audio member (0 bytes)")
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":  # 16-bit PCM: no decoder needed
+        pcm = _pcm16(data)
+        if pcm is not None:
+            return pcm
     try:
         x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise AudioError(name, f"cannot decode audio: {err}") from None
     return x, sr
+
+
+def _pcm16(data: bytes) -> tuple[np.ndarray, int] | None:
+    """(samples, rate) of a 16-bit PCM WAV in memory, scaled as soundfile scales them; None
+    for any other WAV (soundfile reads those)."""
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            if w.getsampwidth() != 2:
+                return None
+            channels, rate = w.getnchannels(), w.getframerate()
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    x = np.frombuffer(frames, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    return x.reshape(-1, channels), rate
 
 
 # ---- HDF5 packs -------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each shard ``OUT/shard-NNNNNN.tar`` is a plain POSIX tar in which a sample is two members with
 one key: ``KEY.flac`` (the clip, or its segment for items with an onset and offset, mono, 16-bit
-FLAC at the shard set's sample rate) and ``KEY.json``::
+FLAC at the shard set's sample rate; ``KEY.wav``, 16-bit PCM, with ``audio_format="wav"``) and
+``KEY.json``::
 
     {"key": "000000042", "labels": ["dog"], "duration": 5.0, "split": "train", "fold": 3,
      "group": "src-1", "source": "/data/esc50/audio/1-100032-A-0.wav",
@@ -45,6 +46,7 @@ from earmark.errors import AudioError, DataError
 from earmark.files import atomic_path, write_json
 
 SHARD_SIZE = 512 * 1024 * 1024  # bytes of audio and metadata per shard, about
+AUDIO_FORMATS = ("flac", "wav")
 INDEX = "index.json"
 
 
@@ -57,24 +59,26 @@ def record_name(k: int) -> str:
     return f"shard-{k:06d}.json"
 
 
-def _fingerprint(manifest: Manifest, sample_rate: int) -> str:
-    """What a restart must find unchanged: the items, in order, and the sample rate."""
-    h = hashlib.sha1(f"{sample_rate}".encode())
+def _fingerprint(manifest: Manifest, sample_rate: int, audio_format: str = "flac") -> str:
+    """What a restart must find unchanged: the items, in order, the sample rate and format."""
+    h = hashlib.sha1(f"{sample_rate}|{audio_format}".encode())
     for it in manifest.items:
         h.update(f"\n{it.path}|{it.onset}|{it.offset}|{';'.join(it.labels)}".encode())
     return h.hexdigest()
 
 
-def _sample(job: tuple[int, Item, int, list | None]) -> tuple[int, bytes | None, dict | str]:
-    """(index, FLAC bytes, metadata) of one item, or (index, None, error message)."""
-    i, item, sample_rate, events = job
+def _sample(job: tuple[int, Item, int, list | None, str]
+            ) -> tuple[int, bytes | None, dict | str]:
+    """(index, encoded audio, metadata) of one item, or (index, None, error message)."""
+    i, item, sample_rate, events, audio_format = job
     try:
         wave = load_segment(item.path, sample_rate, item.onset, item.offset).numpy()
     except AudioError as err:
         return i, None, str(err)
     buf = io.BytesIO()
-    sf.write(buf, np.clip(wave, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
-    meta = {"key": f"{i:09d}", "labels": list(item.labels),
+    sf.write(buf, np.clip(wave, -1.0, 1.0), sample_rate, format=audio_format.upper(),
+             subtype="PCM_16")
+    meta = {"key": f"{i:09d}", "audio": audio_format, "labels": list(item.labels),
             "duration": round(len(wave) / sample_rate, 6), "split": item.split,
             "fold": item.fold, "group": item.group, "source": item.path}
     if item.onset is not None or item.offset is not None:
@@ -84,11 +88,12 @@ def _sample(job: tuple[int, Item, int, list | None]) -> tuple[int, bytes | None,
     return i, buf.getvalue(), meta
 
 
-def _jobs(manifest: Manifest, start: int, sample_rate: int) -> Iterator[tuple]:
+def _jobs(manifest: Manifest, start: int, sample_rate: int, audio_format: str
+          ) -> Iterator[tuple]:
     strong = manifest.meta.get("events") or {}
     for i in range(start, len(manifest)):
         item = manifest.items[i]
-        yield i, item, sample_rate, strong.get(item.path)
+        yield i, item, sample_rate, strong.get(item.path), audio_format
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -116,21 +121,26 @@ def _records(out: Path, fingerprint: str) -> list[dict]:
 
 def write_shards(manifest: Manifest, out: str | Path, shard_size: int = SHARD_SIZE,
                  sample_rate: int | None = None, workers: int = 1,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, audio_format: str = "flac") -> dict:
     """Write ``manifest`` as tar shards under ``out`` and return (and write) the index.
 
     ``sample_rate`` defaults to the first readable file's rate. ``workers`` processes decode
     and encode the clips; one writes the shards in the manifest's order. Unreadable files are
-    skipped and listed in the index (``failed``)."""
+    skipped and listed in the index (``failed``). ``audio_format``: ``flac`` (the default,
+    about half the bytes of PCM on real recordings) or ``wav`` (16-bit PCM: larger, and about
+    three times cheaper to decode, for loaders short of CPU)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if shard_size < 1:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
+    if audio_format not in AUDIO_FORMATS:
+        raise ValueError(f"audio_format must be one of {', '.join(AUDIO_FORMATS)}, "
+                         f"got {audio_format!r}")
     if sample_rate is None:
         sample_rate = _first_rate(manifest)
-    fingerprint = _fingerprint(manifest, sample_rate)
+    fingerprint = _fingerprint(manifest, sample_rate, audio_format)
     records = _records(out, fingerprint)
     start = records[-1]["next_item"] if records else 0
     failed = [f for r in records for f in r["failed"]]
@@ -149,8 +159,8 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = SHARD_SI
         name = shard_name(k)
         with atomic_path(out / name) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) \
                 as tar:
-            for flac, meta in pending:
-                _add(tar, f"{meta['key']}.flac", flac)
+            for audio, meta in pending:
+                _add(tar, f"{meta['key']}.{audio_format}", audio)
                 _add(tar, f"{meta['key']}.json", json.dumps(meta).encode())
         metas = [m for _, m in pending]
         record = {"name": name, "clips": len(metas), "bytes": (out / name).stat().st_size,
@@ -169,8 +179,8 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = SHARD_SI
                desc="shards")
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        results = (pool.map(_sample, _jobs(manifest, start, sample_rate), chunksize=16)
-                   if pool else map(_sample, _jobs(manifest, start, sample_rate)))
+        jobs = _jobs(manifest, start, sample_rate, audio_format)
+        results = pool.map(_sample, jobs, chunksize=16) if pool else map(_sample, jobs)
         for i, flac, meta in results:
             if flac is None:
                 pending_failed.append(meta)
@@ -186,6 +196,7 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = SHARD_SI
         if pool:
             pool.shutdown(cancel_futures=True)
     index = {"format": "earmark-shards", "version": 1, "sample_rate": sample_rate,
+             "audio": audio_format,
              "labels": manifest.labels, "multi_label": manifest.multi_label,
              "source": manifest.name,
              "shards": [{key: r[key] for key in ("name", "clips", "bytes", "first", "last")}
@@ -319,7 +330,7 @@ def read_shard(path: str | Path) -> Iterator[tuple[np.ndarray, int, dict]]:
         for member in tar:
             key, _, ext = member.name.partition(".")
             data = tar.extractfile(member).read()
-            if ext == "flac":
+            if ext in AUDIO_FORMATS:
                 audio[key] = data
             elif ext == "json":
                 if key not in audio:

@@ -209,7 +209,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def _item(self, i: int, x: np.ndarray, sr: int, rng: np.random.Generator
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.mean(axis=1, dtype=np.float32)  # (frames, channels) -> mono
+        x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)  # mono
         if sr != self.sample_rate:
             x = soxr.resample(x, sr, self.sample_rate, quality=RESAMPLE_QUALITY)
         wave = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
