@@ -176,6 +176,22 @@ def cmd_shard(a) -> int:
     return 1 if index["failed"] else 0
 
 
+def cmd_psl_scores(a) -> int:
+    from earmark.train.psl import store_teacher_scores
+
+    kind, _, location = a.data.partition(":")
+    if kind != "shards":
+        print(f"error: {a.data}: teacher scores are stored beside tar shards; give "
+              "--data shards:DIR (write them with earmark shard)", file=sys.stderr)
+        return 2
+    info = store_teacher_scores(a.teacher, location, a.crop_seconds, a.hop_seconds,
+                                batch_size=a.batch_size, progress=not a.no_progress)
+    print(f"stored {info['teacher']}'s scores of {info['crop_seconds']} s crops every "
+          f"{info['hop_seconds']} s beside {len(info['sidecars'])} shard(s); train with "
+          f"--stage psl --teacher-scores --data {a.data}")
+    return 0
+
+
 def cmd_synth(a) -> int:
     from earmark.data.synth import synthesize
 
@@ -527,6 +543,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "to decode for loaders short of CPU)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_shard)
+
+    p = sub.add_parser("psl-scores", help="store a teacher's scores of crops beside tar shards, "
+                                          "for --stage psl --teacher-scores")
+    p.add_argument("teacher", metavar="TEACHER", help="model or run directory")
+    p.add_argument("--data", required=True, metavar="SPEC", help="shards:DIR")
+    p.add_argument("--crop-seconds", type=float, required=True,
+                   help="the student's crop: two of its chunks (4 for a SAT with 2 s chunks)")
+    p.add_argument("--hop-seconds", type=float, default=None,
+                   help="between crop starts (default: half a crop, one chunk)")
+    p.add_argument("--batch-size", type=int, default=32, help="crops per teacher forward")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_psl_scores)
 
     p = sub.add_parser("train", help="train a model; writes a run directory")
     _add_train_args(p)

@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,3 +271,84 @@ def test_cli_accepts_the_stage_options_and_rejects_bad_ones(capsys, tmp_path):
     with pytest.raises(SystemExit) as err:
         main(["train", "--data", "synth:x", "--out", str(tmp_path), "--stage", "psl"])
     assert err.value.code == 2 and "needs a teacher" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def scored_shards(data, vit_run, tmp_path_factory):
+    """The stage data as tar shards with the ViT teacher's scores stored beside them."""
+    from dataclasses import replace
+
+    import soundfile as sf
+
+    from earmark.data.manifest import Item
+    from earmark.data.shards import write_shards
+    from earmark.data.sources import from_spec
+
+    root = tmp_path_factory.mktemp("shards")
+    m = from_spec(f"synth:{data}")
+    long = []  # two 4 s clips, four clips of a class end to end: crops at 0, 1 and 2 s
+    for k, label in enumerate(m.labels[:2]):
+        parts = [sf.read(it.path, dtype="float32")[0] for it in m.items
+                 if it.labels == (label,)][:4]
+        sf.write(root / f"long{k}.wav", np.concatenate(parts), 16000)
+        long.append(Item(str(root / f"long{k}.wav"), (label,), split="train"))
+    out = root / "set"
+    write_shards(replace(m, items=m.items + long), out, shard_size=200_000)
+    assert main(["psl-scores", str(vit_run), "--data", f"shards:{out}", "--crop-seconds", "2",
+                 "--no-progress"]) == 0
+    return out
+
+
+def test_stored_teacher_scores_are_the_teachers_on_a_grid_of_crops(scored_shards, vit_run):
+    from earmark.data.scores import read_info, read_sidecar, sidecar
+    from earmark.data.shards import read_shard
+
+    info = read_info(scored_shards)
+    teacher = earmark.load(vit_run)
+    assert info["labels"] == teacher.labels and (info["crop_seconds"], info["hop_seconds"]) == (
+        2.0, 1.0)
+    found = [(shard, j, sample) for shard in sorted(scored_shards.glob("shard-*.tar"))
+             for j, sample in enumerate(read_shard(shard)) if sample[2]["duration"] >= 4.0]
+    assert found  # the soundscapes
+    shard, j, (wave, rate, meta) = found[0]
+    keys, offsets, scores = read_sidecar(sidecar(shard))
+    assert str(keys[j]) == meta["key"] and rate == 16000
+    rows = scores[offsets[j]:offsets[j + 1]]
+    assert len(rows) == 3  # a 4 s soundscape: crops at 0, 1 and 2 s
+    x = torch.from_numpy(wave).float()
+    with torch.no_grad():
+        expected = teacher.model(torch.stack([x[s:s + 32000] for s in (0, 16000, 32000)]))
+    torch.testing.assert_close(torch.from_numpy(rows.astype("float32")), expected.sigmoid(),
+                               atol=2e-3, rtol=0)  # stored as float16
+
+
+def test_psl_learns_stored_scores_without_running_the_teacher(data, scored_shards, vit_run,
+                                                               tmp_path, capsys):
+    from dataclasses import replace
+
+    from earmark.data.scores import read_sidecar, sidecar
+
+    def stored(out, **kw):
+        return replace(sat_config(data, vit_run, out, **kw), data=f"shards:{scored_shards}",
+                       teacher=None, teacher_scores=True)
+
+    cfg = stored(tmp_path / "sat")
+    setup = prepare_run(cfg)
+    assert setup.module.teacher is None and setup.labels == earmark.load(vit_run).labels
+    wave, target = next(iter(setup.train_loader))
+    assert wave.shape == (8, 32000) and target.shape == (8, len(setup.labels))
+    rows = torch.cat([torch.from_numpy(read_sidecar(sidecar(p))[2].astype("float32"))
+                      for p in scored_shards.glob("shard-*.tar")])
+    assert all((rows == row).all(dim=1).any() for row in target)  # rows of the store
+    result = train(cfg)
+    assert result["epochs"] == 1 and "mAP" in result["test"]
+    provenance = json.loads((tmp_path / "sat" / "model" / "config.json").read_text())
+    assert provenance["provenance"]["teacher"] == str(vit_run)
+    # scores of 2 s crops do not fit a student of 2 s chunks (4 s crops)
+    with pytest.raises(ModelError, match="--crop-seconds 4.0"):
+        prepare_run(stored(tmp_path / "sat2", model_args={**TINY, "chunk_seconds": 2.0}))
+    assert main(["psl-scores", str(vit_run), "--data", f"shards:{scored_shards}",
+                 "--crop-seconds", "4", "--no-progress"]) != 0
+    assert "holds scores of other settings (crop_seconds" in capsys.readouterr().err
+    with pytest.raises(DataError, match="beside tar shards"):
+        prepare_run(replace(cfg, data=f"synth:{data}"))

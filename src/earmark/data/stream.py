@@ -16,6 +16,10 @@ them).
   the clip's :func:`~earmark.data.sampler.balanced_weights` over their mean (rare classes come
   back, frequent ones are thinned), ``quota`` = clips / slots.
 
+With ``teacher_scores`` (the ``psl.json`` of :mod:`earmark.data.scores`) each clip yields a
+crop of the stored grid, drawn at random, and the teacher's scores of that crop: pseudo-strong
+labels without running the teacher.
+
 A shuffle buffer of ``buffer`` clips mixes the order within a slot. All randomness is seeded
 by ``(seed, epoch, slot)``, so a run repeats exactly; :meth:`ShardStream.set_epoch` picks the
 epoch (held in shared memory, so persistent workers see it).
@@ -46,6 +50,7 @@ from earmark.audio.packed import METADATA, decode_bytes, member_of, member_path
 from earmark.data.dataset import FIT_MODES, fit_length
 from earmark.data.manifest import Manifest
 from earmark.data.sampler import balanced_weights
+from earmark.data.scores import grid, read_sidecar, sidecar
 from earmark.errors import AudioError, DataError
 
 
@@ -85,7 +90,8 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __init__(self, manifest: Manifest, sample_rate: int, clip_seconds: float,
                  batch_size: int = 1, fit: str = "crop", seed: int = 0, buffer: int = 1000,
-                 balanced: bool = False, train: bool = True, slots: tuple[int, int] | None = None):
+                 balanced: bool = False, train: bool = True, slots: tuple[int, int] | None = None,
+                 teacher_scores: dict | None = None):
         if fit not in FIT_MODES:
             raise ValueError(f"fit mode {fit!r} is not one of {', '.join(FIT_MODES)}")
         shards = manifest.meta.get("shards")
@@ -97,6 +103,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.batch_size = max(1, int(batch_size))
         self.fit, self.seed, self.buffer = fit, seed, max(1, int(buffer))
         self.balanced, self.train = balanced, train
+        # stored teacher scores (earmark.data.scores): yield (crop, its scores) instead
+        self.teacher_scores = teacher_scores
         self.workers = None  # set by the DataLoader's count when iterating
         self._slots = slots  # (rank, world) for tests and tools; None: detect when iterating
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -193,12 +201,17 @@ class ShardStream(torch.utils.data.IterableDataset):
                 tar = tarfile.open(path)
             except (tarfile.TarError, OSError) as err:
                 raise AudioError(path, f"not a readable tar shard ({err})") from None
+            rows = self._score_rows(path) if self.teacher_scores is not None else None
             with tar:
                 for member in tar:
                     key, _, ext = member.name.rpartition("/")[2].partition(".")
                     if key not in wanted or ext in METADATA or not member.isfile():
                         continue
                     x, sr = decode_bytes(tar.extractfile(member).read(), member_path(path, key))
+                    if rows is not None:
+                        if key not in rows:
+                            raise DataError(sidecar(path), f"no teacher scores for sample {key}")
+                        x = (x, rows[key])
                     yield wanted.pop(key), x, sr
             if wanted:
                 raise AudioError(path, f"{len(wanted)} clip(s) of its index are not in the "
@@ -207,11 +220,27 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _shard(self, i: int) -> int:
         return int(self._shard_of[i])
 
-    def _item(self, i: int, x: np.ndarray, sr: int, rng: np.random.Generator
+    def _score_rows(self, shard: str) -> dict[str, np.ndarray]:
+        """key -> (crops, C) stored teacher scores of one shard."""
+        keys, offsets, scores = read_sidecar(sidecar(shard))
+        return {str(k): scores[offsets[j]:offsets[j + 1]] for j, k in enumerate(keys)}
+
+    def _crop_item(self, x: np.ndarray, rows: np.ndarray, rng: np.random.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A crop of the stored grid, drawn at random, and the teacher's scores of it."""
+        crop, hop = grid(self.teacher_scores, self.sample_rate)
+        k = int(rng.integers(len(rows))) if self.train else 0  # the grid the teacher scored
+        wave = torch.from_numpy(np.ascontiguousarray(x[k * hop:k * hop + crop]))
+        return fit_length(wave, crop, "repeat"), torch.from_numpy(rows[k].astype(np.float32))
+
+    def _item(self, i: int, x, sr: int, rng: np.random.Generator
               ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, rows = x if isinstance(x, tuple) else (x, None)
         x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)  # mono
         if sr != self.sample_rate:
             x = soxr.resample(x, sr, self.sample_rate, quality=RESAMPLE_QUALITY)
+        if rows is not None:
+            return self._crop_item(x.astype(np.float32, copy=False), rows, rng)
         wave = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         wave = fit_length(wave, self.clip_samples, self.fit, rng if self.train else None)
         return wave, self.target(i)

@@ -142,6 +142,9 @@ class TrainConfig:
                                     "re-initialised", "stages", metavar="MODEL")
     teacher: str | None = option(None, "psl: the model (directory) whose scores the student "
                                        "learns", "stages", metavar="MODEL")
+    teacher_scores: bool = option(False, "psl: learn the scores earmark psl-scores stored "
+                                         "beside the shards (shards: data) instead of running "
+                                         "--teacher", "stages")
     # ViT regularisers of the streaming paper, 4.3 (finetune there: 0.25, 0.25, 0.1)
     time_patch_out: float | None = option(None, "ViT/SAT: fraction of time patches dropped in "
                                                 "training (paper: 0.25)", "stages")
@@ -176,9 +179,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; known: {', '.join(STAGES)}")
-        if self.stage == "psl" and not self.teacher:
-            raise ValueError("stage 'psl' needs a teacher model (--teacher MODEL_DIR)")
-        if self.teacher and self.stage != "psl":
+        if self.stage == "psl" and not (self.teacher or self.teacher_scores):
+            raise ValueError("stage 'psl' needs a teacher model (--teacher MODEL_DIR) or "
+                             "stored teacher scores (--teacher-scores)")
+        if (self.teacher or self.teacher_scores) and self.stage != "psl":
             raise ValueError(f"a teacher is only used by stage 'psl', not {self.stage!r}")
         if self.stage == "psl":
             augment = [name for name in ("mixup", "time_mask", "freq_mask", "gain_db", "shift",

@@ -22,8 +22,11 @@ student's forward and backward); a ViT-B teacher (86 M parameters) over a SAT-T 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import soxr
 import torch
 from torch import nn
@@ -88,24 +91,27 @@ def to_vocabulary(manifest: Manifest, labels: list[str]) -> Manifest:
 
 
 class PseudoLabelModule(TaggingModule):
-    """Trains a SAT student on ``(crop, teacher crop)`` batches against the teacher's scores.
+    """Trains a SAT student on ``(crop, teacher crop)`` batches against the teacher's scores,
+    or, with ``teacher=None``, on ``(crop, stored teacher scores)`` batches
+    (:mod:`earmark.data.scores`).
 
     The teacher is held in a list, so it stays out of the state dict, the checkpoints and
     the optimiser, keeps eval mode, and moves to the training device at the start of fit.
     Validation is the tagging module's: the data's own labels, in the teacher's vocabulary.
     """
 
-    def __init__(self, model: nn.Module, teacher: nn.Module, config: TrainConfig,
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, config: TrainConfig,
                  labels: list[str], steps_per_epoch: int):
         super().__init__(model, config, labels, steps_per_epoch)
-        self._teacher = [teacher.eval().requires_grad_(False)]
+        self._teacher = [None if teacher is None else teacher.eval().requires_grad_(False)]
 
     @property
-    def teacher(self) -> nn.Module:
+    def teacher(self) -> nn.Module | None:
         return self._teacher[0]
 
     def on_fit_start(self) -> None:
-        self.teacher.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
 
     def pseudo_labels(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, N) crops at the teacher's rate -> (B, C) teacher probabilities."""
@@ -115,9 +121,67 @@ class PseudoLabelModule(TaggingModule):
             return self.teacher.activation(logits).float().to(wave.device)
 
     def training_step(self, batch, batch_idx):
-        wave, teacher_wave = batch
-        target = self.pseudo_labels(teacher_wave)
+        wave, second = batch  # the teacher's crop, or its stored scores
+        target = second.float() if self.teacher is None else self.pseudo_labels(second)
         loss = self.loss(self.model(wave), target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=wave.shape[0])
         return loss
+
+
+def store_teacher_scores(teacher: str | Path, location: str, crop_seconds: float,
+                         hop_seconds: float | None = None, batch_size: int = 32,
+                         progress: bool = True) -> dict:
+    """Score every clip of the shard set ``location`` (a ``shards:`` location) with
+    ``teacher`` on a grid of ``crop_seconds`` crops every ``hop_seconds`` (default: half a
+    crop, one SAT chunk) and write the sidecars and ``psl.json`` of
+    :mod:`earmark.data.scores` beside the shards. Shards whose sidecar exists are skipped, so
+    a rerun finishes an interrupted one; ``psl.json`` must then name the same settings.
+    Returns the ``psl.json`` contents."""
+    from tqdm.auto import tqdm
+
+    from earmark.data.dataset import fit_length
+    from earmark.data.scores import INFO, crop_starts, grid, sidecar, write_sidecar
+    from earmark.data.shards import read_shard, shard_paths
+    from earmark.files import write_json
+    from earmark.infer.tagger import load
+
+    if crop_seconds <= 0 or (hop_seconds is not None and hop_seconds <= 0):
+        raise ValueError("crop and hop must be positive seconds")
+    tagger = load(teacher)
+    model = tagger.model.eval()
+    paths = shard_paths(location)
+    root = paths[0].parent
+    info = {"teacher": str(teacher), "teacher_model": tagger.config.get("name"),
+            "labels": list(tagger.labels), "multi_label": bool(model.multi_label),
+            "crop_seconds": float(crop_seconds),
+            "hop_seconds": float(hop_seconds or crop_seconds / 2),
+            "sample_rate": tagger.sample_rate, "sidecars": [sidecar(p).name for p in paths]}
+    settings = ("teacher", "labels", "crop_seconds", "hop_seconds", "sample_rate")
+    if (root / INFO).is_file():
+        old = json.loads((root / INFO).read_text())
+        changed = [k for k in settings if old.get(k) != info[k]]
+        if changed:
+            raise DataError(root / INFO, f"holds scores of other settings ({', '.join(changed)});"
+                            " delete it and the .psl.npz sidecars to write new ones")
+    write_json(root / INFO, info)
+    crop, hop = grid(info, tagger.sample_rate)
+    param = next(model.parameters())
+    for path in tqdm(paths, desc="teacher scores", unit="shard", disable=not progress):
+        if sidecar(path).is_file():
+            continue
+        keys, scores = [], []
+        for x, rate, meta in read_shard(path):
+            x = x.mean(axis=1) if x.ndim == 2 else x
+            if rate != tagger.sample_rate:
+                x = soxr.resample(x, rate, tagger.sample_rate, quality=RESAMPLE_QUALITY)
+            wave = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            crops = torch.stack([fit_length(wave[s:s + crop], crop, "repeat")
+                                 for s in crop_starts(len(wave), crop, hop)])
+            with torch.no_grad():
+                probs = torch.cat([model.activation(model(b.to(param.device, param.dtype)))
+                                   .float().cpu() for b in crops.split(batch_size)])
+            keys.append(meta["key"])
+            scores.append(probs.numpy())
+        write_sidecar(sidecar(path), keys, scores)
+    return info

@@ -384,18 +384,15 @@ def _prepare_mae(config: TrainConfig, manifest: Manifest, train_m: Manifest,
 
 def _prepare_psl(config: TrainConfig, manifest: Manifest, train_m: Manifest,
                  valid_m: Manifest, test_m: Manifest) -> RunSetup:
-    from earmark.infer.tagger import load
     from earmark.train.psl import PseudoLabelModule, TeacherCrops, crop_seconds, to_vocabulary
+
+    if config.teacher_scores:
+        return _prepare_stored_psl(config, manifest, train_m, valid_m, test_m)
+    from earmark.infer.tagger import load
 
     tagger = load(config.teacher)
     teacher, labels = tagger.model, tagger.labels
-    multi_label = teacher.multi_label if config.multi_label is None else config.multi_label
-    if teacher.multi_label and not multi_label:
-        raise ModelError(f"{config.teacher}: a multi-label teacher needs a multi-label student")
-    model = _create(config, len(labels), multi_label)
-    if not isinstance(model, StreamingAudioViT):
-        raise ModelError(f"stage 'psl' trains a streaming SAT student (sat-tiny, sat-small, "
-                         f"sat-base); {config.model!r} is not one")
+    model = _psl_student(config, labels, teacher.multi_label, config.teacher)
     report = _init(config, model, labels)
     crop = crop_seconds(model)
     valid_m = to_vocabulary(valid_m, labels)
@@ -411,6 +408,50 @@ def _prepare_psl(config: TrainConfig, manifest: Manifest, train_m: Manifest,
     test = to_vocabulary(test_m, labels) if len(test_m) else test_m
     provenance = {"teacher": str(config.teacher), "teacher_model": tagger.config.get("name"),
                   "crop_seconds": crop}
+    return RunSetup(model, labels, module, train_dl, valid_dl, test, provenance, report)
+
+
+def _psl_student(config: TrainConfig, labels: list[str], teacher_multi: bool, teacher: str):
+    multi_label = teacher_multi if config.multi_label is None else config.multi_label
+    if teacher_multi and not multi_label:
+        raise ModelError(f"{teacher}: a multi-label teacher needs a multi-label student")
+    model = _create(config, len(labels), multi_label)
+    if not isinstance(model, StreamingAudioViT):
+        raise ModelError(f"stage 'psl' trains a streaming SAT student (sat-tiny, sat-small, "
+                         f"sat-base); {config.model!r} is not one")
+    return model
+
+
+def _prepare_stored_psl(config: TrainConfig, manifest: Manifest, train_m: Manifest,
+                        valid_m: Manifest, test_m: Manifest) -> RunSetup:
+    """Stage psl on the teacher scores stored beside the shards (earmark.data.scores)."""
+    from earmark.data.scores import INFO, read_info
+    from earmark.train.psl import PseudoLabelModule, crop_seconds, to_vocabulary
+
+    if not _streams(train_m):
+        raise DataError(config.data, "stored teacher scores lie beside tar shards: train on "
+                        "shards:DIR after earmark psl-scores")
+    root = Path(train_m.meta["shards"][0]["path"]).parent
+    info = read_info(root)
+    labels = info["labels"]
+    model = _psl_student(config, labels, info["multi_label"], str(root / INFO))
+    report = _init(config, model, labels)
+    crop = crop_seconds(model)
+    if abs(crop - info["crop_seconds"]) > 1e-6:
+        raise ModelError(f"{root / INFO}: scores of {info['crop_seconds']} s crops, but "
+                         f"{config.model} learns from {crop} s crops (two chunks); write them "
+                         f"with --crop-seconds {crop}")
+    valid_m = to_vocabulary(valid_m, labels)
+    train_ds = ShardStream(train_m, model.sample_rate, crop, batch_size=config.batch_size,
+                           fit=config.fit, seed=config.seed, buffer=config.shuffle_buffer,
+                           teacher_scores=info)
+    valid_ds = ClipDataset(valid_m, model.sample_rate, model.clip_seconds, train=False,
+                           fit=config.fit, cache=_use_cache(config, valid_m))
+    train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds)
+    module = PseudoLabelModule(model, None, config, labels, steps)
+    test = to_vocabulary(test_m, labels) if len(test_m) else test_m
+    provenance = {"teacher": info["teacher"], "teacher_model": info.get("teacher_model"),
+                  "teacher_scores": str(root / INFO), "crop_seconds": crop}
     return RunSetup(model, labels, module, train_dl, valid_dl, test, provenance, report)
 
 
