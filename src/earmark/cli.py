@@ -304,15 +304,14 @@ def cmd_codebook(a) -> int:
 def cmd_tag(a) -> int:
     from tqdm import tqdm
 
-    from earmark.audio.io import find_audio_files
-    from earmark.errors import AudioError
+    from earmark.errors import AudioError, DataError
     from earmark.infer.tagger import load
 
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     failed = []
     try:
-        files = find_audio_files(a.inputs)
-    except AudioError as err:
+        files = _tag_inputs(a.inputs)
+    except (AudioError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rows = []  # (file, start, end, [(label, score)])
@@ -332,6 +331,24 @@ def cmd_tag(a) -> int:
     if failed:
         print(f"{len(failed)} of {len(files)} files failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _tag_inputs(inputs: list[str]) -> list:
+    """Files and folders, clips in packs or shards (``PACK#KEY``) and data SPECs
+    (``shards:DIR``, ``hdf5:pack.h5``: every clip of the set), in the order given."""
+    from earmark.audio.io import find_audio_files
+    from earmark.audio.packed import member_of
+    from earmark.data.sources import from_spec, sources
+
+    files: list = []
+    for text in inputs:
+        if member_of(text) is not None:
+            files.append(text)
+        elif text.partition(":")[0] in sources() and not Path(text).exists():
+            files += [it.path for it in from_spec(text).items]
+        else:
+            files += find_audio_files([text])
+    return files
 
 
 def _print_tags(rows, fmt: str) -> None:
@@ -605,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tag", help="top-k labels per file (or per chunk)")
     p.add_argument("model")
-    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
+                   help="audio files, folders, clips in packs or shards (PACK#KEY), or data "
+                        "SPECs such as shards:DIR (every clip)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table")

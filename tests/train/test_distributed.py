@@ -178,3 +178,22 @@ def test_two_machines_started_by_torchrun_train_one_run(tmp_path):
     assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]  # rank 0 reports
     result = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert result["world_size"] == 2 and result["epochs"] == 2
+
+
+def test_tag_scores_every_clip_of_a_shard_set_and_single_members(tmp_path, capsys):
+    from earmark.cli import main
+    from earmark.models.directory import save_model_dir
+    from earmark.models.registry import create_model
+
+    shards = numbered_shards(tmp_path, 6, 3, test=0)
+    model = create_model("vit-tiny", 2, clip_seconds=0.25, **TINY).eval()
+    save_model_dir(model, tmp_path / "model", ["high", "low"], {})
+    member = load(str(shards)).items[4].path
+    assert main(["tag", str(tmp_path / "model"), f"shards:{shards}", member, "--format", "json",
+                 "--no-progress"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 7 and rows[6]["file"] == member == rows[4]["file"]
+    assert rows[6]["labels"] == rows[4]["labels"]
+    assert main(["tag", str(tmp_path / "model"), f"{shards}/shard-000000.tar#999999999",
+                 "--no-progress"]) == 1
+    assert "no audio member with this key" in capsys.readouterr().err
