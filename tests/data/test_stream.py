@@ -101,3 +101,53 @@ def test_balanced_epochs_draw_rare_classes_as_often_as_frequent_ones(tmp_path):
             labels[int(t.argmax())] += 1
     share = labels[0] / sum(labels.values())
     assert 0.4 < share < 0.6  # dog is 1 in 5 clips but about half the draws
+
+
+@pytest.fixture
+def web(tmp_path):
+    """An http server on 127.0.0.1 serving tmp_path (http.server: no range requests)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.timeout = 10
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_records_give_each_clip_s_bytes_in_the_shard(tmp_path):
+    import json
+
+    from earmark.audio.packed import decode_bytes
+
+    make_shards(tmp_path)
+    record = json.loads((tmp_path / "shards" / "shard-000000.json").read_text())
+    data = (tmp_path / "shards" / "shard-000000.tar").read_bytes()
+    for meta in record["samples"]:
+        x, _ = decode_bytes(data[meta["offset"]:meta["offset"] + meta["size"]], "clip")
+        assert number(x[:, 0]) == int(meta["key"])
+
+
+def test_shards_served_over_http_read_and_stream_like_files(tmp_path, web):
+    from earmark.audio.io import load_audio
+
+    local = make_shards(tmp_path)
+    remote = load(f"{web}/shards/")
+    assert remote.labels == local.labels and len(remote) == len(local) == 20
+    assert remote.items[3].path.startswith(f"{web}/shards/shard-")
+    for a, b in zip(local.items[:5], remote.items[:5]):  # by range, from the records' offsets
+        assert a.labels == b.labels and torch.equal(load_audio(a.path)[0], load_audio(b.path)[0])
+    n = len(local.meta["shards"])
+    pattern = load(f"{web}/shards/shard-{{000000..{n - 1:06d}}}.tar")
+    assert [it.path for it in pattern.items] == [it.path for it in remote.items]
+    ds = ShardStream(remote.split("train"), 16000, 0.1, batch_size=2, seed=0)
+    assert sorted(number(x) for x, _ in ds.slot_items(0, 1, 0, 1)) == list(range(18))

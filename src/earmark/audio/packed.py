@@ -84,7 +84,56 @@ def _tar_table(container: str, mtime: float) -> dict[str, tuple[str, int, int]]:
     return table
 
 
+def is_url(text: str | os.PathLike) -> bool:
+    """Whether a shard is named by an http(s) URL rather than a path."""
+    return os.fspath(text).startswith(("http://", "https://"))
+
+
+def fetch(url: str, start: int | None = None, size: int | None = None) -> bytes:
+    """The bytes of ``url`` (``size`` of them from ``start`` with a range request); AudioError
+    naming the URL when it cannot be read."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url)
+    if start is not None:
+        request.add_header("Range", f"bytes={start}-{start + size - 1}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError) as err:
+        raise AudioError(url, f"cannot be read ({err})") from None
+    if start is not None and len(data) != size:  # a server that ignores ranges sends it all
+        data = data[start:start + size] if len(data) > start + size - 1 else b""
+    return data
+
+
+@lru_cache(maxsize=64)
+def _url_table(container: str) -> dict[str, tuple[int, int]]:
+    """key -> (data offset, size) of a shard served over http(s), from the record that
+    ``earmark shard`` wrote beside it (``shard-NNNNNN.json``)."""
+    import json
+
+    record = container[: -len(".tar")] + ".json"
+    try:
+        samples = json.loads(fetch(record)).get("samples") or []
+    except ValueError:
+        raise AudioError(record, "not a shard record (JSON)") from None
+    table = {m["key"]: (m["offset"], m["size"]) for m in samples if "offset" in m}
+    if not table:
+        raise AudioError(record, "lists no member offsets; clips of shards on a web server are "
+                         "read by range, which needs the records of earmark shard")
+    return table
+
+
 def _read_tar(container: str, key: str) -> tuple[np.ndarray, int]:
+    if is_url(container):
+        table = _url_table(container)
+        if key not in table:
+            raise AudioError(member_path(container, key), "no sample with this key in the "
+                             "shard's record")
+        offset, size = table[key]
+        return decode_bytes(fetch(container, offset, size), member_path(container, key))
     try:
         mtime = os.stat(container).st_mtime
     except OSError:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from earmark.audio.packed import member_path
+from earmark.audio.packed import fetch, is_url, member_path
 from earmark.data.dataset import load_segment
 from earmark.data.events import Event
 from earmark.data.manifest import Item, Manifest
@@ -159,10 +159,12 @@ def write_shards(manifest: Manifest, out: str | Path, shard_size: int = SHARD_SI
         name = shard_name(k)
         with atomic_path(out / name) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) \
                 as tar:
+            where = []  # (offset, size) of each audio member's data, for reads by range
             for audio, meta in pending:
+                where.append((tar.offset + tarfile.BLOCKSIZE, len(audio)))  # after its header
                 _add(tar, f"{meta['key']}.{audio_format}", audio)
                 _add(tar, f"{meta['key']}.json", json.dumps(meta).encode())
-        metas = [m for _, m in pending]
+        metas = [{**m, "offset": off, "size": n} for (_, m), (off, n) in zip(pending, where)]
         record = {"name": name, "clips": len(metas), "bytes": (out / name).stat().st_size,
                   "first": metas[0]["key"], "last": metas[-1]["key"], "next_item": next_item,
                   "fingerprint": fingerprint, "failed": pending_failed,
@@ -227,10 +229,18 @@ def _merge(counts: list[dict[str, int]], labels: list[str]) -> dict[str, int]:
 # ---- reading: shards:DIR -------------------------------------------------------------------
 
 
-def shard_paths(location: str) -> list[Path]:
+def shard_paths(location: str) -> list[str]:
     """The tar shards a ``shards:`` SPEC names: a folder written by :func:`write_shards` (its
     index's order), one ``.tar`` file, or a brace pattern (``dir/shard-{000000..000031}.tar``,
-    webdataset's notation)."""
+    webdataset's notation); files or http(s) URLs (``https://host/as/shard-{0..9}.tar``,
+    or a URL ending in ``/`` for the folder of an index)."""
+    if is_url(location):
+        if location.endswith("/"):
+            names = [s["name"] for s in _index(location)["shards"]]
+            return [location + n for n in names]
+        from braceexpand import braceexpand
+
+        return list(braceexpand(location))
     if "{" in location:
         from braceexpand import braceexpand
 
@@ -251,10 +261,22 @@ def shard_paths(location: str) -> list[Path]:
     if missing:
         raise DataError(location, f"{len(missing)} of {len(paths)} shard(s) missing, e.g. "
                         f"{missing[0]}")
-    return paths
+    return [str(p.resolve()) for p in paths]
 
 
-def _scan(path: Path) -> list[dict]:
+def _index(base: str) -> dict:
+    """``index.json`` of the folder (or URL folder) ``base``; {} when there is none."""
+    if is_url(base):
+        url = (base if base.endswith("/") else base + "/") + INDEX
+        try:
+            return json.loads(fetch(url))
+        except (AudioError, ValueError):
+            return {}
+    path = Path(base) / INDEX
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _scan(path: str) -> list[dict]:
     """The metadata of every sample of a shard written without records (any WebDataset tar
     whose samples have ``KEY.json`` with at least ``labels``)."""
     metas = []
@@ -271,8 +293,15 @@ def _scan(path: Path) -> list[dict]:
     return metas
 
 
-def _samples(path: Path) -> list[dict]:
-    record = path.with_suffix(".json")
+def _samples(path: str) -> list[dict]:
+    if is_url(path):
+        record = path[: -len(".tar")] + ".json"
+        try:
+            return json.loads(fetch(record))["samples"]
+        except (AudioError, ValueError, KeyError):
+            raise DataError(record, "shards on a web server need the records earmark shard "
+                            "writes beside them (shard-NNNNNN.json)") from None
+    record = Path(path).with_suffix(".json")
     if record.is_file():
         samples = json.loads(record.read_text()).get("samples")
         if samples is not None:
@@ -290,11 +319,11 @@ def load(location: str) -> Manifest:
     '/data/shards/esc50/shard-000000.tar#000000000'
     """
     paths = shard_paths(location)
-    root = paths[0].parent
-    index = json.loads((root / INDEX).read_text()) if (root / INDEX).is_file() else {}
+    root = paths[0].rsplit("/", 1)[0] if is_url(paths[0]) else Path(paths[0]).parent
+    index = _index(root + "/" if is_url(paths[0]) else root)
     items, events, shards = [], {}, []
     for path in paths:
-        absolute = str(path.resolve())
+        absolute = path
         samples = _samples(path)
         for meta in samples:
             if "labels" not in meta:
@@ -314,7 +343,8 @@ def load(location: str) -> Manifest:
     meta = {"shards": shards, "sample_rate": index.get("sample_rate")}
     if events:
         meta["events"] = events
-    return Manifest(items=items, labels=labels, multi_label=multi, name=f"shards:{root.name}",
+    name = root.rsplit("/", 1)[-1] if isinstance(root, str) else root.name
+    return Manifest(items=items, labels=labels, multi_label=multi, name=f"shards:{name}",
                     meta=meta)
 
 

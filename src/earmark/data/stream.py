@@ -46,7 +46,7 @@ import soxr
 import torch
 
 from earmark.audio.io import RESAMPLE_QUALITY
-from earmark.audio.packed import METADATA, decode_bytes, member_of, member_path
+from earmark.audio.packed import METADATA, decode_bytes, is_url, member_of, member_path
 from earmark.data.dataset import FIT_MODES, fit_length
 from earmark.data.manifest import Manifest
 from earmark.data.sampler import balanced_weights
@@ -65,6 +65,18 @@ def worker() -> tuple[int, int]:
     """(worker id, workers) of the DataLoader worker this runs in; (0, 1) in the main process."""
     info = torch.utils.data.get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def open_tar_stream(path: str) -> tarfile.TarFile:
+    """A shard opened for one pass front to back: a file, or an http(s) URL streamed."""
+    try:
+        if is_url(path):
+            import urllib.request
+
+            return tarfile.open(fileobj=urllib.request.urlopen(path, timeout=60), mode="r|")
+        return tarfile.open(path)
+    except (tarfile.TarError, OSError) as err:
+        raise AudioError(path, f"not a readable tar shard ({err})") from None
 
 
 def deal(counts: list[int], slots: int) -> list[list[int]]:
@@ -197,10 +209,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             shard_of.setdefault(self._shard(i), {})[str(self.keys[i])] = i
         for k, wanted in shard_of.items():
             path = self.shards[k]
-            try:
-                tar = tarfile.open(path)
-            except (tarfile.TarError, OSError) as err:
-                raise AudioError(path, f"not a readable tar shard ({err})") from None
+            tar = open_tar_stream(path)
             rows = self._score_rows(path) if self.teacher_scores is not None else None
             with tar:
                 for member in tar:

@@ -151,7 +151,10 @@ def store_teacher_scores(teacher: str | Path, location: str, crop_seconds: float
     tagger = load(teacher)
     model = tagger.model.eval()
     paths = shard_paths(location)
-    root = paths[0].parent
+    if any(p.startswith(("http://", "https://")) for p in paths):
+        raise DataError(location, "teacher scores are written beside the shards: give local "
+                        "shards")
+    root = Path(paths[0]).parent
     info = {"teacher": str(teacher), "teacher_model": tagger.config.get("name"),
             "labels": list(tagger.labels), "multi_label": bool(model.multi_label),
             "crop_seconds": float(crop_seconds),
