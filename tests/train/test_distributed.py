@@ -197,3 +197,69 @@ def test_tag_scores_every_clip_of_a_shard_set_and_single_members(tmp_path, capsy
     assert main(["tag", str(tmp_path / "model"), f"{shards}/shard-000000.tar#999999999",
                  "--no-progress"]) == 1
     assert "no audio member with this key" in capsys.readouterr().err
+
+
+def _torchrun(shards, out, port, *extra):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "earmark", "train",
+         "--data", f"shards:{shards}", "--model", "vit-tiny", "--model-arg", "depth=1",
+         "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2", "--clip-seconds", "0.25",
+         "--batch-size", "2", "--devices", "2", "--accelerator", "cpu",
+         "--no-progress", "--out", str(out), *extra],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Process ids whose command line holds ``marker`` (Linux /proc)."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_killed_mid_run_resume_from_the_last_epoch(tmp_path):
+    import csv
+    import signal
+    import time
+
+    from earmark.models.directory import load_checkpoint
+
+    shards = numbered_shards(tmp_path, 40, 5)
+    out = tmp_path / "run"
+    first = _torchrun(shards, out, free_port(), "--epochs", "100000")  # never ends by itself
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 200
+    try:
+        while not last.is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # into a later epoch
+    finally:  # the machines go away: torchrun and both ranks die without a clean shutdown
+        for pid in [first.pid, *processes_with(str(out))]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        first.communicate(timeout=60)
+    assert last.is_file() and not (out / "metrics.json").exists()
+    done = load_checkpoint(last)["epoch"] + 1  # whole epochs in the last checkpoint
+    second = _torchrun(shards, out, free_port(), "--resume", "--epochs", str(done + 2))
+    output = second.communicate(timeout=240)[0]
+    assert second.returncode == 0, output
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["epochs"] == done + 2 and result["world_size"] == 2
+    with open(out / "logs" / "metrics.csv") as f:
+        epochs = {int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch")}
+    assert set(range(done + 2)) <= epochs  # the log keeps the epochs before the kill
