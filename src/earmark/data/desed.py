@@ -27,12 +27,11 @@ missing, so a row naming an absent file is skipped with a warning and counted in
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 
 from earmark.data.manifest import Item, Manifest, vocabulary
-from earmark.data.paths import absolute, require_dir
+from earmark.data.paths import absolute, read_rows, require_dir
 from earmark.errors import DataError
 
 # The ten DESED classes (DCASE 2019-2023 task 4), in alphabetical order.
@@ -76,16 +75,11 @@ def _tables(root: Path) -> tuple[list[tuple[Path, Path | None, str]], Path]:
 
 
 def _read_table(table: Path) -> tuple[str | None, list[dict]]:
-    with open(table, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        kind = ("strong" if "event_label" in header else "weak" if "event_labels" in header
-                else None)
-        if kind is None or "filename" not in header:
-            return None, []
-        return kind, [{k: (v or "").strip() for k, v in r.items() if k is not None}
-                      for r in reader]
+    header, rows = read_rows(table, delimiter="\t")
+    kind = "strong" if "event_label" in header else "weak" if "event_labels" in header else None
+    if kind is None or "filename" not in header:
+        return None, []
+    return kind, rows
 
 
 def _float(text: str, table: Path, line: int) -> float:

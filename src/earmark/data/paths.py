@@ -76,13 +76,21 @@ def read_table(path: str | Path, columns: Iterable[str], delimiter: str = ",") -
     >>> read_table("meta/esc50.csv", ["filename", "fold"])[0]["fold"]  # doctest: +SKIP
     '1'
     """
+    header, rows = read_rows(path, delimiter)
+    absent = [c for c in columns if c not in header]
+    if absent:
+        raise DataError(path, f"missing column(s) {', '.join(absent)}; the header has "
+                        f"{', '.join(header) or 'nothing'}")
+    return rows
+
+
+def read_rows(path: str | Path, delimiter: str = ",") -> tuple[list[str], list[dict]]:
+    """(header, rows) of a table with a header line: names and values stripped, every
+    column kept (see :func:`read_table` for one that must have given columns)."""
     path = require_file(path, "table")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f, delimiter=delimiter)
         header = [h.strip() for h in (reader.fieldnames or [])]
-        absent = [c for c in columns if c not in header]
-        if absent:
-            raise DataError(path, f"missing column(s) {', '.join(absent)}; the header has "
-                            f"{', '.join(header) or 'nothing'}")
         reader.fieldnames = header
-        return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+        return header, [{k: (v or "").strip() for k, v in row.items() if k is not None}
+                        for row in reader]
