@@ -93,8 +93,8 @@ def test_sat_graph_equals_pytorch_chunk_by_chunk_from_the_primed_cache(sat):
 def test_a_wrong_output_makes_the_export_fail_loudly_and_leaves_no_file(sat, monkeypatch,
                                                                          tmp_path):
     model_dir, _ = sat
-    real = ex._run_session
-    monkeypatch.setattr(ex, "_run_session",
+    real = ex.run_session
+    monkeypatch.setattr(ex, "run_session",
                         lambda session, feeds: [o + 1e-3 for o in real(session, feeds)])
     out = tmp_path / "sat.onnx"
     with pytest.raises(ModelError, match=r"logits of chunk 1 differs from PyTorch by 0\.001"):

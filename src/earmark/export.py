@@ -77,16 +77,16 @@ from torch import nn
 from earmark.errors import ModelError
 from earmark.files import atomic_path
 from earmark.infer.onnx import (
-    _PROVIDERS,
     META_CACHE,
     META_CHECK,
     META_CONFIG,
     META_EXPORT,
+    PROVIDERS,
     STREAM_INPUTS,
     STREAM_OUTPUTS,
-    _first_line,
-    _run_session,
-    _session,
+    first_line,
+    open_session,
+    run_session,
 )
 from earmark.models.base import AudioModel
 from earmark.models.sat import ChunkStep, StreamingAudioViT
@@ -143,7 +143,7 @@ def export_onnx(model_or_dir, out_path: str | Path, chunk_seconds: float | None 
     if check:
         diff = check_onnx(model, proto.SerializeToString(), atol=atol)
         _set_metadata(proto, {META_CHECK: {"max_abs_diff": diff, "atol": atol,
-                                           "provider": _PROVIDERS[0]}})
+                                           "provider": PROVIDERS[0]}})
     with atomic_path(out_path) as tmp:
         onnx.save_model(proto, str(tmp))
     return out_path
@@ -186,7 +186,7 @@ def _export_stream(model: StreamingAudioViT, name: str, chunk_seconds: float | N
                             STREAM_OUTPUTS)
     except Exception as err:  # exporter errors have no common base class
         raise ModelError(f"{name}: the streaming graph does not export to ONNX: "
-                         f"{_first_line(err)}") from err
+                         f"{first_line(err)}") from err
     info = {"kind": "stream", "batch": 1, "chunk_samples": n, "chunk_seconds": seconds,
             "cache_tokens": int(primed.tokens)}
     cache = {"h0": primed.h0.numpy(), "keys": primed.keys.numpy(),
@@ -240,7 +240,7 @@ def _export_clip(model: AudioModel, name: str, chunk_seconds: float | None
         try:
             proto, program = _to_onnx(model, (example,), dynamic, ["wave"], ["logits"])
         except Exception as err:  # exporter errors have no common base class
-            errors.append(_first_line(err))
+            errors.append(first_line(err))
             log.info("%s: export with %s failed (%s)", name, info, errors[-1])
             continue
         if info["min_samples"] != info["max_samples"]:
@@ -338,7 +338,7 @@ def check_onnx(model: nn.Module, onnx_model: str | Path | bytes, atol: float = 1
         >>> check_onnx(earmark.load("m").model, "m.onnx")           # doctest: +SKIP
         3.5e-07
     """
-    session = _session(onnx_model)
+    session = open_session(onnx_model)
     info = json.loads(session.get_modelmeta().custom_metadata_map[META_EXPORT])
     gen = torch.Generator().manual_seed(seed)
     model = model.eval()
@@ -352,7 +352,7 @@ def check_onnx(model: nn.Module, onnx_model: str | Path | bytes, atol: float = 1
             for step in range(3):
                 wave = 0.1 * torch.randn(1, n, generator=gen)
                 logits, cache = model.forward_chunk(wave, cache)
-                got = _run_session(session, {"wave": wave.numpy(), **feeds})
+                got = run_session(session, {"wave": wave.numpy(), **feeds})
                 ref = (logits, cache.h0, cache.keys, cache.values)
                 for out, r, g in zip(STREAM_OUTPUTS, ref, got):
                     worst = max(worst, _compare(f"{out} of chunk {step + 1}", r, g, atol))
@@ -365,7 +365,7 @@ def check_onnx(model: nn.Module, onnx_model: str | Path | bytes, atol: float = 1
                 shapes += [(1, lo), (1, hi)]
             for b, n in shapes:
                 wave = 0.1 * torch.randn(b, n, generator=gen)
-                got = _run_session(session, {"wave": wave.numpy()})
+                got = run_session(session, {"wave": wave.numpy()})
                 worst = max(worst, _compare(f"logits of {b}x{n} samples", model(wave), got[0],
                                             atol))
     return worst

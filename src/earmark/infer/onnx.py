@@ -28,10 +28,10 @@ META_CACHE = "earmark.primed_cache"
 META_CHECK = "earmark.check"
 STREAM_INPUTS = ["wave", "cache_h0", "cache_keys", "cache_values"]
 STREAM_OUTPUTS = ["logits", "next_h0", "next_keys", "next_values"]
-_PROVIDERS = ["CPUExecutionProvider"]
+PROVIDERS = ["CPUExecutionProvider"]
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
@@ -41,17 +41,17 @@ def _decode(d: dict) -> np.ndarray:
     return a.reshape(d["shape"]).astype(np.float32)
 
 
-def _run_session(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def run_session(session, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return session.run(None, {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()})
 
 
-def _session(onnx_model: str | Path | bytes, providers: list[str] | None = None):
+def open_session(onnx_model: str | Path | bytes, providers: list[str] | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only
     source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
-    return ort.InferenceSession(source, opts, providers=providers or _PROVIDERS)
+    return ort.InferenceSession(source, opts, providers=providers or PROVIDERS)
 
 
 # ---- runtime -------------------------------------------------------------------------------
@@ -67,7 +67,7 @@ def onnx_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such ONNX file")
-    return _metadata(_session(path), path)
+    return _metadata(open_session(path), path)
 
 
 def _metadata(session, path) -> dict[str, Any]:
@@ -98,9 +98,9 @@ class OnnxModel:
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such ONNX file")
         try:
-            self.session = _session(self.path, providers)
+            self.session = open_session(self.path, providers)
         except Exception as err:  # onnxruntime raises its own error types
-            raise ModelError(f"{self.path}: not a readable ONNX file ({_first_line(err)})"
+            raise ModelError(f"{self.path}: not a readable ONNX file ({first_line(err)})"
                              ) from None
         meta = _metadata(self.session, self.path)
         self.config: dict = meta["config"]
@@ -158,7 +158,7 @@ class OnnxModel:
 
     def _clip(self, wave: torch.Tensor) -> torch.Tensor:
         rows = [wave] if self.export_info["batch"] is None else wave.split(1)
-        out = [_run_session(self.session, {"wave": r.numpy()})[0] for r in rows]
+        out = [run_session(self.session, {"wave": r.numpy()})[0] for r in rows]
         return torch.from_numpy(np.concatenate(out, 0))
 
     # ---- streaming ------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class OnnxModel:
             state = [s.contiguous().float().numpy() for s in state]
             row = []
             for chunk in chunks:
-                out = _run_session(self.session, {"wave": chunk[i:i + 1].float().numpy(),
+                out = run_session(self.session, {"wave": chunk[i:i + 1].float().numpy(),
                                                   **dict(zip(STREAM_INPUTS[1:], state))})
                 row.append(torch.from_numpy(out[0]))
                 state = out[1:]
