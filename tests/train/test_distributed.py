@@ -96,6 +96,29 @@ def test_training_streams_shards_on_one_and_on_two_uneven_ranks(tmp_path):
     two = train(config(shards, tmp_path / "two", devices=2, num_workers=1))
     assert two["world_size"] == 2 and two["epochs"] == 2
     assert two["steps"] < one["steps"]  # each rank streams about half the clips
+    # the two ranks validated a share each, every validation clip once: the logged score is
+    # the last weights' score on the whole validation set, computed here in one process
+    import csv
+
+    from earmark.evaluate.metrics import mean_average_precision
+    from earmark.models.directory import load_checkpoint
+    from earmark.train.run import prepare_run
+
+    setup = prepare_run(config(shards, tmp_path / "check", devices=2))
+    valid = setup.valid_loader.dataset
+    assert len(valid) % 2 == 1  # an odd count: padded shares would repeat one clip
+    model = setup.model.eval()
+    model.load_state_dict({k.removeprefix("model."): v for k, v in load_checkpoint(
+        tmp_path / "two" / "checkpoints" / "last.ckpt")["state_dict"].items()})
+    with torch.no_grad():
+        scores = torch.cat([model.activation(model(x)) for x, _ in
+                            torch.utils.data.DataLoader(valid, batch_size=4)]).numpy()
+    targets = torch.stack([valid[i][1] for i in range(len(valid))]).numpy()
+    with open(tmp_path / "two" / "logs" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/mAP")]
+    assert float(rows[-1]["val/clips"]) == len(valid)  # no clip twice
+    assert float(rows[-1]["val/mAP"]) == pytest.approx(mean_average_precision(scores, targets),
+                                                        abs=1e-5)
 
 
 class Crash(RuntimeError):

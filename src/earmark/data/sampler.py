@@ -7,6 +7,7 @@ AudioSet with. A label seen 10 times is drawn about as often as one seen 10,000 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -81,3 +82,45 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
                                   generator=generator)
         self.epoch += 1
         return iter(drawn.tolist())
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's when it is initialised, else the
+    ``RANK`` and ``WORLD_SIZE`` environment variables (torchrun sets them), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShareSampler(torch.utils.data.distributed.DistributedSampler):
+    """A rank's share of a data set for evaluation: rank ``r`` of ``W`` takes items
+    ``r, r + W, r + 2W, ...``, so every item is scored once across the ranks (the
+    ``DistributedSampler`` that Lightning would put in pads the shares with repeats to make them
+    equal). Rank and world size are read when iterating, in the rank's own process; being a
+    ``DistributedSampler``, Lightning leaves it in place.
+
+    >>> list(ShareSampler(range(5), rank=1, num_replicas=2))
+    [1, 3]
+    """
+
+    def __init__(self, dataset, rank: int | None = None, num_replicas: int | None = None):
+        # not DistributedSampler.__init__: the process group may not exist yet
+        self.dataset = dataset
+        self._rank, self._replicas = rank, num_replicas
+
+    @property
+    def rank(self) -> int:
+        return world()[0] if self._rank is None else self._rank
+
+    @property
+    def num_replicas(self) -> int:
+        return world()[1] if self._replicas is None else self._replicas
+
+    def set_epoch(self, epoch: int) -> None:  # the order does not change
+        pass
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))

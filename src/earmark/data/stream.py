@@ -37,7 +37,6 @@ environment variables (torchrun sets them), else a single process.
 from __future__ import annotations
 
 import math
-import os
 import tarfile
 from collections.abc import Iterator
 
@@ -49,16 +48,9 @@ from earmark.audio.io import RESAMPLE_QUALITY
 from earmark.audio.packed import METADATA, decode_bytes, is_url, member_of, member_path
 from earmark.data.dataset import FIT_MODES, fit_length
 from earmark.data.manifest import Manifest
-from earmark.data.sampler import balanced_weights
+from earmark.data.sampler import balanced_weights, world
 from earmark.data.scores import grid, read_sidecar, sidecar
 from earmark.errors import AudioError, DataError
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process (see the module docstring)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def worker() -> tuple[int, int]:

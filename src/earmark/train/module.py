@@ -118,14 +118,17 @@ class TaggingModule(L.LightningModule):
         self._val_targets.append(target.float())
 
     def on_validation_epoch_end(self):
-        if not self._val_scores:
+        if not self._val_scores and self.trainer.world_size == 1:
             return
-        scores = torch.cat(self._val_scores)
-        targets = torch.cat(self._val_targets)
+        n = len(self.labels)
+        scores = torch.cat(self._val_scores) if self._val_scores else torch.zeros(0, n)
+        targets = torch.cat(self._val_targets) if self._val_targets else torch.zeros(0, n)
         self._val_scores, self._val_targets = [], []
-        if self.trainer.world_size > 1:
-            scores = self.all_gather(scores).flatten(0, 1)
-            targets = self.all_gather(targets).flatten(0, 1)
+        if self.trainer.world_size > 1:  # every rank's share, of any size, each row once
+            scores, targets = self._gather_rows(scores), self._gather_rows(targets)
+        if not len(scores):
+            return
+        self.log("val/clips", float(len(scores)))  # every clip once, over all ranks
         s, t = scores.cpu().numpy(), targets.cpu().numpy()
         mAP = float(mean_average_precision(s, t))
         self.log("val/mAP", mAP, prog_bar=self.multi_label)
@@ -136,6 +139,14 @@ class TaggingModule(L.LightningModule):
             self.log("val/accuracy", score, prog_bar=True)
         # one name for "higher is better" that checkpoint file names can carry
         self.log("val_score", score)
+
+    def _gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The rows (n_r, C) of every rank, concatenated; the shares may differ in size."""
+        x = x.to(self.device)
+        counts = self.all_gather(torch.tensor([x.shape[0]], device=self.device)).flatten()
+        padded = F.pad(x, (0, 0, 0, int(counts.max()) - x.shape[0]))
+        gathered = self.all_gather(padded)  # (world, max rows, C)
+        return torch.cat([gathered[r, :int(c)] for r, c in enumerate(counts)])
 
     def configure_optimizers(self):
         decay, no_decay = [], []

@@ -40,7 +40,7 @@ from torch import nn
 from earmark.data.dataset import ClipDataset
 from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest, group_folds
-from earmark.data.sampler import BalancedSampler
+from earmark.data.sampler import BalancedSampler, ShareSampler
 from earmark.data.sources import from_spec
 from earmark.data.splits import group_split, split_manifest
 from earmark.data.stream import ShardStream
@@ -295,7 +295,10 @@ def _use_cache(config: TrainConfig, *manifests: Manifest) -> bool:
 def _loaders(config: TrainConfig, train_ds, valid_ds, sampler=None):
     loader_args = dict(batch_size=config.batch_size, num_workers=config.num_workers,
                        persistent_workers=config.num_workers > 0)
-    valid_dl = torch.utils.data.DataLoader(valid_ds, **loader_args)
+    world_size = _world_size(config)
+    # several processes validate a share each, every item once (exact mAP), when each has one
+    share = ShareSampler(valid_ds) if 1 < world_size <= len(valid_ds) else None
+    valid_dl = torch.utils.data.DataLoader(valid_ds, sampler=share, **loader_args)
     if isinstance(train_ds, ShardStream):  # it splits itself over ranks and workers
         workers = max(1, config.num_workers)
         train_ds.workers = workers
