@@ -8,8 +8,8 @@
    and once with WAV samples (``--format``): clips/s and MB/s of shards written.
 3. One loader, as one DataLoader worker runs it (this process, 1 thread), reads, decodes,
    fits and computes the log-mel front end of ``--read-clips`` training clips: from the folder
-   (one WAV file per clip, as ``earmark synth`` writes them, in random order, as the map-style
-   ``ClipDataset`` reads them) and from each shard set (``ShardStream``: shards in order,
+   (one WAV file per clip, as ``earmark synth`` writes them, and the same clips as FLAC files,
+   in random order, as the map-style ``ClipDataset`` reads them) and from each shard set (``ShardStream``: shards in order,
    shuffle buffer), alternated ``--repeats`` times in
    one run; medians and their ratio; with the files dropped from the page cache before each
    read (``cold``: as from a disk or store the machine has not read yet) and kept (``warm``).
@@ -36,6 +36,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,29 @@ def read_rate(items, frontend, n: int, skip: int) -> float:
     return (done - skip) / (time.perf_counter() - t0)
 
 
+def flac_copy(manifest, out: Path, workers: int):
+    """The clips as a folder of FLAC files (kept and reused), as a manifest."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    out.mkdir(parents=True, exist_ok=True)
+    targets = [out / f"{i:06d}.flac" for i in range(len(manifest))]
+    todo = [(it.path, str(t)) for it, t in zip(manifest.items, targets) if not t.is_file()]
+    if todo:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_to_flac, todo, chunksize=64))
+    return replace(manifest, items=[replace(it, path=str(t))
+                                    for it, t in zip(manifest.items, targets)])
+
+
+def _to_flac(job: tuple[str, str]) -> None:
+    import soundfile as sf
+
+    x, sr = sf.read(job[0], dtype="int16")
+    tmp = job[1] + ".tmp"
+    sf.write(tmp, x, sr, format="FLAC", subtype="PCM_16")
+    os.replace(tmp, job[1])
+
+
 def folder_items(ds: ClipDataset, seed: int):
     for i in np.random.default_rng(seed).permutation(len(ds)):
         yield ds[int(i)]
@@ -210,13 +234,17 @@ def main(argv=None) -> int:
 
     shards = {fmt: load_shards(str(work / f"shards-{fmt}")) for fmt in FORMATS}
     frontend = create_model("vit-tiny", CLASSES, clip_seconds=a.clip_seconds).frontend.eval()
-    folder = ClipDataset(manifest, a.sample_rate, a.clip_seconds, train=True, fit="repeat")
+    folders = {"folder": ClipDataset(manifest, a.sample_rate, a.clip_seconds, train=True,
+                                     fit="repeat"),
+               "folder-flac": ClipDataset(flac_copy(manifest, work / "flac-files", a.workers),
+                                          a.sample_rate, a.clip_seconds, train=True,
+                                          fit="repeat")}
     streams = {fmt: ShardStream(m, a.sample_rate, a.clip_seconds, batch_size=BATCH,
                                 fit="repeat", seed=0, buffer=a.buffer, slots=(0, 1))
                for fmt, m in shards.items()}
     skip = min(a.buffer, len(manifest) // 4)
     n = min(a.read_clips, len(manifest) - skip)
-    paths = {"folder": [it.path for it in manifest.items],
+    paths = {**{k: [it.path for it in ds.manifest.items] for k, ds in folders.items()},
              **{fmt: [s["path"] for s in m.meta["shards"]] for fmt, m in shards.items()}}
     reading = {"clips": n, "after": skip, "buffer": a.buffer}
     # "cold"/"warm": read, decode, fit and front end; "...-read": without the front end
@@ -226,7 +254,7 @@ def main(argv=None) -> int:
             for kind in paths:
                 if case.startswith("cold"):
                     evict(paths[kind])
-                items = (folder_items(folder, r) if kind == "folder"
+                items = (folder_items(folders[kind], r) if kind in folders
                          else streams[kind].slot_items(0, 1, 0, 1, epoch=r))
                 rates[kind].append(read_rate(items, None if case.endswith("read") else frontend,
                                              n, skip))
@@ -236,6 +264,7 @@ def main(argv=None) -> int:
         got["runs"] = {k: [round(x, 1) for x in v] for k, v in rates.items()}
         for fmt in FORMATS:
             got[f"{fmt}_over_folder"] = round(got[fmt] / got["folder"], 2)
+        got["flac_over_folder_flac"] = round(got["flac"] / got["folder-flac"], 2)
         reading[case] = got
 
     training = [step_rate("vit-tiny", a.clip_seconds, a.steps, a.threads),
@@ -282,9 +311,11 @@ def main(argv=None) -> int:
     for case in ("cold", "warm", "cold-read", "warm-read"):
         r = reading[case]
         what = "read + decode + fit" + ("" if case.endswith("read") else " + front end")
-        print(f"| one loader, {what}, {case.split('-')[0]} page cache: folder / flac / wav "
-              f"shards (medians of {a.repeats}) | {r['folder']} / {r['flac']} / {r['wav']} "
-              f"clips/s ({r['flac_over_folder']}x, {r['wav_over_folder']}x) |")
+        print(f"| one loader, {what}, {case.split('-')[0]} page cache: WAV folder / FLAC folder "
+              f"/ FLAC shards / WAV shards (medians of {a.repeats}) | {r['folder']} / "
+              f"{r['folder-flac']} / {r['flac']} / {r['wav']} clips/s (shards over the WAV "
+              f"folder: {r['flac_over_folder']}x, {r['wav_over_folder']}x; FLAC shards over "
+              f"the FLAC folder: {r['flac_over_folder_flac']}x) |")
     for t in training:
         print(f"| {t['model']} training, {a.threads} threads | {t['clips_per_s']} clips/s; one "
               f"loader worker: {t['one_worker_headroom']}x |")
