@@ -61,7 +61,10 @@ def record_name(k: int) -> str:
 
 def _fingerprint(manifest: Manifest, sample_rate: int, audio_format: str = "flac") -> str:
     """What a restart must find unchanged: the items, in order, the sample rate and format."""
-    h = hashlib.sha1(f"{sample_rate}|{audio_format}".encode())
+    # FLAC shards keep the fingerprint they had before WAV shards existed, so that an
+    # interrupted run of an earlier earmark still continues
+    h = hashlib.sha1((f"{sample_rate}" if audio_format == "flac"
+                      else f"{sample_rate}|{audio_format}").encode())
     for it in manifest.items:
         h.update(f"\n{it.path}|{it.onset}|{it.offset}|{';'.join(it.labels)}".encode())
     return h.hexdigest()
