@@ -321,7 +321,6 @@ def _encode(a: np.ndarray) -> dict:
             "data": base64.b64encode(a.tobytes()).decode("ascii")}
 
 
-
 # ---- check ---------------------------------------------------------------------------------
 
 

@@ -103,8 +103,11 @@ def _open(path: Path) -> sf.SoundFile:
     return f
 
 
-def _check_finite(path: Path, x: np.ndarray, start_frame: int, sample_rate: int) -> None:
-    """Raise AudioError if x, shape (frames, channels), holds NaN or inf; name the time."""
+def check_samples(path: PathLike, x: np.ndarray, start_frame: int, sample_rate: int) -> None:
+    """Raise AudioError naming ``path`` if decoded samples x, shape (frames, channels), are
+    empty (checked for a whole clip, ``start_frame`` 0) or hold NaN or inf (naming the time)."""
+    if start_frame == 0 and x.shape[0] == 0:
+        raise AudioError(path, "contains no samples (zero length)")
     finite = np.isfinite(x)
     if finite.all():
         return
@@ -162,9 +165,7 @@ def load_audio(
                 x = f.read(dtype="float32", always_2d=True)  # (frames, channels)
             except (sf.SoundFileError, RuntimeError, OSError) as err:
                 raise _decode_error(path, err) from err
-        if x.shape[0] == 0:
-            raise AudioError(path, "contains no samples (zero length)")
-        _check_finite(path, x, 0, sr_in)
+    check_samples(path, x, 0, sr_in)
     if mono:
         # Mixing down first resamples one channel instead of C; both are linear, so equal.
         x = x.mean(axis=1, keepdims=True, dtype=np.float32)
@@ -236,7 +237,7 @@ def _blocks(
                 raise _decode_error(path, err) from err
             done = x.shape[0] < block_in
             if x.shape[0]:
-                _check_finite(path, x, start, sr_in)
+                check_samples(path, x, start, sr_in)
                 start += x.shape[0]
             if mono:
                 x = x.mean(axis=1, keepdims=True, dtype=np.float32)

@@ -25,6 +25,7 @@ the member tables of tar shards are kept per process (DataLoader workers open th
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import tarfile
@@ -42,8 +43,9 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 PANNS_RATE = 32000  # PANNs / HTS-AT packs hold 32 kHz clips
 SAT_RATE = 16000  # SAT / CED packs hold 16 kHz clips
 # members of a sample that are not its audio (WebDataset names members KEY.EXT)
-METADATA = ("json", "txt", "cls", "npy", "pt", "pth", "pickle", "scores.npy")
-_MEMBER = re.compile(r"^(.*?\.(?:tar|h5|hdf5|hdf))#(.+)$", re.IGNORECASE)
+METADATA = ("json", "txt", "cls", "npy", "pt", "pth", "pickle")
+_SUFFIX = "|".join(re.escape(x) for x in TAR_SUFFIXES + HDF5_SUFFIXES)
+_MEMBER = re.compile(rf"^(.*?(?:{_SUFFIX}))#(.+)$", re.IGNORECASE)
 
 
 def member_of(path: str | os.PathLike) -> tuple[str, str, str] | None:
@@ -65,23 +67,42 @@ def member_path(container: str | os.PathLike, key: str | int) -> str:
     return f"{os.fspath(container)}#{key}"
 
 
+def split_member_name(name: str) -> tuple[str, str]:
+    """(key, extension) of a tar member named as WebDataset names them, ``dir/KEY.EXT``.
+
+    >>> split_member_name("a/000000042.flac")
+    ('000000042', 'flac')
+    """
+    key, _, ext = name.rpartition("/")[2].partition(".")
+    return key, ext
+
+
+def is_audio_member(member: tarfile.TarInfo) -> bool:
+    """Whether a tar member is a sample's audio: a file ``KEY.EXT`` whose EXT is no metadata."""
+    _, ext = split_member_name(member.name)
+    return member.isfile() and bool(ext) and ext.lower() not in METADATA
+
+
+def shard_record(shard: str | os.PathLike) -> str:
+    """The record ``earmark shard`` writes beside a shard (a path or URL):
+    ``shard-000003.tar`` -> ``shard-000003.json``."""
+    text = os.fspath(shard)
+    return text[: -len(".tar")] + ".json" if text.endswith(".tar") else text + ".json"
+
+
 # ---- tar shards -------------------------------------------------------------------------------
 
 
 @lru_cache(maxsize=64)
-def _tar_table(container: str, mtime: float) -> dict[str, tuple[str, int, int]]:
-    """key -> (member name, data offset, size) of the audio members of one shard (headers only:
-    tarfile seeks past the data)."""
-    table: dict[str, tuple[str, int, int]] = {}
+def _tar_table(container: str, mtime: float) -> dict[str, tuple[int, int]]:
+    """key -> (data offset, size) of the audio members of a local shard (headers only: tarfile
+    seeks past the data)."""
     try:
         with tarfile.open(container) as tar:
-            for m in tar:
-                key, dot, ext = m.name.rpartition("/")[2].partition(".")
-                if m.isfile() and dot and ext.lower() not in METADATA:
-                    table[key] = (m.name, m.offset_data, m.size)
+            return {split_member_name(m.name)[0]: (m.offset_data, m.size)
+                    for m in tar if is_audio_member(m)}
     except (tarfile.TarError, OSError) as err:
         raise AudioError(container, f"not a readable tar shard ({err})") from None
-    return table
 
 
 def is_url(text: str | os.PathLike) -> bool:
@@ -91,7 +112,8 @@ def is_url(text: str | os.PathLike) -> bool:
 
 def fetch(url: str, start: int | None = None, size: int | None = None) -> bytes:
     """The bytes of ``url`` (``size`` of them from ``start`` with a range request); AudioError
-    naming the URL when it cannot be read."""
+    naming the URL when it cannot be read. A server that ignores ranges is read only up to the
+    end of the range."""
     import urllib.error
     import urllib.request
 
@@ -100,52 +122,55 @@ def fetch(url: str, start: int | None = None, size: int | None = None) -> bytes:
         request.add_header("Range", f"bytes={start}-{start + size - 1}")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            data = response.read()
+            if start is None or response.status == 206:
+                return response.read()
+            return response.read(start + size)[start:]
     except (urllib.error.URLError, OSError) as err:
         raise AudioError(url, f"cannot be read ({err})") from None
-    if start is not None and len(data) != size:  # a server that ignores ranges sends it all
-        data = data[start:start + size] if len(data) > start + size - 1 else b""
-    return data
 
 
 @lru_cache(maxsize=64)
-def _url_table(container: str) -> dict[str, tuple[int, int]]:
-    """key -> (data offset, size) of a shard served over http(s), from the record that
-    ``earmark shard`` wrote beside it (``shard-NNNNNN.json``)."""
-    import json
-
-    record = container[: -len(".tar")] + ".json"
+def record_samples(shard: str) -> tuple[dict, ...]:
+    """The samples' metadata in the record of a shard served over http(s), fetched once per
+    process (the manifest and the reads by range both need it)."""
+    record = shard_record(shard)
     try:
-        samples = json.loads(fetch(record)).get("samples") or []
-    except ValueError:
-        raise AudioError(record, "not a shard record (JSON)") from None
-    table = {m["key"]: (m["offset"], m["size"]) for m in samples if "offset" in m}
-    if not table:
-        raise AudioError(record, "lists no member offsets; clips of shards on a web server are "
-                         "read by range, which needs the records of earmark shard")
-    return table
+        return tuple(json.loads(fetch(record))["samples"])
+    except (ValueError, KeyError, TypeError):
+        raise AudioError(record, "not a shard record of earmark shard (JSON with samples); "
+                         "shards on a web server are read through their records") from None
 
 
-def _read_tar(container: str, key: str) -> tuple[np.ndarray, int]:
+def _member_table(container: str) -> dict[str, tuple[int, int]]:
+    """key -> (data offset, size) of a shard's audio members: from the tar headers of a local
+    file, from the record of a shard served over http(s)."""
     if is_url(container):
-        table = _url_table(container)
-        if key not in table:
-            raise AudioError(member_path(container, key), "no sample with this key in the "
-                             "shard's record")
-        offset, size = table[key]
-        return decode_bytes(fetch(container, offset, size), member_path(container, key))
+        table = {m["key"]: (m["offset"], m["size"]) for m in record_samples(container)
+                 if "offset" in m}
+        if not table:
+            raise AudioError(shard_record(container), "lists no member offsets; clips of shards "
+                             "on a web server are read by range, which needs them")
+        return table
     try:
         mtime = os.stat(container).st_mtime
     except OSError:
         raise AudioError(container, "shard not found") from None
-    table = _tar_table(container, mtime)
+    return _tar_table(container, mtime)
+
+
+def _read_tar(container: str, key: str) -> tuple[np.ndarray, int]:
+    name = member_path(container, key)
+    table = _member_table(container)
     if key not in table:
-        raise AudioError(member_path(container, key), "no audio member with this key in the shard")
-    name, offset, size = table[key]
-    with open(container, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    return decode_bytes(data, member_path(container, key))
+        raise AudioError(name, "no audio member with this key in the shard")
+    offset, size = table[key]
+    if is_url(container):
+        data = fetch(container, offset, size)
+    else:
+        with open(container, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    return decode_bytes(data, name)
 
 
 def decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
@@ -209,24 +234,25 @@ def hdf5_rate(obj, default: int) -> int:
     return default if rate is None else int(np.asarray(rate).reshape(-1)[0])
 
 
-def _read_hdf5(container: str, key: str) -> tuple[np.ndarray, int]:
+def _hdf5_clip(container: str, key: str):
+    """(dataset, row or None, integer scale, sample rate) of a clip in an HDF5 pack."""
     f = open_hdf5(container)
-    name = member_path(container, key)
     if "waveform" in f and key.isdigit():  # PANNs / HTS-AT: rows of one int16 matrix
-        data = f["waveform"]
-        row = int(key)
+        data, row = f["waveform"], int(key)
         if row >= data.shape[0]:
-            raise AudioError(name, f"row {row} is beyond the pack's {data.shape[0]} clips")
-        x, scale, rate = data[row], 32767.0, hdf5_rate(data, PANNS_RATE)
-    else:  # SAT / CED: one dataset per clip, named by the clip's file name (or its base name)
-        for candidate in (key, os.path.basename(key)):
-            if candidate in f and hasattr(f[candidate], "shape"):
-                data = f[candidate]
-                break
-        else:
-            raise AudioError(name, "no clip of this name in the HDF5 pack")
-        x, scale, rate = data[()], 32768.0, hdf5_rate(data, SAT_RATE)
-    x = np.asarray(x)
+            raise AudioError(member_path(container, key),
+                             f"row {row} is beyond the pack's {data.shape[0]} clips")
+        return data, row, 32767.0, hdf5_rate(data, PANNS_RATE)
+    # SAT / CED: one dataset per clip, named by the clip's file name (or its base name)
+    for candidate in (key, os.path.basename(key)):
+        if candidate in f and hasattr(f[candidate], "shape"):
+            return f[candidate], None, 32768.0, hdf5_rate(f[candidate], SAT_RATE)
+    raise AudioError(member_path(container, key), "no clip of this name in the HDF5 pack")
+
+
+def _read_hdf5(container: str, key: str) -> tuple[np.ndarray, int]:
+    data, row, scale, rate = _hdf5_clip(container, key)
+    x = np.asarray(data[row] if row is not None else data[()])
     if np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float32) / np.float32(scale)
     x = x.astype(np.float32, copy=False)
@@ -240,33 +266,25 @@ def _read_hdf5(container: str, key: str) -> tuple[np.ndarray, int]:
 def member_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """(sample rate, frames, channels) of a ``CONTAINER#KEY`` clip without decoding all of it
     where the container allows (HDF5: the dataset's shape)."""
-    container, kind, key = member_of(path) or (None, None, None)
+    container, kind, key = _parts(path)
     if kind == "hdf5":
-        f = open_hdf5(container)
-        if "waveform" in f and key.isdigit() and int(key) < f["waveform"].shape[0]:
-            return hdf5_rate(f["waveform"], PANNS_RATE), f["waveform"].shape[1], 1
-        for candidate in (key, os.path.basename(key)):
-            if candidate in f and hasattr(f[candidate], "shape"):
-                d = f[candidate]
-                frames = d.shape[-1] if d.ndim else 0
-                return hdf5_rate(d, SAT_RATE), frames, 1 if d.ndim < 2 else d.shape[0]
+        data, row, _, rate = _hdf5_clip(container, key)
+        shape = data.shape[1:] if row is not None else data.shape  # (frames,) or (C, frames)
+        return rate, (shape[-1] if shape else 0), (shape[0] if len(shape) == 2 else 1)
     x, sr = read_member(path)
     return sr, x.shape[0], x.shape[1]
 
 
 def read_member(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """(samples (frames, channels) float32, sample rate) of a ``CONTAINER#KEY`` clip.
+    """(samples (frames, channels) float32, sample rate) of a ``CONTAINER#KEY`` clip, as
+    stored (:func:`earmark.audio.io.load_audio` checks them). AudioError naming the clip's
+    path for a missing container or key or an undecodable member."""
+    container, kind, key = _parts(path)
+    return _read_tar(container, key) if kind == "tar" else _read_hdf5(container, key)
 
-    Raises AudioError naming the clip's path for a missing container or key, an undecodable
-    member, no samples or NaN/inf samples."""
+
+def _parts(path: str | os.PathLike) -> tuple[str, str, str]:
     found = member_of(path)
     if found is None:
         raise AudioError(path, "not a CONTAINER#KEY path")
-    container, kind, key = found
-    x, sr = _read_tar(container, key) if kind == "tar" else _read_hdf5(container, key)
-    if x.shape[0] == 0:
-        raise AudioError(path, "contains no samples (zero length)")
-    if not np.isfinite(x).all():
-        first = int(np.argmin(np.isfinite(x).all(axis=1)))
-        raise AudioError(path, f"contains NaN or infinite samples (first at {first / sr:.3f} s)")
-    return x, sr
+    return found

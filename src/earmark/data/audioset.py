@@ -36,16 +36,28 @@ from earmark.errors import DataError
 CLASS_INDEX = "class_labels_indices.csv"
 
 
+def class_index_places(folder: Path) -> list[Path]:
+    """Where AudioSet's class list is looked for: in ``folder``, then in its parent."""
+    return [folder / CLASS_INDEX, folder.parent / CLASS_INDEX]
+
+
 def find_class_index(csv_path: Path) -> Path:
     """``class_labels_indices.csv`` beside ``csv_path`` or in its parent folder."""
-    places = [csv_path.parent / CLASS_INDEX, csv_path.parent.parent / CLASS_INDEX]
+    places = class_index_places(csv_path.parent)
     for place in places:
         if place.is_file():
             return place
     raise DataError(places[0], f"missing AudioSet class list; also looked for {places[1]}")
 
 
-def _class_map(path: Path) -> tuple[list[str], dict[str, str]]:
+def split_of(path: Path) -> str:
+    """The split of a file of AudioSet (segments CSV, pack, label table) by its name: ``eval``
+    in it is the test split, anything else training."""
+    return "test" if "eval" in path.name.lower() else "train"
+
+
+def class_map(path: Path) -> tuple[list[str], dict[str, str]]:
+    """(display names in index order, mid -> display name) of a class list."""
     rows = read_table(path, ["index", "mid", "display_name"])
     rows.sort(key=lambda r: int(r["index"]))
     return [r["display_name"] for r in rows], {r["mid"]: r["display_name"] for r in rows}
@@ -103,9 +115,9 @@ def load(csv_file: str) -> Manifest:
     csv_path = Path(csv_file)
     if not csv_path.is_file():
         raise DataError(csv_path, "missing AudioSet segments CSV")
-    labels, display = _class_map(find_class_index(csv_path))
+    labels, display = class_map(find_class_index(csv_path))
     audio = _index_audio([csv_path.parent, csv_path.parent / "audio"])
-    split = "test" if "eval" in csv_path.name.lower() else "train"
+    split = split_of(csv_path)
 
     items, missing, rows = [], [], _segments(csv_path)
     for n, row in rows:

@@ -34,31 +34,24 @@ from pathlib import Path
 import numpy as np
 
 from earmark.audio.packed import HDF5_SUFFIXES, member_path, open_hdf5
-from earmark.data.audioset import CLASS_INDEX
+from earmark.data.audioset import class_index_places, class_map, split_of
 from earmark.data.manifest import Item, Manifest
-from earmark.data.paths import read_table
 from earmark.errors import AudioError, DataError
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".txt")
 
 
 def _class_names(place: Path, n: int) -> list[str]:
-    """Display names of AudioSet's ``class_labels_indices.csv`` beside ``place`` or in its
-    parent folder, else the indices as text; at least ``n`` of them."""
-    folder = place if place.is_dir() else place.parent
-    for candidate in (folder / CLASS_INDEX, folder.parent / CLASS_INDEX):
+    """Display names of AudioSet's class list beside ``place`` (or inside it, for a folder) or
+    in the parent folder, else the indices as text; at least ``n`` of them."""
+    for candidate in class_index_places(place if place.is_dir() else place.parent):
         if candidate.is_file():
-            rows = read_table(candidate, ["index", "display_name"])
-            names = [r["display_name"] for r in sorted(rows, key=lambda r: int(r["index"]))]
+            names = class_map(candidate)[0]
             if len(names) < n:
                 raise DataError(place, f"targets have {n} classes but {candidate} lists "
                                 f"{len(names)}")
             return names
     return [str(i) for i in range(n)]
-
-
-def _split(path: Path) -> str:
-    return "test" if "eval" in path.name.lower() else "train"
 
 
 def _text(values) -> list[str]:
@@ -92,7 +85,7 @@ def _panns(files: list[Path]) -> tuple[list[tuple[str, np.ndarray, str]], int]:
         if target.ndim != 2:
             raise DataError(path, f"target must be clips x classes, has shape {target.shape}")
         classes = max(classes, target.shape[1])
-        split = _split(path)
+        split = split_of(path)
         if "waveform" in f:
             if f["waveform"].shape[0] != target.shape[0]:
                 raise DataError(path, f"{f['waveform'].shape[0]} waveforms but "
@@ -153,7 +146,7 @@ def _load_sat(table: Path) -> Manifest:
         parsed.append((member_path(packs[written], row["filename"]), [i for i in idx if i >= 0]))
     classes = 1 + max((i for _, idx in parsed for i in idx), default=-1)
     labels = _class_names(table, classes)
-    split = _split(table)
+    split = split_of(table)
     items = [Item(path=path, labels=tuple(labels[i] for i in idx), split=split)
              for path, idx in parsed]
     return Manifest(items=items, labels=labels, multi_label=True, name=f"hdf5:{table.stem}",

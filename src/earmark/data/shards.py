@@ -38,7 +38,16 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from earmark.audio.packed import fetch, is_url, member_path
+from earmark.audio.packed import (
+    decode_bytes,
+    fetch,
+    is_audio_member,
+    is_url,
+    member_path,
+    record_samples,
+    shard_record,
+    split_member_name,
+)
 from earmark.data.dataset import load_segment
 from earmark.data.events import Event
 from earmark.data.manifest import Item, Manifest
@@ -270,9 +279,8 @@ def shard_paths(location: str) -> list[str]:
 def _index(base: str) -> dict:
     """``index.json`` of the folder (or URL folder) ``base``; {} when there is none."""
     if is_url(base):
-        url = (base if base.endswith("/") else base + "/") + INDEX
         try:
-            return json.loads(fetch(url))
+            return json.loads(fetch(base.rstrip("/") + "/" + INDEX))
         except (AudioError, ValueError):
             return {}
     path = Path(base) / INDEX
@@ -286,7 +294,7 @@ def _scan(path: str) -> list[dict]:
     try:
         with tarfile.open(path) as tar:
             for member in tar:
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                key, ext = split_member_name(member.name)
                 if ext == "json":
                     meta = json.loads(tar.extractfile(member).read())
                     meta.setdefault("key", key)
@@ -297,14 +305,13 @@ def _scan(path: str) -> list[dict]:
 
 
 def _samples(path: str) -> list[dict]:
+    """The samples' metadata of one shard: from its record, else from the shard itself."""
     if is_url(path):
-        record = path[: -len(".tar")] + ".json"
         try:
-            return json.loads(fetch(record))["samples"]
-        except (AudioError, ValueError, KeyError):
-            raise DataError(record, "shards on a web server need the records earmark shard "
-                            "writes beside them (shard-NNNNNN.json)") from None
-    record = Path(path).with_suffix(".json")
+            return list(record_samples(path))
+        except AudioError as err:
+            raise DataError(err.path, err.reason) from None
+    record = Path(shard_record(path))
     if record.is_file():
         samples = json.loads(record.read_text()).get("samples")
         if samples is not None:
@@ -322,22 +329,21 @@ def load(location: str) -> Manifest:
     '/data/shards/esc50/shard-000000.tar#000000000'
     """
     paths = shard_paths(location)
-    root = paths[0].rsplit("/", 1)[0] if is_url(paths[0]) else Path(paths[0]).parent
-    index = _index(root + "/" if is_url(paths[0]) else root)
+    root = paths[0].rsplit("/", 1)[0]  # the folder (or URL folder) of the first shard
+    index = _index(root)
     items, events, shards = [], {}, []
     for path in paths:
-        absolute = path
         samples = _samples(path)
         for meta in samples:
             if "labels" not in meta:
                 raise DataError(path, f"sample {meta.get('key')}: metadata without labels")
-            item_path = member_path(absolute, meta["key"])
+            item_path = member_path(path, meta["key"])
             items.append(Item(path=item_path, labels=tuple(meta["labels"]),
                               split=meta.get("split") or "train", fold=meta.get("fold"),
                               group=meta.get("group")))
             if meta.get("events") is not None:
                 events[item_path] = [Event(on, off, lab) for on, off, lab in meta["events"]]
-        shards.append({"path": absolute, "clips": len(samples),
+        shards.append({"path": path, "clips": len(samples),
                        "splits": dict(Counter(m.get("split") or "train" for m in samples))})
     if not items:
         raise DataError(location, "the shards hold no samples")
@@ -346,13 +352,13 @@ def load(location: str) -> Manifest:
     meta = {"shards": shards, "sample_rate": index.get("sample_rate")}
     if events:
         meta["events"] = events
-    name = root.rsplit("/", 1)[-1] if isinstance(root, str) else root.name
-    return Manifest(items=items, labels=labels, multi_label=multi, name=f"shards:{name}",
-                    meta=meta)
+    return Manifest(items=items, labels=labels, multi_label=multi,
+                    name=f"shards:{root.rsplit('/', 1)[-1]}", meta=meta)
 
 
 def read_shard(path: str | Path) -> Iterator[tuple[np.ndarray, int, dict]]:
-    """(samples float32, sample rate, metadata) of each sample of one shard, in order."""
+    """(samples float32: (frames,) mono or (frames, channels), sample rate, metadata) of each
+    sample of one shard, in order."""
     path = Path(path)
     try:
         tar = tarfile.open(path)
@@ -361,13 +367,13 @@ def read_shard(path: str | Path) -> Iterator[tuple[np.ndarray, int, dict]]:
     with tar:
         audio: dict[str, bytes] = {}
         for member in tar:
-            key, _, ext = member.name.partition(".")
-            data = tar.extractfile(member).read()
-            if ext in AUDIO_FORMATS:
-                audio[key] = data
+            key, ext = split_member_name(member.name)
+            if is_audio_member(member):
+                audio[key] = tar.extractfile(member).read()
             elif ext == "json":
                 if key not in audio:
                     raise DataError(path, f"sample {key}: metadata before its audio")
-                wave, sr = sf.read(io.BytesIO(audio.pop(key)), dtype="float32")
-                yield wave, sr, json.loads(data)
+                x, sr = decode_bytes(audio.pop(key), member_path(path, key))
+                yield (x[:, 0] if x.shape[1] == 1 else x), sr, json.loads(
+                    tar.extractfile(member).read())
 

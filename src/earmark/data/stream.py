@@ -44,8 +44,15 @@ import numpy as np
 import soxr
 import torch
 
-from earmark.audio.io import RESAMPLE_QUALITY
-from earmark.audio.packed import METADATA, decode_bytes, is_url, member_of, member_path
+from earmark.audio.io import RESAMPLE_QUALITY, check_samples
+from earmark.audio.packed import (
+    decode_bytes,
+    is_audio_member,
+    is_url,
+    member_of,
+    member_path,
+    split_member_name,
+)
 from earmark.data.dataset import FIT_MODES, fit_length
 from earmark.data.manifest import Manifest
 from earmark.data.sampler import balanced_weights, world
@@ -109,7 +116,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.balanced, self.train = balanced, train
         # stored teacher scores (earmark.data.scores): yield (crop, its scores) instead
         self.teacher_scores = teacher_scores
-        self.workers = None  # set by the DataLoader's count when iterating
+        self.workers = None  # DataLoader workers per rank, set by whoever builds the loader
         self._slots = slots  # (rank, world) for tests and tools; None: detect when iterating
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         items = manifest.items
@@ -169,17 +176,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         return state
 
     def quota(self, slots: int) -> int:
-        """Clips each of ``slots`` slots yields per epoch (a multiple of the batch size)."""
-        if self.balanced:
+        """Clips each of ``slots`` slots yields per epoch (a multiple of the batch size): the
+        largest slot's clips when exact (the same every epoch: the deal depends on the shard
+        sizes only), a fair share when balanced."""
+        counts = [len(c) for c in self.per_shard if len(c)]
+        if self.balanced or len(counts) < slots:  # fewer shards: every slot keeps every n-th
             n = math.ceil(self.total / slots)
         else:
-            n = max(len(c) for c in self._plan(slots, 0)) if slots else 0
+            n = max(sum(counts[k] for k in d) for d in deal(counts, slots))
         return max(1, math.ceil(n / self.batch_size)) * self.batch_size
 
     def __len__(self) -> int:
-        rank_world = self._world()
         workers = self.workers or 1
-        return self.quota(rank_world[1] * workers) * workers
+        return self.quota(self._world()[1] * workers) * workers
 
     def _plan(self, slots: int, epoch: int) -> list[np.ndarray]:
         """The clips (indices into the split) of each slot, in reading order: shard by shard,
@@ -189,37 +198,33 @@ class ShardStream(torch.utils.data.IterableDataset):
         used = [k for k in order if len(self.per_shard[k])]
         if len(used) >= slots:
             dealt = deal([len(self.per_shard[k]) for k in used], slots)
-            return [np.concatenate([self.per_shard[used[j]] for j in d]) if d
-                    else np.empty(0, dtype=np.int64) for d in dealt]
+            return [np.concatenate([self.per_shard[used[j]] for j in d]) for d in dealt]
         every = np.concatenate([self.per_shard[k] for k in used])
         return [every[s::slots] for s in range(slots)]
 
-    def _read(self, clips: np.ndarray) -> Iterator[tuple[int, np.ndarray, int]]:
-        """(clip, samples, rate) of ``clips``, reading each of their shards once, front to back."""
-        shard_of = {}
+    def _read(self, clips: np.ndarray) -> Iterator[tuple[int, np.ndarray, int, np.ndarray | None]]:
+        """(clip, samples, rate, its stored teacher scores or None) of ``clips``, reading each
+        of their shards once, front to back."""
+        by_shard: dict[int, dict[str, int]] = {}
         for i in clips.tolist():
-            shard_of.setdefault(self._shard(i), {})[str(self.keys[i])] = i
-        for k, wanted in shard_of.items():
+            by_shard.setdefault(int(self._shard_of[i]), {})[str(self.keys[i])] = i
+        for k, wanted in by_shard.items():
             path = self.shards[k]
-            tar = open_tar_stream(path)
             rows = self._score_rows(path) if self.teacher_scores is not None else None
-            with tar:
+            with open_tar_stream(path) as tar:
                 for member in tar:
-                    key, _, ext = member.name.rpartition("/")[2].partition(".")
-                    if key not in wanted or ext in METADATA or not member.isfile():
+                    key = split_member_name(member.name)[0]
+                    if key not in wanted or not is_audio_member(member):
                         continue
-                    x, sr = decode_bytes(tar.extractfile(member).read(), member_path(path, key))
-                    if rows is not None:
-                        if key not in rows:
-                            raise DataError(sidecar(path), f"no teacher scores for sample {key}")
-                        x = (x, rows[key])
-                    yield wanted.pop(key), x, sr
+                    name = member_path(path, key)
+                    x, sr = decode_bytes(tar.extractfile(member).read(), name)
+                    check_samples(name, x, 0, sr)
+                    if rows is not None and key not in rows:
+                        raise DataError(sidecar(path), f"no teacher scores for sample {key}")
+                    yield wanted.pop(key), x, sr, None if rows is None else rows[key]
             if wanted:
                 raise AudioError(path, f"{len(wanted)} clip(s) of its index are not in the "
                                  f"shard, e.g. {next(iter(wanted))}")
-
-    def _shard(self, i: int) -> int:
-        return int(self._shard_of[i])
 
     def _score_rows(self, shard: str) -> dict[str, np.ndarray]:
         """key -> (crops, C) stored teacher scores of one shard."""
@@ -234,9 +239,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         wave = torch.from_numpy(np.ascontiguousarray(x[k * hop:k * hop + crop]))
         return fit_length(wave, crop, "repeat"), torch.from_numpy(rows[k].astype(np.float32))
 
-    def _item(self, i: int, x, sr: int, rng: np.random.Generator
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        x, rows = x if isinstance(x, tuple) else (x, None)
+    def _item(self, i: int, x: np.ndarray, sr: int, rows: np.ndarray | None,
+              rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1, dtype=np.float32)  # mono
         if sr != self.sample_rate:
             x = soxr.resample(x, sr, self.sample_rate, quality=RESAMPLE_QUALITY)
@@ -249,10 +253,10 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _pass(self, clips: np.ndarray, rng: np.random.Generator) -> Iterator[tuple]:
         """One pass over a slot's clips: repeats drawn when balanced, then the shuffle buffer."""
         buffer: list[tuple] = []
-        for i, x, sr in self._read(clips):
+        for i, x, sr, rows in self._read(clips):
             times = int(rng.poisson(self.weights[i])) if self.balanced else 1
             for _ in range(times):
-                item = self._item(i, x, sr, rng)
+                item = self._item(i, x, sr, rows, rng)
                 if not self.train:
                     yield item
                     continue

@@ -140,6 +140,7 @@ def store_teacher_scores(teacher: str | Path, location: str, crop_seconds: float
     Returns the ``psl.json`` contents."""
     from tqdm.auto import tqdm
 
+    from earmark.audio.packed import is_url
     from earmark.data.dataset import fit_length
     from earmark.data.scores import INFO, crop_starts, grid, sidecar, write_sidecar
     from earmark.data.shards import read_shard, shard_paths
@@ -151,7 +152,7 @@ def store_teacher_scores(teacher: str | Path, location: str, crop_seconds: float
     tagger = load(teacher)
     model = tagger.model.eval()
     paths = shard_paths(location)
-    if any(p.startswith(("http://", "https://")) for p in paths):
+    if any(is_url(p) for p in paths):
         raise DataError(location, "teacher scores are written beside the shards: give local "
                         "shards")
     root = Path(paths[0]).parent
