@@ -140,11 +140,16 @@ def test_a_run_killed_mid_epoch_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(ShardStream, "slot_items", dying)
     with pytest.raises(Crash):
         train(cfg)
-    monkeypatch.setattr(ShardStream, "slot_items", items)
+    epochs = []
+
+    def recording(self, *args, **kw):  # the epochs the resumed run streams
+        epochs.append(self.epoch)
+        return items(self, *args, **kw)
+
+    monkeypatch.setattr(ShardStream, "slot_items", recording)
     result = train(cfg, resume=True)
     assert result["epochs"] == 3
-    first = json.loads((tmp_path / "run" / "train_config.json").read_text())
-    assert first["data"] == f"shards:{shards}"
+    assert sorted(set(epochs)) == [1, 2]  # the killed epoch again, then the last; not epoch 0
 
 
 def test_evaluation_on_shards_scores_every_clip_once_as_on_the_files(tmp_path):
@@ -284,5 +289,8 @@ def test_two_ranks_killed_mid_run_resume_from_the_last_epoch(tmp_path):
     result = json.loads((out / "metrics.json").read_text())
     assert result["epochs"] == done + 2 and result["world_size"] == 2
     with open(out / "logs" / "metrics.csv") as f:
-        epochs = {int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch")}
+        rows = list(csv.DictReader(f))
+    epochs = {int(r["epoch"]) for r in rows if r.get("epoch")}
     assert set(range(done + 2)) <= epochs  # the log keeps the epochs before the kill
+    trained = [int(r["epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert all(trained.count(e) <= 1 for e in range(done))  # resumed, not trained again

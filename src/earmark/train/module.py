@@ -118,8 +118,6 @@ class TaggingModule(L.LightningModule):
         self._val_targets.append(target.float())
 
     def on_validation_epoch_end(self):
-        if not self._val_scores and self.trainer.world_size == 1:
-            return
         n = len(self.labels)
         scores = torch.cat(self._val_scores) if self._val_scores else torch.zeros(0, n)
         targets = torch.cat(self._val_targets) if self._val_targets else torch.zeros(0, n)

@@ -302,12 +302,12 @@ def _loaders(config: TrainConfig, train_ds, valid_ds, sampler=None):
     if isinstance(train_ds, ShardStream):  # it splits itself over ranks and workers
         workers = max(1, config.num_workers)
         train_ds.workers = workers
-        steps = train_ds.quota(_world_size(config) * workers) * workers // config.batch_size
+        steps = train_ds.quota(world_size * workers) * workers // config.batch_size
         return torch.utils.data.DataLoader(train_ds, **loader_args), valid_dl, steps
     train_dl = torch.utils.data.DataLoader(train_ds, shuffle=sampler is None, sampler=sampler,
                                            drop_last=len(train_ds) > config.batch_size,
                                            **loader_args)
-    return train_dl, valid_dl, max(1, len(train_dl) // _world_size(config))
+    return train_dl, valid_dl, max(1, len(train_dl) // world_size)
 
 
 def _train_clips(config: TrainConfig, manifest: Manifest, train_m: Manifest, sample_rate: int,
@@ -315,8 +315,7 @@ def _train_clips(config: TrainConfig, manifest: Manifest, train_m: Manifest, sam
     """The training data set: a stream of shards for a ``shards:`` data set, else clips read
     by index (then sampled by :func:`_sampler`)."""
     if _streams(train_m):
-        balanced = (manifest.multi_label if config.balanced is None else config.balanced) \
-            and config.stage != "mae"  # pretraining has no labels to balance
+        balanced = _balanced(config, manifest) and config.stage != "mae"  # MAE has no labels
         return ShardStream(train_m, sample_rate, clip_seconds, batch_size=config.batch_size,
                            fit=config.fit, seed=config.seed, buffer=config.shuffle_buffer,
                            balanced=balanced)
@@ -324,10 +323,14 @@ def _train_clips(config: TrainConfig, manifest: Manifest, train_m: Manifest, sam
                        seed=config.seed, cache=cache)
 
 
+def _balanced(config: TrainConfig, manifest: Manifest) -> bool:
+    """Whether training draws label-balanced: ``--balanced``, by default for multi-label data."""
+    return manifest.multi_label if config.balanced is None else config.balanced
+
+
 def _sampler(config: TrainConfig, manifest: Manifest, train_m: Manifest, size: int):
-    balanced = manifest.multi_label if config.balanced is None else config.balanced
     return (BalancedSampler(manifest_targets(train_m), num_samples=size, seed=config.seed)
-            if balanced and not _streams(train_m) else None)
+            if _balanced(config, manifest) and not _streams(train_m) else None)
 
 
 def _init(config: TrainConfig, model: nn.Module, labels: list[str]) -> InitReport | None:
@@ -539,6 +542,11 @@ def train(config: TrainConfig, resume: bool = False,
     setup = prepare_run(config, resume, split)
     resume = resume and last.is_file()
     model, module = setup.model, setup.module
+    dataset = getattr(setup.train_loader, "dataset", None)
+    if resume and hasattr(dataset, "set_epoch"):
+        # Lightning starts the first loader before any epoch hook runs: a resumed run's first
+        # epoch must not draw (crops, stream order) as epoch 0 did
+        dataset.set_epoch(load_checkpoint(last)["epoch"] + 1)
     if setup.init is not None:
         write_json(out / "init.json", setup.init.to_dict())
 
