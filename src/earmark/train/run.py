@@ -311,14 +311,17 @@ def _loaders(config: TrainConfig, train_ds, valid_ds, sampler=None):
 
 
 def _train_clips(config: TrainConfig, manifest: Manifest, train_m: Manifest, sample_rate: int,
-                 clip_seconds: float, cache: bool):
-    """The training data set: a stream of shards for a ``shards:`` data set, else clips read
-    by index (then sampled by :func:`_sampler`)."""
+                 clip_seconds: float, cache: bool, teacher_scores: dict | None = None):
+    """The training data set: a stream of shards for a ``shards:`` data set (with stored
+    teacher scores, crops and their scores), else clips read by index (then sampled by
+    :func:`_sampler`)."""
     if _streams(train_m):
-        balanced = _balanced(config, manifest) and config.stage != "mae"  # MAE has no labels
+        # pretraining has no labels to balance; stored scores are soft labels of every clip
+        balanced = (_balanced(config, manifest) and config.stage != "mae"
+                    and teacher_scores is None)
         return ShardStream(train_m, sample_rate, clip_seconds, batch_size=config.batch_size,
                            fit=config.fit, seed=config.seed, buffer=config.shuffle_buffer,
-                           balanced=balanced)
+                           balanced=balanced, teacher_scores=teacher_scores)
     return ClipDataset(train_m, sample_rate, clip_seconds, train=True, fit=config.fit,
                        seed=config.seed, cache=cache)
 
@@ -448,9 +451,7 @@ def _prepare_stored_psl(config: TrainConfig, manifest: Manifest, train_m: Manife
                          f"{config.model} learns from {crop} s crops (two chunks); write them "
                          f"with --crop-seconds {crop}")
     valid_m = to_vocabulary(valid_m, labels)
-    train_ds = ShardStream(train_m, model.sample_rate, crop, batch_size=config.batch_size,
-                           fit=config.fit, seed=config.seed, buffer=config.shuffle_buffer,
-                           teacher_scores=info)
+    train_ds = _train_clips(config, manifest, train_m, model.sample_rate, crop, False, info)
     valid_ds = ClipDataset(valid_m, model.sample_rate, model.clip_seconds, train=False,
                            fit=config.fit, cache=_use_cache(config, valid_m))
     train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds)
