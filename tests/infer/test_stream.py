@@ -313,3 +313,25 @@ def test_a_tagger_traces_its_chunk_step_once(sat, write_wav):
             torch.testing.assert_close(x.scores, y.scores, atol=1e-5, rtol=0)
     finally:
         del model.traced_chunk_step
+
+
+@pytest.mark.parametrize("which", ["sat", "vit"])
+def test_chunks_of_many_streams_scored_together_equal_each_stream_alone(which, request):
+    from earmark.infer.stream import score_chunks
+
+    tagger = request.getfixturevalue(which)
+    clips = [noise(2.5, seed=s, amp=0.05 * (s + 1)) for s in range(4)]
+    alone = [push_in_blocks(tagger.stream(), x, 1600) for x in clips]
+    sessions = [tagger.stream() for _ in clips]
+    together: list[list[ChunkResult]] = [[] for _ in clips]
+    for i in range(0, 40000, 1600):  # every stream's block of the moment in one call
+        pending = [p for s, x in zip(sessions, clips) for p in s.feed(x[i:i + 1600])]
+        pending += [p for s in sessions for p in s.finish()] if i + 1600 >= len(clips[0]) else []
+        for r, p in zip(score_chunks(pending), pending):
+            together[sessions.index(p.session)].append(r)
+    for a, b in zip(alone, together):
+        assert_same_results(a, b, atol=1e-5)
+    # several chunks of one session in one call are scored in order, each with its cache
+    session = tagger.stream()
+    assert_same_results(score_chunks(session.feed(clips[0]) + session.finish()), alone[0],
+                        atol=1e-5)

@@ -161,6 +161,20 @@ class StreamSession:
 
     def push(self, samples) -> list[ChunkResult]:
         """Add a block of samples; returns the results of the chunks it completed, in order."""
+        return score_chunks(self.feed(samples))
+
+    def flush(self) -> list[ChunkResult]:
+        """End the stream: the tail shorter than a chunk is zero-padded to a chunk and scored
+        (``tail="pad"``) or dropped (``"drop"``). The session then starts afresh, as after
+        :meth:`reset`."""
+        out = score_chunks(self.finish())
+        self.reset()
+        return out
+
+    def feed(self, samples) -> list[PendingChunk]:
+        """Like :meth:`push`, but the chunks completed are returned unscored: pass them to
+        :func:`score_chunks` (in order), alone or together with other streams' chunks, which
+        is how a server scores many streams in one batch."""
         x = self._as_array(samples)
         if not np.isfinite(x).all():
             raise AudioError(STREAM_NAME,
@@ -169,19 +183,21 @@ class StreamSession:
             x = self._resampler.resample_chunk(x)
         return self._consume(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
-    def flush(self) -> list[ChunkResult]:
-        """End the stream: the tail shorter than a chunk is zero-padded to a chunk and scored
-        (``tail="pad"``) or dropped (``"drop"``). The session then starts afresh, as after
-        :meth:`reset`."""
-        out: list[ChunkResult] = []
+    def finish(self) -> list[PendingChunk]:
+        """Like :meth:`flush`, unscored and without the reset: the resampler's last samples
+        and the padded tail as chunks for :func:`score_chunks`; call :meth:`reset` once they
+        are scored."""
+        out: list[PendingChunk] = []
         if self._resampler is not None:
             rest = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self._resampler = None  # ended; reset() makes a new one
             out += self._consume(torch.from_numpy(np.ascontiguousarray(rest, dtype=np.float32)))
         if self._fill and self.tail == "pad":
             real = self._fill
             self._write(torch.zeros(self.chunk_samples - real))
-            out.append(self._emit(real))
-        self.reset()
+            out.append(self._take(real))
+        elif self._fill:
+            self._fill = 0  # dropped
         return out
 
     def _as_array(self, samples) -> np.ndarray:
@@ -196,7 +212,7 @@ class StreamSession:
             return x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
         return x.astype(np.float32, copy=False)
 
-    def _consume(self, x: torch.Tensor) -> list[ChunkResult]:
+    def _consume(self, x: torch.Tensor) -> list[PendingChunk]:
         out = []
         i = 0
         while i < x.shape[0]:
@@ -204,7 +220,7 @@ class StreamSession:
             self._write(x[i:i + take])
             i += take
             if self._fill == self.chunk_samples:
-                out.append(self._emit(self.chunk_samples))
+                out.append(self._take(self.chunk_samples))
         return out
 
     def _write(self, piece: torch.Tensor) -> None:
@@ -233,28 +249,85 @@ class StreamSession:
 
     # ---- scores out --------------------------------------------------------------------------
 
-    def _emit(self, real: int) -> ChunkResult:
-        """Score the full chunk just completed; ``real`` of its samples are audio, not padding."""
-        model, sr = self.tagger.model, self.sample_rate
+    def _take(self, real: int) -> PendingChunk:
+        """The full chunk just completed, to be scored; ``real`` of its samples are audio."""
         first = self._chunks * self.chunk_samples  # sample index of the chunk's start
-        last = first + self.chunk_samples
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            if self.streaming:
-                wave = self._chunk.unsqueeze(0).to(self.tagger.device)  # (1, N)
-                step = self._step or model.forward_chunk
-                logits, self.cache = step(wave, self.cache)
-                scores = model.activation(logits)[0].float().cpu()
-                window = (first / sr, last / sr)
-            else:
-                wave = self._window()
-                scores = self.tagger.score_wave(wave)
-                window = ((last - wave.shape[0]) / sr, last / sr)
-        latency = (time.perf_counter() - t0) * 1000.0
+        wave = self._chunk.clone() if self.streaming else self._window().clone()
         self._chunks += 1
         self._fill = 0
-        return ChunkResult(first / sr, (first + real) / sr, scores,
-                           self.tagger.top(scores, self.top_k), latency, window)
+        return PendingChunk(self, wave, first, real)
+
+
+@dataclass
+class PendingChunk:
+    """A completed chunk of a :class:`StreamSession` that waits for its model call."""
+
+    session: StreamSession
+    wave: torch.Tensor  # (N,) the chunk (streaming models) or the window, oldest first
+    first: int  # sample index of the chunk's start in the stream
+    real: int  # samples of the chunk that are audio, not padding
+
+    def result(self, scores: torch.Tensor, latency_ms: float) -> ChunkResult:
+        s = self.session
+        sr, first = s.sample_rate, self.first
+        last = first + s.chunk_samples
+        window = ((first if s.streaming else last - self.wave.shape[0]) / sr, last / sr)
+        return ChunkResult(first / sr, (first + self.real) / sr, scores,
+                           s.tagger.top(scores, s.top_k), latency_ms, window)
+
+
+def score_chunks(pending: list[PendingChunk]) -> list[ChunkResult]:
+    """Score chunks of one or many streams, batching what can share a model call.
+
+    Chunks of one session are scored in the order given, each with the cache the one before
+    it left (a session must not appear in two concurrent calls). Chunks of different sessions
+    of one tagger go through the model together: a streaming model's chunks with their caches
+    stacked, a full-context model's windows of equal length. The scores equal those of one
+    call per chunk up to float rounding; each result's ``latency_ms`` is its batch's time.
+    """
+    results: list[ChunkResult | None] = [None] * len(pending)
+    todo = list(enumerate(pending))
+    while todo:
+        # one round: at most one chunk per session, the earliest it has left
+        batch, later, seen = [], [], set()
+        for i, p in todo:
+            (later if id(p.session) in seen else batch).append((i, p))
+            seen.add(id(p.session))
+        groups: dict[tuple, list[tuple[int, PendingChunk]]] = {}
+        for i, p in batch:
+            key = (id(p.session.tagger), p.session.streaming, p.wave.shape[0])
+            groups.setdefault(key, []).append((i, p))
+        for group in groups.values():
+            t0 = time.perf_counter()
+            scores = _score_group([p for _, p in group])
+            latency = (time.perf_counter() - t0) * 1000.0
+            for (i, p), row in zip(group, scores):
+                results[i] = p.result(row, latency)
+        todo = later
+    return results  # type: ignore[return-value]
+
+
+def _score_group(group: list[PendingChunk]) -> list[torch.Tensor]:
+    """Model call(s) for chunks of distinct sessions of one tagger, one kind, one length."""
+    session = group[0].session
+    tagger, model = session.tagger, session.tagger.model
+    with torch.inference_mode():
+        if not session.streaming:
+            return list(tagger.score_batch(torch.stack([p.wave for p in group])))
+        waves = torch.stack([p.wave for p in group]).to(tagger.device)  # (B, N)
+        if len(group) == 1:
+            step = session._step or model.forward_chunk
+            logits, cache = step(waves, session.cache)
+            caches = [cache]
+        else:  # stacked caches through the eager step (a trace holds one batch size)
+            from earmark.models.sat import ChunkCache
+
+            logits, cache = model.forward_chunk(waves, ChunkCache.cat(
+                [p.session.cache for p in group]))
+            caches = cache.split()
+        for p, c in zip(group, caches):
+            p.session.cache = c
+        return list(model.activation(logits).float().cpu())
 
 
 # ---- helpers for the command line -------------------------------------------------------------

@@ -106,12 +106,16 @@ class Tagger:
             wave = fit_length(wave, n, fit)
         return wave
 
-    @torch.inference_mode()
     def score_wave(self, wave: torch.Tensor) -> torch.Tensor:
         """Scores of one (N,) waveform at the model's rate, fitted to the clip length as the
         model says (no file reading, no blocks): the call every other path ends in."""
-        logits = self.model(self._fit(wave).unsqueeze(0).to(self.device))
-        return self.model.activation(logits)[0].float().cpu()
+        return self.score_batch(wave.unsqueeze(0))[0]
+
+    @torch.inference_mode()
+    def score_batch(self, waves: torch.Tensor) -> torch.Tensor:
+        """(B, N) waveforms of one length at the model's rate -> (B, C) scores, in one call."""
+        logits = self.model(self._fit(waves).to(self.device))
+        return self.model.activation(logits).float().cpu()
 
     # ---- public API --------------------------------------------------------------------------
 

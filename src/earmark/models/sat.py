@@ -43,6 +43,18 @@ class ChunkCache:
     def detach(self) -> ChunkCache:
         return ChunkCache(self.h0.detach(), self.keys.detach(), self.values.detach())
 
+    @staticmethod
+    def cat(caches: list[ChunkCache]) -> ChunkCache:
+        """The caches of several streams as one batch (all with the same number of tokens)."""
+        return ChunkCache(torch.cat([c.h0 for c in caches]),
+                          torch.cat([c.keys for c in caches], 1),
+                          torch.cat([c.values for c in caches], 1))
+
+    def split(self) -> list[ChunkCache]:
+        """The batch's caches one stream at a time (the inverse of :meth:`cat`)."""
+        return [ChunkCache(self.h0[i:i + 1], self.keys[:, i:i + 1], self.values[:, i:i + 1])
+                for i in range(self.h0.shape[0])]
+
 
 class ChunkStep(nn.Module):
     """A streaming model's :meth:`~StreamingAudioViT.forward_chunk` with the cache as plain
