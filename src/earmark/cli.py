@@ -499,6 +499,39 @@ def cmd_stream(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    import os
+
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        print(f"error: serving needs FastAPI, uvicorn and prometheus_client ({err}); install "
+              "them with: pip install 'earmark[serve]'", file=sys.stderr)
+        return 2
+    from earmark.serve.app import ServeOptions, load_models, serve
+
+    token = a.token or os.environ.get("EARMARK_SERVE_TOKEN") or None
+    if a.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        print(f"warning: serving on {a.host} without a token: anyone who reaches this port "
+              "can use the models (set --token or EARMARK_SERVE_TOKEN)", file=sys.stderr)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    options = ServeOptions(token=token, max_streams=a.max_streams,
+                           max_upload_mb=a.max_upload_mb,
+                           max_stream_minutes=a.max_stream_minutes, chunk_seconds=a.chunk,
+                           max_batch=a.max_batch)
+    models = load_models(a.models, trust_checkpoint=a.trust_checkpoint)
+    for name, tagger in models.items():
+        print(f"serving {name}: {len(tagger.labels)} labels, {tagger.sample_rate} Hz",
+              file=sys.stderr)
+    serve(models, a.host, a.port, options, log_level=a.log_level)
+    return 0
+
+
 def cmd_export(a) -> int:
     from earmark.export import export_onnx
     from earmark.infer.onnx import onnx_metadata
@@ -667,6 +700,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the streaming model's chunk step (~30 s once, then faster)")
     _add_trust(p)
     p.set_defaults(fn=cmd_stream)
+
+    p = sub.add_parser("serve", help="HTTP and WebSocket tagging with a web page that listens "
+                                     "(earmark[serve])")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model or run directory, .onnx, or NAME=PATH (default name: the "
+                        "directory's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=None,
+                   help="bearer token required on /v1/* and /metrics (or EARMARK_SERVE_TOKEN)")
+    p.add_argument("--max-streams", type=int, default=64, help="open WebSocket streams at once")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest /v1/tag upload")
+    p.add_argument("--max-stream-minutes", type=float, default=60.0,
+                   help="longest stream (audio received or wall time)")
+    p.add_argument("--chunk", type=float, default=None,
+                   help="seconds per chunk of full-context models (default 1; streaming "
+                        "models use their own)")
+    p.add_argument("--max-batch", type=int, default=64, help="stream chunks per model call")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"))
+    _add_trust(p)
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("export", help="ONNX export, checked against PyTorch")
     p.add_argument("model")

@@ -70,6 +70,21 @@ def test_long_files_are_scored_block_by_block(model_dir, write_wav, monkeypatch)
     blocks = [wave[:32000], wave[32000:64000], wave[64000:]]
     expect = sum(t.scores(b) * b.numel() for b in blocks) / wave.numel()
     torch.testing.assert_close(t.scores(path), expect, atol=1e-4, rtol=0)
+    # an array as long is scored the same way (a served upload equals the file)
+    torch.testing.assert_close(t.scores(wave), expect, atol=1e-4, rtol=0)
+
+
+def test_clips_shorter_than_one_patch_are_padded_not_refused():
+    torch.manual_seed(0)
+    model = earmark.create_model("vit-tiny", 4, depth=1, embed_dim=32, num_heads=2)
+    assert not getattr(model, "fit", None)  # nothing else lengthens a short clip
+    t = earmark.infer.tagger.Tagger(model.eval(), {"labels": LABELS})
+    short = torch.from_numpy(noise(0.05))  # 5 frames, fewer than one 16-frame patch
+    assert t.model.min_samples > short.numel()
+    padded = torch.nn.functional.pad(short, (0, t.model.min_samples - short.numel()))
+    torch.testing.assert_close(t.score_wave(short), t.score_wave(padded))
+    chunks = t.chunk_scores(torch.from_numpy(noise(1.05)), 0.5)  # a 0.05 s last chunk
+    assert [round(c.end - c.start, 3) for c in chunks] == [0.5, 0.5, 0.05]
 
 
 def test_bad_input_names_the_file(model_dir, tmp_path):

@@ -104,6 +104,9 @@ class Tagger:
             from earmark.data.dataset import fit_length
 
             wave = fit_length(wave, n, fit)
+        shortest = getattr(self.model, "min_samples", 0)  # e.g. one patch of frames
+        if wave.shape[-1] < shortest:
+            wave = torch.nn.functional.pad(wave, (0, shortest - wave.shape[-1]))
         return wave
 
     def score_wave(self, wave: torch.Tensor) -> torch.Tensor:
@@ -120,16 +123,25 @@ class Tagger:
     # ---- public API --------------------------------------------------------------------------
 
     def scores(self, audio, sample_rate: int | None = None) -> torch.Tensor:
-        """Clip scores, one per label (probabilities). Long files are read block by block."""
-        long = audio_io.LONG_FILE_SECONDS
-        if isinstance(audio, (str, Path)) and audio_info(audio).duration > long:
-            total, weight = None, 0.0
-            for block in iter_blocks(audio, audio_io.BLOCK_SECONDS, sample_rate=self.sample_rate):
-                s = self.score_wave(block) * block.shape[-1]
-                total = s if total is None else total + s
-                weight += block.shape[-1]
-            return total / weight
-        return self.score_wave(self.waveform(audio, sample_rate))
+        """Clip scores, one per label (probabilities). Audio longer than
+        ``LONG_FILE_SECONDS`` is scored in ``BLOCK_SECONDS`` blocks (files read block by
+        block) and the blocks' scores averaged, weighted by their length."""
+        long, block = audio_io.LONG_FILE_SECONDS, audio_io.BLOCK_SECONDS
+        if isinstance(audio, (str, Path)):
+            if audio_info(audio).duration <= long:
+                return self.score_wave(self.waveform(audio))
+            blocks = iter_blocks(audio, block, sample_rate=self.sample_rate)
+        else:
+            wave = self.waveform(audio, sample_rate)
+            if wave.shape[-1] <= long * self.sample_rate:
+                return self.score_wave(wave)
+            blocks = wave.split(int(round(block * self.sample_rate)))
+        total, weight = None, 0.0
+        for b in blocks:
+            s = self.score_wave(b) * b.shape[-1]
+            total = s if total is None else total + s
+            weight += b.shape[-1]
+        return total / weight
 
     def tag(self, audio, sample_rate: int | None = None, top_k: int = 5) -> list[tuple[str, float]]:
         """The ``top_k`` labels with their scores, best first."""

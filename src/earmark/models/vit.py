@@ -126,6 +126,13 @@ class AudioViT(AudioModel):
         covered = (self.time_pos_embed.shape[-1] - 1) * s + p + s - 1
         return min(self.target_length + s - 1, covered)
 
+    @property
+    def min_samples(self) -> int:
+        """Shortest waveform that gives one patch of frames; taggers zero-pad shorter ones."""
+        fe = self.frontend.config
+        frames = self.patch_embed.patch_size[1]
+        return (frames - 1) * fe.hop_length + (0 if fe.center else fe.n_fft)
+
     def normalize(self, spec: torch.Tensor) -> torch.Tensor:
         """(B, F, T) log-mel -> (B, 1, F, T) with each mel bin batch-normalised."""
         return self.init_bn(spec.unsqueeze(2)).transpose(1, 2)

@@ -1,0 +1,545 @@
+"""``earmark serve``: taggers over HTTP and WebSocket (FastAPI + uvicorn, extra ``serve``).
+
+    >>> from earmark.serve import create_app, load_models
+    >>> app = create_app(load_models(["runs/fsdd/model"]))      # doctest: +SKIP
+
+Endpoints (see README, "Serving"):
+
+- ``GET /``: a web page that listens through the microphone and tags dropped files;
+- ``GET /healthz``; ``GET /metrics`` (Prometheus text);
+- ``GET /v1/models``; ``POST /v1/tag?model=NAME&top_k=K[&events=1][&chunk=S]`` with the
+  audio file as the body or as the multipart field ``file``;
+- ``WS /v1/stream?model=NAME``: a JSON configuration first, then binary PCM frames of any
+  size; one JSON message per chunk and debounced onset / offset messages back.
+
+Nothing in a request names a file on disk: models are chosen by name among those loaded at
+start, uploads are decoded in memory.
+"""
+
+
+import asyncio
+import hmac
+import json
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from earmark.audio.io import check_samples
+from earmark.audio.packed import decode_bytes
+from earmark.errors import AudioError, EarmarkError
+from earmark.infer.stream import DEFAULT_CHUNK_SECONDS, StreamSession
+from earmark.infer.tagger import Tagger
+from earmark.serve.batcher import ChunkBatcher
+from earmark.serve.events import EventTracker
+
+FORMATS = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
+CONFIG_KEYS = {"sample_rate", "format", "top_k", "threshold", "release"}
+FIRST_MESSAGE_SECONDS = 30.0  # a stream must send its configuration within this time
+TIME_LIMIT = "stream time limit reached (--max-stream-minutes)"
+# WebSocket close codes (RFC 6455, 7.4.1)
+NORMAL, GOING_AWAY, UNSUPPORTED, BAD_DATA, POLICY, TRY_LATER = 1000, 1001, 1003, 1007, 1008, 1013
+
+
+class ServeError(EarmarkError):
+    """A request the server refuses: ``status`` is the HTTP status, ``code`` the WebSocket
+    close code, ``message`` the reason sent to the client."""
+
+    def __init__(self, status: int, message: str, code: int = POLICY):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+@dataclass
+class ServeOptions:
+    """Limits and settings of a server (the options of ``earmark serve``)."""
+
+    token: str | None = None  # bearer token required on /v1/* and /metrics
+    max_streams: int = 64  # open WebSocket streams at once
+    max_upload_mb: float = 50.0  # /v1/tag request bodies
+    max_stream_minutes: float = 60.0  # audio (or wall time) per stream
+    chunk_seconds: float | None = None  # chunk of full-context models (streaming: their own)
+    max_batch: int = 64  # chunks per model call
+
+    def __post_init__(self):
+        for name in ("max_streams", "max_upload_mb", "max_stream_minutes", "max_batch"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.token is not None and not self.token:
+            raise ValueError("token must not be empty")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    tagger: Tagger
+    chunk_seconds: float
+
+    def describe(self) -> dict:
+        model = self.tagger.model
+        return {"name": self.name, "labels": self.tagger.labels,
+                "sample_rate": self.tagger.sample_rate, "chunk_seconds": self.chunk_seconds,
+                "streaming": bool(model.is_streaming), "multi_label": self.tagger.multi_label,
+                "family": self.tagger.config.get("name") or type(model).__name__}
+
+
+def load_models(specs: list[str], trust_checkpoint: bool = False) -> dict[str, Tagger]:
+    """``PATH`` or ``NAME=PATH`` -> {name: Tagger}; a model's name defaults to its directory's
+    name (the run directory's for ``RUN/model``)."""
+    from earmark.infer.tagger import load
+
+    out: dict[str, Tagger] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or "/" in name:
+            name, path = _default_name(Path(spec)), spec
+        if name in out:
+            raise EarmarkError(f"two models named {name!r}; name them with NAME=PATH")
+        out[name] = load(path, trust_checkpoint=trust_checkpoint)
+    if not out:
+        raise EarmarkError("no model to serve")
+    return out
+
+
+def _default_name(path: Path) -> str:
+    path = path.resolve()
+    if path.suffix in (".ckpt", ".onnx"):
+        return path.stem
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Prometheus counters of one app (its own registry, so apps never share them)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("earmark_http_requests", "HTTP requests", ["path", "status"],
+                                registry=r)
+        self.request_seconds = Histogram("earmark_http_request_seconds",
+                                         "HTTP request latency", ["path"], registry=r)
+        self.streams_open = Gauge("earmark_streams_open", "WebSocket streams open",
+                                  registry=r)
+        self.streams = Counter("earmark_streams", "WebSocket streams, by how they ended",
+                               ["end"], registry=r)
+        self.chunks = Counter("earmark_stream_chunks", "stream chunks scored", ["model"],
+                              registry=r)
+        self.chunk_seconds = Histogram(
+            "earmark_stream_chunk_latency_seconds",
+            "from the frame that completed a chunk to its message",
+            buckets=(.005, .01, .02, .03, .05, .075, .1, .2, .5, 1.0, 2.0), registry=r)
+        self.audio_seconds = Counter("earmark_stream_audio_seconds",
+                                     "seconds of audio received on streams", registry=r)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+# ---- the app ----------------------------------------------------------------------------------
+
+
+class StreamHub:
+    """The open streams, so that a shutting-down server can say goodbye to each."""
+
+    def __init__(self):
+        self.open: set = set()
+        self.closing = False
+
+    async def close_all(self, reason: str) -> None:
+        self.closing = True
+        for ws in list(self.open):
+            try:
+                await ws.send_json({"type": "closing", "reason": reason})
+                await ws.close(GOING_AWAY, reason)
+            except Exception:  # noqa: BLE001 - the client is already gone
+                pass
+
+
+def create_app(models: dict[str, Tagger], options: ServeOptions | None = None):
+    """The FastAPI app serving ``models`` ({name: Tagger})."""
+    from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    options = options or ServeOptions()
+    if not models:
+        raise EarmarkError("no model to serve")
+    served = {name: ServedModel(name, t, _chunk_seconds(t, options)) for name, t in
+              models.items()}
+    for m in served.values():  # trace streaming steps now, not in the first client's chunk
+        if m.tagger.model.is_streaming:
+            StreamSession(m.tagger, m.chunk_seconds)
+    metrics, hub = Metrics(), StreamHub()
+    batcher: ChunkBatcher | None = None
+
+    @asynccontextmanager
+    async def lifespan(app):
+        nonlocal batcher
+        batcher = ChunkBatcher(options.max_batch)
+        yield
+        await hub.close_all("server shutting down")
+        batcher.close()
+
+    app = FastAPI(title="earmark", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.options, app.state.hub, app.state.metrics = options, hub, metrics
+    app.state.models = served
+
+    def authorized(headers, query) -> bool:
+        if options.token is None:
+            return True
+        given = query.get("token") or ""
+        auth = headers.get("authorization") or ""
+        if auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), options.token.encode())
+
+    def lookup(name: str | None) -> ServedModel:
+        if name is None:
+            if len(served) == 1:
+                return next(iter(served.values()))
+            raise ServeError(400, f"several models are served; choose one with model=NAME: "
+                                  f"{', '.join(served)}")
+        if name not in served:
+            raise ServeError(404, f"unknown model {name!r}; served: {', '.join(served)}")
+        return served[name]
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request, err: ServeError):
+        return JSONResponse({"detail": err.message}, status_code=err.status)
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        t0 = time.perf_counter()
+        path = request.url.path if request.url.path in _PATHS else "other"
+        if path.startswith(("/v1/", "/metrics")) and not authorized(request.headers,
+                                                                     request.query_params):
+            response = JSONResponse({"detail": "missing or wrong bearer token"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = await call_next(request)
+        metrics.requests.labels(path, str(response.status_code)).inc()
+        metrics.request_seconds.labels(path).observe(time.perf_counter() - t0)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return HTMLResponse(resources.files("earmark.serve").joinpath("page.html").read_text())
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok", "models": list(served), "streams": len(hub.open)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"models": [m.describe() for m in served.values()]}
+
+    @app.post("/v1/tag")
+    async def tag(request: Request, model: str | None = None,
+                  top_k: int = Query(5, ge=1, le=10000), events: bool = False,
+                  chunk: float | None = Query(None, gt=0, le=3600)):
+        m = lookup(model)
+        data, name = await _read_upload(request, options.max_upload_mb)
+        return await run_in_threadpool(_tag_upload, m, data, name, top_k, events, chunk)
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket, model: str | None = None):
+        try:
+            if not authorized(ws.headers, ws.query_params):
+                raise ServeError(401, "missing or wrong bearer token")
+            m = lookup(model)
+            if hub.closing:
+                raise ServeError(503, "server shutting down", GOING_AWAY)
+            if len(hub.open) >= options.max_streams:
+                raise ServeError(503, f"{options.max_streams} streams are open, the most this "
+                                      "server takes (--max-streams); try again later",
+                                 TRY_LATER)
+        except ServeError as err:
+            await _deny(ws, err)
+            metrics.streams.labels("refused").inc()
+            return
+        await ws.accept()
+        hub.open.add(ws)
+        metrics.streams_open.inc()
+        end = "closed"
+        try:
+            await _run_stream(ws, m, options, batcher, metrics, hub)
+        except ServeError as err:
+            end = "error"
+            await _close(ws, err.code, err.message)
+        except _Gone:
+            end = "closed"
+        finally:
+            hub.open.discard(ws)
+            metrics.streams_open.dec()
+            metrics.streams.labels(end).inc()
+
+    return app
+
+
+_PATHS = {"/", "/healthz", "/metrics", "/v1/models", "/v1/tag"}
+
+
+def _chunk_seconds(tagger: Tagger, options: ServeOptions) -> float:
+    model = tagger.model
+    if model.is_streaming:
+        return float(model.chunk_seconds)
+    return float(options.chunk_seconds or DEFAULT_CHUNK_SECONDS)
+
+
+# ---- /v1/tag ----------------------------------------------------------------------------------
+
+
+async def _read_upload(request, max_mb: float) -> tuple[bytes, str]:
+    """The uploaded file's bytes and a name for messages (never used as a path)."""
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    limit = int(max_mb * 1024 * 1024)
+    too_big = HTTPException(413, f"upload larger than {max_mb:g} MB (--max-upload-mb)")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + 64 * 1024:
+        raise too_big
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit + 64 * 1024:  # room for multipart headers
+            raise too_big
+    data, name = bytes(body), "upload"
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        async def replay():
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        form = await Request(request.scope, replay).form(max_part_size=limit + 1)
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "multipart upload without a file field named 'file'")
+        data, name = await upload.read(), f"upload {upload.filename or 'file'!r}"
+    if len(data) > limit:
+        raise too_big
+    if not data:
+        raise HTTPException(400, f"{name}: empty request body (0 bytes of audio)")
+    return data, name
+
+
+def _tag_upload(m: ServedModel, data: bytes, name: str, top_k: int, events: bool,
+                chunk: float | None) -> dict:
+    tagger = m.tagger
+    try:
+        x, sr = decode_bytes(data, name)
+    except AudioError as err:
+        raise ServeError(415, str(err)) from None
+    try:
+        check_samples(name, x, 0, sr)
+        wave = tagger.waveform(torch.from_numpy(np.ascontiguousarray(x.T)), sr)
+    except AudioError as err:
+        raise ServeError(422, str(err)) from None
+    out = {"model": m.name, "duration": round(x.shape[0] / sr, 6),
+           "labels": _labels(tagger.top(tagger.scores(wave), top_k))}
+    if events:
+        out["events"] = [{"onset": round(e.onset, 6), "offset": round(e.offset, 6),
+                          "label": e.label, "score": None if e.score is None else
+                          round(float(e.score), 6)} for e in tagger.detect(wave)]
+    if chunk:
+        out["chunks"] = [{"start": round(c.start, 6), "end": round(c.end, 6),
+                          "labels": _labels(tagger.top(c.scores, top_k))}
+                         for c in tagger.chunk_scores(wave, chunk)]
+    return out
+
+
+def _labels(pairs) -> list[dict]:
+    return [{"label": label, "score": round(float(score), 6)} for label, score in pairs]
+
+
+# ---- /v1/stream -------------------------------------------------------------------------------
+
+
+class _Gone(Exception):
+    """The client closed the socket."""
+
+
+async def _deny(ws, err: ServeError) -> None:
+    """Refuse a WebSocket before accepting it: an HTTP response where the server can send
+    one (status and reason), else a close with the error's code."""
+    from fastapi.responses import JSONResponse
+
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse({"detail": err.message},
+                                                   status_code=err.status))
+    else:
+        await ws.close(err.code, err.message[:120])
+
+
+async def _close(ws, code: int, reason: str) -> None:
+    try:
+        await ws.send_json({"type": "error", "code": code, "message": reason})
+        await ws.close(code, reason[:120])  # close reasons hold at most 123 bytes
+    except Exception:  # noqa: BLE001 - already closed by the client
+        pass
+
+
+async def _receive(ws, timeout: float, late: str) -> dict:
+    try:
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+    except asyncio.TimeoutError:
+        raise ServeError(408, late, POLICY) from None
+    if msg["type"] == "websocket.disconnect":
+        raise _Gone
+    return msg
+
+
+def parse_config(text: str | None, labels: list[str]) -> dict:
+    """The first message of a stream -> its settings; ServeError saying what is wrong."""
+    if text is None:
+        raise ServeError(400, "the first message must be a JSON text message with sample_rate "
+                              "and format, before any audio", POLICY)
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ServeError(400, f"first message is not JSON: {err}", BAD_DATA) from None
+    if not isinstance(cfg, dict):
+        raise ServeError(400, "first message must be a JSON object", BAD_DATA)
+    unknown = set(cfg) - CONFIG_KEYS
+    if unknown:
+        raise ServeError(400, f"unknown key(s) {sorted(unknown)} in the first message; "
+                              f"known: {sorted(CONFIG_KEYS)}", BAD_DATA)
+    fmt = cfg.get("format", "pcm_s16le")
+    if fmt not in FORMATS:
+        raise ServeError(400, f"format {fmt!r} is not one of {', '.join(FORMATS)}", UNSUPPORTED)
+    rate, top_k = cfg.get("sample_rate"), cfg.get("top_k", 5)
+    threshold, release = cfg.get("threshold", 0.5), cfg.get("release")
+    if not (isinstance(rate, int) and not isinstance(rate, bool) and 1000 <= rate <= 384000):
+        raise ServeError(400, f"sample_rate must be an integer in 1000-384000 Hz, got {rate!r}",
+                         BAD_DATA)
+    if not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
+        raise ServeError(400, f"top_k must be a positive integer, got {top_k!r}", BAD_DATA)
+    try:
+        tracker = EventTracker(labels, _number(threshold, "threshold"),
+                               None if release is None else _number(release, "release"))
+    except ValueError as err:
+        raise ServeError(400, str(err), BAD_DATA) from None
+    return {"sample_rate": rate, "format": fmt, "top_k": min(top_k, len(labels)),
+            "tracker": tracker}
+
+
+def _number(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    return float(v)
+
+
+@dataclass
+class _StreamState:
+    session: StreamSession
+    tracker: EventTracker
+    dtype: np.dtype
+    started: float = field(default_factory=time.monotonic)
+    audio: float = 0.0  # seconds received
+
+
+async def _run_stream(ws, m: ServedModel, options: ServeOptions, batcher: ChunkBatcher,
+                      metrics: Metrics, hub: StreamHub) -> None:
+    limit = options.max_stream_minutes * 60.0
+    msg = await _receive(ws, min(FIRST_MESSAGE_SECONDS, limit),
+                         f"no configuration message within {FIRST_MESSAGE_SECONDS:g} s")
+    cfg = parse_config(msg.get("text"), m.tagger.labels)
+    session = StreamSession(m.tagger, m.chunk_seconds, top_k=cfg["top_k"],
+                            sample_rate=cfg["sample_rate"])
+    st = _StreamState(session, cfg["tracker"], FORMATS[cfg["format"]])
+    await ws.send_json({"type": "ready", "model": m.name, "sample_rate": m.tagger.sample_rate,
+                        "chunk_seconds": m.chunk_seconds, "labels": m.tagger.labels})
+    while True:
+        left = limit - (time.monotonic() - st.started)
+        if left <= 0 or st.audio > limit:
+            raise ServeError(408, TIME_LIMIT, POLICY)
+        msg = await _receive(ws, left, TIME_LIMIT)
+        received = time.perf_counter()
+        if msg.get("bytes") is not None:
+            x = _frame(msg["bytes"], st)
+            st.audio += x.shape[0] / cfg["sample_rate"]
+            metrics.audio_seconds.inc(x.shape[0] / cfg["sample_rate"])
+            try:
+                pending = session.feed(x)
+            except AudioError as err:
+                raise ServeError(400, err.reason, BAD_DATA) from None
+            await _send_results(ws, m, st, await batcher.score(pending), received, metrics)
+        else:
+            kind = _control(msg.get("text"))
+            if kind == "flush":
+                results = await batcher.score(session.finish())
+                await _send_results(ws, m, st, results, received, metrics)
+                end = results[-1].end if results else session.time
+                for e in st.tracker.close(end):
+                    await ws.send_json(e)
+                session.reset()
+                await ws.send_json({"type": "flushed", "time": round(end, 6)})
+
+
+def _frame(data: bytes, st: _StreamState) -> np.ndarray:
+    width = st.dtype.itemsize
+    if len(data) % width:
+        raise ServeError(400, f"a binary frame of {len(data)} bytes is not a whole number of "
+                              f"{width}-byte samples", BAD_DATA)
+    return np.frombuffer(data, dtype=st.dtype)
+
+
+def _control(text: str | None) -> str:
+    try:
+        msg = json.loads(text or "")
+    except json.JSONDecodeError:
+        msg = None
+    if not isinstance(msg, dict) or msg.get("type") != "flush":
+        raise ServeError(400, f"unknown text message {str(text)[:60]!r}: after the first "
+                              'message only audio frames and {"type": "flush"} are taken',
+                         POLICY)
+    return "flush"
+
+
+async def _send_results(ws, m: ServedModel, st: _StreamState, results, received: float,
+                        metrics: Metrics) -> None:
+    for r in results:
+        latency = time.perf_counter() - received
+        await ws.send_json({"type": "chunk", "start": round(r.start, 6), "end": round(r.end, 6),
+                            "labels": _labels(r.labels),
+                            "latency_ms": round(latency * 1000.0, 3),
+                            "compute_ms": round(r.latency_ms, 3)})
+        metrics.chunks.labels(m.name).inc()
+        metrics.chunk_seconds.observe(latency)
+        for e in st.tracker.update(r.start, r.end, r.scores.tolist()):
+            await ws.send_json(e)
+
+
+# ---- running ----------------------------------------------------------------------------------
+
+
+def serve(models: dict[str, Tagger], host: str = "127.0.0.1", port: int = 8000,
+          options: ServeOptions | None = None, log_level: str = "info") -> None:
+    """Run the server until SIGINT / SIGTERM. On shutdown every open stream gets a
+    ``{"type": "closing"}`` message and a close with code 1001 (going away) before the
+    server stops; requests in flight finish."""
+    import uvicorn
+
+    app = create_app(models, options)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            await app.state.hub.close_all("server shutting down")
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=10)
+    Server(config).run()
