@@ -355,8 +355,10 @@ def test_json_messages_are_plain_json(make_client, sat):
         start_stream(ws, threshold=0.05)
         ws.send_bytes(pcm16(noise(1.0)).tobytes())
         ws.send_json({"type": "flush"})
+        def refuse(constant):
+            raise AssertionError(f"{constant} in a message")
+
         while True:
-            text = ws.receive_text()
-            msg = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}"))
+            msg = json.loads(ws.receive_text(), parse_constant=refuse)
             if msg["type"] == "flushed":
                 break

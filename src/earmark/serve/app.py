@@ -168,7 +168,7 @@ class StreamHub:
 
 def create_app(models: dict[str, Tagger], options: ServeOptions | None = None):
     """The FastAPI app serving ``models`` ({name: Tagger})."""
-    from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
+    from fastapi import FastAPI, Query, Request, WebSocket
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
