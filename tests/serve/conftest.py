@@ -80,3 +80,33 @@ def make_client(sat, vit):
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+class RunningServer:
+    """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a thread, for clients that
+    need a real socket (a browser, the benchmark)."""
+
+    def __init__(self, app):
+        import threading
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start within 30 s")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)

@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import json
 import math
+import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -539,6 +540,13 @@ def serve(models: dict[str, Tagger], host: str = "127.0.0.1", port: int = 8000,
         async def shutdown(self, sockets=None):
             await app.state.hub.close_all("server shutting down")
             await super().shutdown(sockets)
+
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            captured = getattr(self, "_captured_signals", [])
+            if sig == signal.SIGTERM and sig in captured:
+                # a requested stop: exit 0 once the streams are closed, not by the signal
+                captured.remove(sig)
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                             timeout_graceful_shutdown=10)
