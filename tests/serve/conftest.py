@@ -73,7 +73,7 @@ def make_client(sat, vit):
     def make(models=None, **options):
         app = create_app(models or {"sat": sat, "vit": vit}, ServeOptions(**options))
         client = TestClient(app)
-        client.__enter__()  # runs the lifespan: the chunk batcher starts
+        client.__enter__()  # runs the lifespan: the inference worker starts
         clients.append(client)
         return client
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -307,24 +308,50 @@ def test_the_page_is_served(make_client):
 
 
 def test_chunks_due_together_are_scored_in_one_batch(sat):
-    from earmark.serve.batcher import ChunkBatcher
+    from earmark.serve.batcher import InferenceWorker
 
     clips = [pcm16(noise(1.0, seed=s)) for s in range(8)]
     alone = [sat.stream(1.0).push(x)[0] for x in clips]
     sessions = [sat.stream(1.0) for _ in clips]
-    batcher = ChunkBatcher()
+    worker = InferenceWorker(max_batch=6).start()
 
     async def run():
-        # the worker is busy with a first chunk while the others arrive
-        return await asyncio.gather(*[batcher.score(s.feed(x)) for s, x in zip(sessions, clips)])
+        # the worker is busy with a whole-file job while every stream's chunk arrives
+        gate = threading.Event()
+        busy = asyncio.ensure_future(worker.call(gate.wait, 10))
+        await asyncio.sleep(0.1)
+        chunks = [asyncio.ensure_future(worker.score(s.feed(x)))
+                  for s, x in zip(sessions, clips)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        return await asyncio.gather(busy, *chunks)
 
     try:
-        got = asyncio.run(run())
+        _, *got = asyncio.run(run())
     finally:
-        batcher.close()
-    assert batcher.largest > 1 and batcher.batches < len(clips)
+        worker.close()
+    assert worker.largest == 6 and worker.batches == 2  # max_batch 6: rounds of 6 and 2
     for [r], a in zip(got, alone):
         torch.testing.assert_close(r.scores, a.scores, atol=1e-5, rtol=0)
+
+
+def test_worker_errors_reach_the_caller_and_it_goes_on():
+    from earmark.serve.batcher import InferenceWorker
+
+    worker = InferenceWorker().start()
+
+    def fail():
+        raise ValueError("bad clip")
+
+    async def run():
+        with pytest.raises(ValueError, match="bad clip"):
+            await worker.call(fail)
+        return await worker.call(lambda a, b: a + b, 2, 3)
+
+    try:
+        assert asyncio.run(run()) == 5
+    finally:
+        worker.close()
 
 
 # ---- debouncing ---------------------------------------------------------------------------------

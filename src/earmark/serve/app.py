@@ -36,7 +36,7 @@ from earmark.audio.packed import decode_bytes
 from earmark.errors import AudioError, EarmarkError
 from earmark.infer.stream import DEFAULT_CHUNK_SECONDS, StreamSession
 from earmark.infer.tagger import Tagger
-from earmark.serve.batcher import ChunkBatcher
+from earmark.serve.batcher import InferenceWorker
 from earmark.serve.events import EventTracker
 
 FORMATS = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
@@ -167,30 +167,34 @@ class StreamHub:
                 pass
 
 
-def create_app(models: dict[str, Tagger], options: ServeOptions | None = None):
-    """The FastAPI app serving ``models`` ({name: Tagger})."""
+def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
+               worker: InferenceWorker | None = None):
+    """The FastAPI app serving ``models`` ({name: Tagger}). Model calls go to ``worker``
+    (run by the caller, see :func:`serve`), else to a worker thread the app starts and stops
+    with its lifespan."""
     from fastapi import FastAPI, Query, Request, WebSocket
     from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
 
     options = options or ServeOptions()
     if not models:
         raise EarmarkError("no model to serve")
     served = {name: ServedModel(name, t, _chunk_seconds(t, options)) for name, t in
               models.items()}
-    for m in served.values():  # trace streaming steps now, not in the first client's chunk
-        if m.tagger.model.is_streaming:
-            StreamSession(m.tagger, m.chunk_seconds)
+    for m in served.values():  # trace and run the model now, not in the first client's chunk
+        warm_up(m)
     metrics, hub = Metrics(), StreamHub()
-    batcher: ChunkBatcher | None = None
+    own = worker is None
+    if own:
+        worker = InferenceWorker(options.max_batch)
 
     @asynccontextmanager
     async def lifespan(app):
-        nonlocal batcher
-        batcher = ChunkBatcher(options.max_batch)
+        if own:
+            worker.start()
         yield
         await hub.close_all("server shutting down")
-        batcher.close()
+        if own:
+            worker.close()
 
     app = FastAPI(title="earmark", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.options, app.state.hub, app.state.metrics = options, hub, metrics
@@ -255,7 +259,7 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None):
                   chunk: float | None = Query(None, gt=0, le=3600)):
         m = lookup(model)
         data, name = await _read_upload(request, options.max_upload_mb)
-        return await run_in_threadpool(_tag_upload, m, data, name, top_k, events, chunk)
+        return await worker.call(_tag_upload, m, data, name, top_k, events, chunk)
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket, model: str | None = None):
@@ -278,7 +282,7 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None):
         metrics.streams_open.inc()
         end = "closed"
         try:
-            await _run_stream(ws, m, options, batcher, metrics, hub)
+            await _run_stream(ws, m, options, worker, metrics)
         except ServeError as err:
             end = "error"
             await _close(ws, err.code, err.message)
@@ -293,6 +297,19 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None):
 
 
 _PATHS = {"/", "/healthz", "/metrics", "/v1/models", "/v1/tag"}
+
+
+def warm_up(m: ServedModel) -> None:
+    """A few chunks of silence through a stream (one stream and two at once) and a short
+    clip, so that tracing and the first slow calls happen before any client waits."""
+    from earmark.infer.stream import score_chunks
+
+    silence = np.zeros(int(round(m.chunk_seconds * m.tagger.sample_rate)), np.float32)
+    sessions = [StreamSession(m.tagger, m.chunk_seconds) for _ in range(2)]
+    for _ in range(3):
+        score_chunks(sessions[0].feed(silence))
+        score_chunks([p for s in sessions for p in s.feed(silence)])
+    m.tagger.scores(silence)
 
 
 def _chunk_seconds(tagger: Tagger, options: ServeOptions) -> float:
@@ -452,8 +469,8 @@ class _StreamState:
     audio: float = 0.0  # seconds received
 
 
-async def _run_stream(ws, m: ServedModel, options: ServeOptions, batcher: ChunkBatcher,
-                      metrics: Metrics, hub: StreamHub) -> None:
+async def _run_stream(ws, m: ServedModel, options: ServeOptions, worker: InferenceWorker,
+                      metrics: Metrics) -> None:
     limit = options.max_stream_minutes * 60.0
     msg = await _receive(ws, min(FIRST_MESSAGE_SECONDS, limit),
                          f"no configuration message within {FIRST_MESSAGE_SECONDS:g} s")
@@ -477,11 +494,11 @@ async def _run_stream(ws, m: ServedModel, options: ServeOptions, batcher: ChunkB
                 pending = session.feed(x)
             except AudioError as err:
                 raise ServeError(400, err.reason, BAD_DATA) from None
-            await _send_results(ws, m, st, await batcher.score(pending), received, metrics)
+            await _send_results(ws, m, st, await worker.score(pending), received, metrics)
         else:
             kind = _control(msg.get("text"))
             if kind == "flush":
-                results = await batcher.score(session.finish())
+                results = await worker.score(session.finish())
                 await _send_results(ws, m, st, results, received, metrics)
                 end = results[-1].end if results else session.time
                 for e in st.tracker.close(end):
@@ -529,25 +546,40 @@ async def _send_results(ws, m: ServedModel, st: _StreamState, results, received:
 
 def serve(models: dict[str, Tagger], host: str = "127.0.0.1", port: int = 8000,
           options: ServeOptions | None = None, log_level: str = "info") -> None:
-    """Run the server until SIGINT / SIGTERM. On shutdown every open stream gets a
-    ``{"type": "closing"}`` message and a close with code 1001 (going away) before the
-    server stops; requests in flight finish."""
+    """Run the server until SIGINT / SIGTERM. uvicorn's event loop runs in a thread and the
+    models in this (the main) thread. On shutdown every open stream gets a
+    ``{"type": "closing"}`` message and a close with code 1001 (going away); requests in
+    flight finish; then this returns."""
+    import threading
+
     import uvicorn
 
-    app = create_app(models, options)
+    options = options or ServeOptions()
+    worker = InferenceWorker(options.max_batch)
+    app = create_app(models, options, worker)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None):
             await app.state.hub.close_all("server shutting down")
             await super().shutdown(sockets)
 
-        def handle_exit(self, sig, frame):
-            super().handle_exit(sig, frame)
-            captured = getattr(self, "_captured_signals", [])
-            if sig == signal.SIGTERM and sig in captured:
-                # a requested stop: exit 0 once the streams are closed, not by the signal
-                captured.remove(sig)
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                   timeout_graceful_shutdown=10))
+    loop = threading.Thread(target=server.run, name="earmark-http", daemon=True)
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_graceful_shutdown=10)
-    Server(config).run()
+    def stop(sig, frame):
+        if server.should_exit:  # a second signal: do not wait for open requests
+            server.force_exit = True
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        loop.start()
+        worker.run(until=lambda: not loop.is_alive())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.should_exit = True
+        loop.join(timeout=30)
+    if not server.started:
+        raise EarmarkError(f"the server could not start on {host}:{port} (see the log above)")
