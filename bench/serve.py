@@ -17,7 +17,7 @@
    ``--file-seconds`` (one client, one request at a time, files read from disk both ways),
    alternated ``--repeats`` times; medians and their ratio.
 
-Writes bench/results/serve.json and prints a markdown table.
+Writes bench/results/serve.json (``--name``) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -228,6 +228,7 @@ def main(argv=None) -> None:
     p.add_argument("--file-seconds", type=float, default=10.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-tag", action="store_true")
+    p.add_argument("--name", default="serve", help="results file stem")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -253,7 +254,7 @@ def main(argv=None) -> None:
     result = {"machine": info, "model": "sat-tiny, chunk 2 s, 527 outputs",
               "server_threads": a.threads, "frame_seconds": FRAME, "streams": rows,
               "tag": tag, "argv": sys.argv[1:]}
-    write_json(RESULTS / "serve.json", result)
+    write_json(RESULTS / f"{a.name}.json", result)
     print("\n| streams | run | chunks | p50 ms | p95 ms | max ms | late frames | missing chunks "
           "| server RSS first / last minute (MB) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -20,6 +20,7 @@ start, uploads are decoded in memory.
 import asyncio
 import hmac
 import json
+import logging
 import math
 import signal
 import time
@@ -44,7 +45,9 @@ CONFIG_KEYS = {"sample_rate", "format", "top_k", "threshold", "release"}
 FIRST_MESSAGE_SECONDS = 30.0  # a stream must send its configuration within this time
 TIME_LIMIT = "stream time limit reached (--max-stream-minutes)"
 # WebSocket close codes (RFC 6455, 7.4.1)
-NORMAL, GOING_AWAY, UNSUPPORTED, BAD_DATA, POLICY, TRY_LATER = 1000, 1001, 1003, 1007, 1008, 1013
+NORMAL, GOING_AWAY, UNSUPPORTED, BAD_DATA, POLICY = 1000, 1001, 1003, 1007, 1008
+INTERNAL, TRY_LATER = 1011, 1013
+log = logging.getLogger("earmark.serve")
 
 
 class ServeError(EarmarkError):
@@ -172,7 +175,7 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
     """The FastAPI app serving ``models`` ({name: Tagger}). Model calls go to ``worker``
     (run by the caller, see :func:`serve`), else to a worker thread the app starts and stops
     with its lifespan."""
-    from fastapi import FastAPI, Query, Request, WebSocket
+    from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     options = options or ServeOptions()
@@ -286,8 +289,15 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
         except ServeError as err:
             end = "error"
             await _close(ws, err.code, err.message)
-        except _Gone:
+        except (_Gone, WebSocketDisconnect):
             end = "closed"
+        except Exception as err:  # noqa: BLE001 - one stream's failure is not the server's
+            if hub.closing:
+                end = "shutdown"  # closed under it by close_all
+            else:
+                end = "error"
+                log.exception("stream on model %s failed", m.name)
+                await _close(ws, INTERNAL, f"internal error: {type(err).__name__}")
         finally:
             hub.open.discard(ws)
             metrics.streams_open.dec()
