@@ -168,14 +168,15 @@ def test_the_page_listens_through_the_microphone_and_shows_the_label(tone_tagger
                     ".textContent] : null;")
             shown = []
             deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and len(shown) < 3:
+            while time.monotonic() < deadline and len(shown) < 4:
                 now = browser.execute_script(read)
                 if now and (not shown or shown[-1][1] != now[1]):
                     shown.append(tuple(now))
                 time.sleep(0.2)
             status = browser.find_element(By.ID, "status").text
-            assert len(shown) >= 3, f"the page showed {shown} within 60 s; status: {status}"
-            assert [label for label, _ in shown] == [want] * len(shown), (shown, status)
+            assert len(shown) >= 4, f"the page showed {shown} within 60 s; status: {status}"
+            # the first chunk may hold the silence before the fake microphone starts playing
+            assert [label for label, _ in shown[1:]] == [want] * (len(shown) - 1), (shown, status)
             assert "Listening" in status
             # a file given to the page is tagged through /v1/tag
             low = tmp_path / "low.wav"
