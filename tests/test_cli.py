@@ -221,3 +221,108 @@ def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, 
     finally:
         cli._select_split = real
     assert used == [7, 3]
+
+
+def test_batch_commands_finish_the_rest_after_missing_paths(trained, capsys, tmp_path):
+    clip = sorted((trained / "data" / "clips").rglob("*.wav"))[0]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    missing = [str(tmp_path / "nosuch.wav"), str(tmp_path / "dangling.wav"),
+               str(tmp_path / "empty")]
+    model = str(trained / "run" / "model")
+    assert main(["tag", model, str(clip), *missing, "--format", "tsv", "--top-k", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert [ln.split("\t")[0] for ln in out.splitlines()[1:]] == [str(clip)]
+    assert "skipped " + str(tmp_path / "nosuch.wav") + ": no such file" in err
+    assert "dangling symbolic link" in err and "folder holds no audio" in err
+    assert "3 of 4 files failed" in err
+    assert main(["detect", model, *missing, str(clip), "--threshold", "0.01"]) == 1
+    out, err = capsys.readouterr()
+    assert out.strip() and all(ln.startswith(clip.name) for ln in out.splitlines())
+    assert "nosuch.wav" in err and "3 of 4 files failed" in err
+    # a folder with no audio is said to be one, with exit 1, not a silent 0
+    assert main(["tag", model, str(tmp_path / "empty")]) == 1
+    assert "folder holds no audio" in capsys.readouterr().err
+
+
+def test_detect_keeps_files_that_share_a_name(trained, capsys, tmp_path):
+    import shutil
+
+    scape = sorted((trained / "data" / "soundscapes").rglob("*.wav"))[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(scape, tmp_path / folder / "x.wav")
+    out_tsv = tmp_path / "events.tsv"
+    code = main(["detect", str(trained / "run" / "model"), str(tmp_path / "a" / "x.wav"),
+                 str(tmp_path / "b" / "x.wav"), "--threshold", "0.01", "--out", str(out_tsv)])
+    assert code == 0
+    rows = [ln.split("\t") for ln in out_tsv.read_text().splitlines()[1:]]
+    names = {r[0] for r in rows}
+    assert names == {"a/x.wav", "b/x.wav"}  # relative to the folder that holds both
+    a = [r[1:] for r in rows if r[0] == "a/x.wav"]
+    assert a == [r[1:] for r in rows if r[0] == "b/x.wav"]  # the same audio, the same events
+
+
+def test_stream_several_files_goes_on_after_a_bad_one(tmp_path, capsys, write_wav):
+    import torch
+
+    import earmark
+    from earmark.models.directory import save_model_dir
+
+    torch.manual_seed(0)
+    m = earmark.create_model("sat-tiny", 2, depth=1, embed_dim=48, num_heads=3,
+                             chunk_seconds=1.0)
+    model_dir = save_model_dir(m.eval(), tmp_path / "sat", ["a", "b"])
+    one, two = write_wav("one.wav", seconds=2.0), write_wav("two.wav", seconds=1.0)
+    code = main(["stream", str(model_dir), str(one), str(tmp_path / "nosuch.wav"), str(two)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [ln for ln in out.splitlines() if ln.startswith("#")] == [f"# {one}", f"# {two}"]
+    assert len([ln for ln in out.splitlines() if ln.startswith("[")]) == 3
+    assert "skipped " + str(tmp_path / "nosuch.wav") in err
+
+
+def test_tag_per_chunk_writes_rows_as_it_goes_and_keeps_nothing_per_chunk(
+        trained, capfd, tmp_path, monkeypatch):
+    import tracemalloc
+
+    import numpy as np
+    import soundfile as sf
+
+    import earmark.cli as cli
+    import earmark.infer.stream as stream
+
+    produced, written_at = [0], []  # chunks scored so far; that count at each write
+    scores, write = stream.iter_chunk_scores, cli.TagWriter._print
+
+    def counting(*args, **kw):
+        for c in scores(*args, **kw):
+            produced[0] += 1
+            yield c
+
+    def recording(text, end="\n"):
+        written_at.append(produced[0])
+        write(text, end)
+
+    monkeypatch.setattr(stream, "iter_chunk_scores", counting)
+    monkeypatch.setattr(cli.TagWriter, "_print", staticmethod(recording))
+    model = str(trained / "run" / "model")
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for minutes in (1, 8):
+        path = tmp_path / f"long{minutes}.wav"
+        sf.write(path, (rng.standard_normal(minutes * 60 * 8000) * 0.1).astype("float32"),
+                 8000, subtype="PCM_16")
+        produced[0], written_at[:] = 0, []
+        tracemalloc.start()
+        assert main(["tag", model, str(path), "--chunk", "0.5", "--format", "json",
+                     "--no-progress"]) == 0
+        peaks[minutes] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rows = json.loads(capfd.readouterr().out)  # captured to a file, not kept in memory
+        n = minutes * 120
+        assert len(rows) == n and rows[-1]["end"] == pytest.approx(minutes * 60)
+        # "[" before any chunk, each row right after its chunk, "]" at the end
+        assert written_at == [0, *range(1, n + 1), n]
+    # 8x the chunks, about the same Python memory at the peak (before: every row was kept)
+    assert peaks[8] < 1.2 * peaks[1], peaks

@@ -305,37 +305,45 @@ def cmd_tag(a) -> int:
     from tqdm import tqdm
 
     from earmark.errors import AudioError, DataError
+    from earmark.infer.stream import iter_chunk_scores
     from earmark.infer.tagger import load
 
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
-    failed = []
+    problems: list[AudioError] = []
     try:
-        files = _tag_inputs(a.inputs)
-    except (AudioError, DataError) as err:
+        files = _tag_inputs(a.inputs, problems)
+    except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rows = []  # (file, start, end, [(label, score)])
+    failed = [str(e) for e in problems]
+    out = TagWriter(a.format)  # each row is written as it comes: memory stays flat
     for path in tqdm(files, desc="tag", unit="file", disable=a.no_progress or len(files) < 2,
                      file=sys.stderr):
         try:
             if a.chunk:
-                for c in tagger.chunk_scores(path, a.chunk):
-                    rows.append((str(path), c.start, c.end, tagger.top(c.scores, a.top_k)))
+                for c in iter_chunk_scores(tagger, path, a.chunk):
+                    out.row(str(path), c.start, c.end, tagger.top(c.scores, a.top_k))
             else:
-                rows.append((str(path), None, None, tagger.tag(path, top_k=a.top_k)))
+                out.row(str(path), None, None, tagger.tag(path, top_k=a.top_k))
         except AudioError as err:
             failed.append(str(err))
-    _print_tags(rows, a.format)
+    out.close()
+    return _report_skipped(failed, len(files) + len(problems), "files")
+
+
+def _report_skipped(failed: list[str], total: int, what: str) -> int:
+    """Print what a batch command skipped and why; its exit code (1 when anything was)."""
     for f in failed:
         print(f"skipped {f}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {len(files)} files failed", file=sys.stderr)
+        print(f"{len(failed)} of {total} {what} failed", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _tag_inputs(inputs: list[str]) -> list:
+def _tag_inputs(inputs: list[str], problems: list) -> list:
     """Files and folders, clips in packs or shards (``PACK#KEY``) and data SPECs
-    (``shards:DIR``, ``hdf5:pack.h5``: every clip of the set), in the order given."""
+    (``shards:DIR``, ``hdf5:pack.h5``: every clip of the set), in the order given; paths that
+    cannot be read and folders without audio go to ``problems``."""
     from earmark.audio.io import find_audio_files
     from earmark.audio.packed import member_of
     from earmark.data.sources import from_spec, sources
@@ -347,26 +355,42 @@ def _tag_inputs(inputs: list[str]) -> list:
         elif text.partition(":")[0] in sources() and not Path(text).exists():
             files += [it.path for it in from_spec(text).items]
         else:
-            files += find_audio_files([text])
+            files += find_audio_files([text], errors=problems)
     return files
 
 
-def _print_tags(rows, fmt: str) -> None:
-    if fmt == "json":
-        out = [{"file": f, **({"start": s, "end": e} if s is not None else {}),
-                "labels": [{"label": lab, "score": round(sc, 6)} for lab, sc in tags]}
-               for f, s, e, tags in rows]
-        print(json.dumps(out, indent=2))
-    elif fmt == "tsv":
-        print("file\tstart\tend\trank\tlabel\tscore")
-        for f, s, e, tags in rows:
-            for r, (lab, sc) in enumerate(tags, 1):
-                print(f"{f}\t{'' if s is None else f'{s:.3f}'}\t{'' if e is None else f'{e:.3f}'}"
-                      f"\t{r}\t{lab}\t{sc:.6f}")
-    else:
-        for f, s, e, tags in rows:
+class TagWriter:
+    """``earmark tag``'s output, one row at a time (table, JSON list or TSV), flushed."""
+
+    def __init__(self, fmt: str):
+        self.fmt, self.count = fmt, 0
+        if fmt == "tsv":
+            self._print("file\tstart\tend\trank\tlabel\tscore")
+        elif fmt == "json":
+            self._print("[", end="")
+
+    def row(self, f: str, s: float | None, e: float | None, tags) -> None:
+        if self.fmt == "json":
+            item = {"file": f, **({"start": s, "end": e} if s is not None else {}),
+                    "labels": [{"label": lab, "score": round(sc, 6)} for lab, sc in tags]}
+            text = json.dumps(item, indent=2).replace("\n", "\n  ")
+            self._print(("," if self.count else "") + "\n  " + text, end="")
+        elif self.fmt == "tsv":
+            span = f"{'' if s is None else f'{s:.3f}'}\t{'' if e is None else f'{e:.3f}'}"
+            self._print("\n".join(f"{f}\t{span}\t{r}\t{lab}\t{sc:.6f}"
+                                   for r, (lab, sc) in enumerate(tags, 1)))
+        else:
             where = f"{f}" + ("" if s is None else f" [{s:7.2f}-{e:7.2f} s]")
-            print(f"{where}  " + "  ".join(f"{lab} {sc:.3f}" for lab, sc in tags))
+            self._print(f"{where}  " + "  ".join(f"{lab} {sc:.3f}" for lab, sc in tags))
+        self.count += 1
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self._print("\n]" if self.count else "]")
+
+    @staticmethod
+    def _print(text: str, end: str = "\n") -> None:
+        print(text, end=end, flush=True)
 
 
 def cmd_profile(a) -> int:
@@ -443,30 +467,42 @@ def cmd_detect(a) -> int:
 
             print(f"saved in {tagger.save_detection(model_dir_of(a.model), config)}",
                   file=sys.stderr)
-    try:
-        files = find_audio_files(a.inputs)
-    except AudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    found, durations, failed = {}, {}, []
-    for path in files:
+    problems: list[AudioError] = []
+    files = find_audio_files(a.inputs, errors=problems)
+    failed = [str(e) for e in problems]
+    found, durations = {}, {}
+    for path, name in zip(files, display_names(files)):
         try:
-            found[path.name] = tagger.detect(path, config=config, chunk_seconds=a.chunk)
-            durations[path.name] = audio_info(path).duration
+            found[name] = tagger.detect(path, config=config, chunk_seconds=a.chunk)
+            durations[name] = audio_info(path).duration
         except AudioError as err:
             failed.append(str(err))
-    for name, events in found.items():
-        for e in events:
-            print(f"{name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}\t{e.score:.3f}")
+            continue
+        for e in found[name]:
+            print(f"{name}\t{e.onset:.3f}\t{e.offset:.3f}\t{e.label}\t{e.score:.3f}",
+                  flush=True)
     if a.out:
         print(f"wrote {write_events(a.out, found, keep_empty=False)}", file=sys.stderr)
     if a.plot and found:
         from earmark.evaluate.plots import plot_timeline
 
         print(f"wrote {plot_timeline(found, a.plot, durations)}", file=sys.stderr)
-    for f in failed:
-        print(f"skipped {f}", file=sys.stderr)
-    return 1 if failed else 0
+    return _report_skipped(failed, len(files) + len(problems), "files")
+
+
+def display_names(paths: list[Path]) -> list[str]:
+    """Names of files in a table: their paths relative to the folder that holds them all
+    (``a/x.wav`` and ``b/x.wav`` stay apart; files of one folder are their base names)."""
+    import os
+
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    except ValueError:  # different drives
+        return [str(p) for p in paths]
+    return [os.path.relpath(p, root) for p in absolute]
 
 
 def cmd_sed_eval(a) -> int:
@@ -490,13 +526,27 @@ def cmd_stream(a) -> int:
         stream_mic(tagger, chunk_seconds=a.chunk, top_k=a.top_k, device=a.device,
                    seconds=a.seconds)
         return 0
-    if not a.file:
+    if not a.files:
         print("error: give a FILE or --mic", file=sys.stderr)
         return 2
-    n = stream_file(tagger, a.file, chunk_seconds=a.chunk, realtime=a.realtime, top_k=a.top_k,
-                    collect=False, tail=a.tail, compile=a.compile)
-    print(f"{n} chunks", file=sys.stderr)
-    return 0
+    from earmark.audio.io import find_audio_files
+    from earmark.errors import AudioError
+
+    problems: list[AudioError] = []
+    files = find_audio_files(a.files, errors=problems)
+    failed = [str(e) for e in problems]
+    for path in files:
+        if len(files) > 1:
+            print(f"# {path}", flush=True)
+        try:
+            n = stream_file(tagger, path, chunk_seconds=a.chunk, realtime=a.realtime,
+                            top_k=a.top_k, collect=False, tail=a.tail, compile=a.compile,
+                            out=lambda line: print(line, flush=True))
+        except AudioError as err:
+            failed.append(str(err))
+            continue
+        print(f"{path}: {n} chunks", file=sys.stderr)
+    return _report_skipped(failed, len(files) + len(problems), "files")
 
 
 def cmd_serve(a) -> int:
@@ -687,7 +737,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stream", help="online tagging: a line per chunk with its latency")
     p.add_argument("model")
-    p.add_argument("file", nargs="?", help="an audio file, read block by block")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="audio files or folders, each read block by block in turn")
     p.add_argument("--mic", action="store_true", help="listen to the microphone (earmark[mic])")
     p.add_argument("--device", default=None, help="input device for --mic")
     p.add_argument("--seconds", type=float, default=None, help="stop --mic after this long")

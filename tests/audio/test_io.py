@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -246,6 +248,30 @@ def test_find_audio_files(tmp_path, write_wav):
 
 
 def test_find_audio_files_missing_path_raises(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"")
     with pytest.raises(AudioError) as info:
         find_audio_files([tmp_path, tmp_path / "gone"])
     assert info.value.path == str(tmp_path / "gone")
+
+
+def test_find_audio_files_reports_every_bad_path_and_keeps_the_rest(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.wav").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no audio here")
+    (tmp_path / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    errors: list[AudioError] = []
+    found = find_audio_files([tmp_path / "gone.wav", tmp_path / "dangling.wav",
+                              tmp_path / "loop.wav", tmp_path / "empty", tmp_path / "clips"],
+                             errors=errors)
+    assert found == [tmp_path / "clips" / "a.wav"]
+    reasons = {Path(e.path).name: e.reason for e in errors}
+    assert reasons["gone.wav"] == "no such file or directory"
+    assert reasons["dangling.wav"].startswith("dangling symbolic link")
+    assert reasons["loop.wav"].startswith("symbolic link loop")
+    assert reasons["empty"].startswith("folder holds no audio files")
+    # a folder without audio is an error unless asked for (data adapters' class folders)
+    with pytest.raises(AudioError, match="no audio"):
+        find_audio_files([tmp_path / "empty"])
+    assert find_audio_files([tmp_path / "empty"], empty_folders=True) == []

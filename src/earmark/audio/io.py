@@ -10,6 +10,7 @@ Every bad input raises :class:`earmark.errors.AudioError`, whose message reads
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -294,7 +295,9 @@ def write_audio(
     return path
 
 
-def find_audio_files(paths: PathLike | Iterable[PathLike], recursive: bool = True) -> list[Path]:
+def find_audio_files(paths: PathLike | Iterable[PathLike], recursive: bool = True,
+                     errors: list[AudioError] | None = None,
+                     empty_folders: bool = False) -> list[Path]:
     """Expand files and folders to a list of audio files.
 
     A folder contributes its files whose extension is in ``AUDIO_EXTENSIONS``
@@ -302,8 +305,11 @@ def find_audio_files(paths: PathLike | Iterable[PathLike], recursive: bool = Tru
     hidden files and folders (name starting with ".", such as macOS "._x.wav"
     resource forks) are skipped. A file named explicitly is kept whatever its
     extension, so that loading it reports why it cannot be used rather than
-    dropping it silently. Duplicates are dropped; a path that does not exist
-    raises AudioError.
+    dropping it silently. Duplicates are dropped.
+
+    A path that does not exist (or is a dangling or looping symbolic link) and a folder
+    without audio (unless ``empty_folders``) raise AudioError; with ``errors`` given they are
+    appended to it instead and the other paths are still expanded, as batch commands need.
 
         >>> find_audio_files(["clips/", "extra.wav"])            # doctest: +SKIP
         [PosixPath('clips/a.wav'), PosixPath('clips/sub/b.flac'), PosixPath('extra.wav')]
@@ -320,9 +326,15 @@ def find_audio_files(paths: PathLike | Iterable[PathLike], recursive: bool = Tru
             seen.add(key)
             found.append(p)
 
+    def bad(p: Path, reason: str) -> None:
+        if errors is None:
+            raise AudioError(p, reason)
+        errors.append(AudioError(p, reason))
+
     for p in map(Path, paths):
         if not p.exists():
-            raise AudioError(p, "no such file or directory")
+            bad(p, _missing_reason(p))
+            continue
         if not p.is_dir():
             add(p)
             continue
@@ -333,6 +345,24 @@ def find_audio_files(paths: PathLike | Iterable[PathLike], recursive: bool = Tru
                 Path(dirpath, f) for f in filenames
                 if not f.startswith(".") and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS
             ]
+        if not in_folder and not empty_folders:
+            bad(p, f"folder holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))})")
         for q in sorted(in_folder):
             add(q)
     return found
+
+
+def _missing_reason(p: Path) -> str:
+    """Why an existing-looking path cannot be opened: no file, a dangling link, a link loop."""
+    if not p.is_symlink():
+        return "no such file or directory"
+    try:
+        target = os.readlink(p)
+    except OSError:
+        target = "?"
+    try:
+        os.stat(p)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"symbolic link loop (-> {target})"
+    return f"dangling symbolic link (-> {target}, which does not exist)"

@@ -26,7 +26,7 @@ def audio_files(directory: str | Path) -> list[Path]:
     >>> audio_files("data/dog")  # doctest: +SKIP
     [PosixPath('data/dog/a.wav'), PosixPath('data/dog/more/b.flac')]
     """
-    return find_audio_files(directory)
+    return find_audio_files(directory, empty_folders=True)
 
 
 def require_file(path: str | Path, what: str) -> Path:

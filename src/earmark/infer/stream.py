@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -438,6 +438,14 @@ class ChunkScores:
 def chunk_scores(tagger: Tagger, audio, chunk_seconds: float,
                  sample_rate: int | None = None) -> list[ChunkScores]:
     """Scores of consecutive ``chunk_seconds`` pieces (the last one may be shorter)."""
+    return list(iter_chunk_scores(tagger, audio, chunk_seconds, sample_rate))
+
+
+def iter_chunk_scores(tagger: Tagger, audio, chunk_seconds: float,
+                      sample_rate: int | None = None) -> Iterator[ChunkScores]:
+    """:func:`chunk_scores` one chunk at a time: a file is read block by block and each
+    chunk's scores are yielded as soon as they exist, so memory does not grow with the
+    length of the audio."""
     if chunk_seconds <= 0:
         raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
     if isinstance(audio, (str, Path)):
@@ -448,11 +456,14 @@ def chunk_scores(tagger: Tagger, audio, chunk_seconds: float,
     if tagger.model.is_streaming and abs(chunk_seconds - tagger.model.chunk_seconds) < 1e-9:
         # a streaming model scores its chunks through its cache, as it would live
         session = StreamSession(tagger, chunk_seconds)
-        results = [r for block in blocks for r in session.push(block)] + session.flush()
-        return [ChunkScores(r.start, r.end, r.scores) for r in results]
-    out, start = [], 0.0
+        for block in blocks:
+            for r in session.push(block):
+                yield ChunkScores(r.start, r.end, r.scores)
+        for r in session.flush():
+            yield ChunkScores(r.start, r.end, r.scores)
+        return
+    start = 0.0
     for block in blocks:
         dur = block.shape[-1] / tagger.sample_rate
-        out.append(ChunkScores(start, start + dur, tagger.score_wave(block)))
+        yield ChunkScores(start, start + dur, tagger.score_wave(block))
         start += dur
-    return out
