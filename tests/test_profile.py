@@ -132,3 +132,13 @@ def test_refuses_a_module_without_the_contract():
         profile_model(nn.Linear(4, 2), repeats=3)
     with pytest.raises(ValueError, match="batch >= 1"):
         profile_model(TinyTagger(), batch=0)
+
+
+def test_profile_prints_no_profiler_chatter(capfd):
+    from earmark.cli import main
+
+    assert main(["profile", "vit-tiny", "--seconds", "0.5", "--repeats", "1",
+                 "--model-arg", "depth=1"]) == 0
+    out, err = capfd.readouterr()  # file descriptors 1 and 2, where the C++ side writes
+    assert "peak activations" in out
+    assert "profiler_start" not in err and "USDT" not in err, err

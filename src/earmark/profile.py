@@ -28,7 +28,10 @@ What is measured, and what is not:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 from typing import Any
 
@@ -81,6 +84,26 @@ def _count_flops(model: nn.Module, wave: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The profiler's C++ side prints start / stop lines straight to file descriptor 2
+    (``USDT: ... profiler_start``): point it at /dev/null while it runs. Python's own
+    ``sys.stderr`` is flushed first and restored after."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 to redirect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
     """Peak of (allocated - freed) bytes over one forward, from the profiler's memory events."""
     from torch.profiler import ProfilerActivity
@@ -88,7 +111,7 @@ def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
 
     recorder = torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     try:
-        with torch.inference_mode(), recorder as prof:
+        with _native_stderr_silenced(), torch.inference_mode(), recorder as prof:
             model(wave)
     except RuntimeError:
         # Builds without kineto, or a profiler already running: memory is "not measured".

@@ -1,0 +1,75 @@
+"""One training per run directory: the lock, refusing a directory that holds a run,
+--overwrite, and what --resume ignores."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from earmark.train.config import TrainConfig
+from earmark.train.rundir import (
+    LOCK,
+    RunDirError,
+    prepare_run_dir,
+    resume_differences,
+    run_lock,
+)
+
+
+def test_a_second_run_into_a_locked_directory_stops_with_the_owner(tmp_path):
+    with run_lock(tmp_path):
+        owner = json.loads((tmp_path / LOCK).read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+        with pytest.raises(RunDirError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            with run_lock(tmp_path):
+                pass
+    assert not (tmp_path / LOCK).exists()  # released
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                             "started": "earlier"}))
+    with run_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    err = capsys.readouterr().err
+    assert f"taking over the lock of a training that is gone (pid {dead.pid}" in err
+    # a lock from another host cannot be checked: refused
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "x"}))
+    with pytest.raises(RunDirError, match="elsewhere"):
+        with run_lock(tmp_path):
+            pass
+
+
+def test_a_directory_that_holds_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    prepare_run_dir(run)  # nothing there yet: fine
+    for name in ("checkpoints", "model"):
+        (run / name).mkdir(parents=True)
+        (run / name / "x").write_text("old")
+    (run / "metrics.json").write_text("{}")
+    (run / "notes.txt").write_text("the user's own file")
+    with pytest.raises(RunDirError, match="holds a run .*--resume.*--overwrite"):
+        prepare_run_dir(run)
+    prepare_run_dir(run, resume=True)  # continuing it is fine
+    with pytest.raises(RunDirError, match="give one"):
+        prepare_run_dir(run, resume=True, overwrite=True)
+    prepare_run_dir(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]  # only the run's parts go
+    assert "cleared the previous run" in capsys.readouterr().err
+
+
+def test_resume_names_the_settings_it_ignores():
+    saved = TrainConfig(data="fsdd:a", out="r", model="vit-tiny", lr=0.01, epochs=5)
+    given = TrainConfig(data="fsdd:b", out="r2", model="vit-tiny", lr=0.02, epochs=9)
+    # only what the user typed counts; epochs and out are taken from the command line
+    assert resume_differences(saved, given, {"data", "out", "epochs"}) == [
+        "--data 'fsdd:b' (the run has 'fsdd:a')"]
+    assert resume_differences(saved, given, {"lr", "model"}) == [
+        "--lr 0.02 (the run has 0.01)"]  # the same model is no difference
