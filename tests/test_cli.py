@@ -326,3 +326,14 @@ def test_tag_per_chunk_writes_rows_as_it_goes_and_keeps_nothing_per_chunk(
         assert written_at == [0, *range(1, n + 1), n]
     # 8x the chunks, about the same Python memory at the peak (before: every row was kept)
     assert peaks[8] < 1.2 * peaks[1], peaks
+
+
+def test_progress_bars_only_on_a_terminal_or_when_asked(trained, capsys):
+    clips = [str(p) for p in sorted((trained / "data" / "clips").rglob("*.wav"))[:3]]
+    model = str(trained / "run" / "model")
+    assert main(["tag", model, *clips]) == 0  # stderr is captured here: not a terminal
+    assert "tag:" not in capsys.readouterr().err
+    assert main(["tag", model, *clips, "--progress"]) == 0
+    assert "tag: 100%" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tag", model, *clips, "--progress", "--no-progress"])

@@ -46,7 +46,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="named training settings: robust (augmentation for new speakers, rooms and "
                         "microphones), htsat-audioset, htsat-esc50, htsat-scv2 (the HTS-AT "
                         "paper's); options given explicitly win")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
 
 
 def _pair(text: str) -> list[float]:
@@ -62,6 +62,22 @@ def _pair(text: str) -> list[float]:
 
 def _show(pair) -> str:
     return ",".join(f"{v:g}" for v in pair)
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--progress", action="store_true",
+                   help="show progress bars even when stderr is not a terminal")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (default: shown only on a terminal)")
+
+
+def _progress(a: argparse.Namespace) -> bool:
+    """Progress bars on a terminal, or where asked for; never in a redirected log unless
+    asked."""
+    if a.no_progress:
+        return False
+    return bool(a.progress) or sys.stderr.isatty()
 
 
 def _add_trust(p: argparse.ArgumentParser) -> None:
@@ -92,13 +108,13 @@ def _train_config(a: argparse.Namespace, fold=None):
     try:
         options = {f.name for f in fields(TrainConfig) if f.metadata.get("cli")}
         config = TrainConfig(**{name: getattr(a, name) for name in options},
-                             model_args=model_args, fold=fold, progress=not a.no_progress)
+                             model_args=model_args, fold=fold, progress=_progress(a))
         if a.recipe:
             # options the user typed (exact spellings: abbreviations are off) win over the
             # recipe, also where they repeat a default value
             given = typed_options(a.argv)
             given |= {"model_args"} if a.model_arg else set()
-            given |= {"progress"} if a.no_progress else set()
+            given |= {"progress"} if a.no_progress or a.progress else set()
             config = apply_recipe(a.recipe, config, given)
     except ValueError as err:  # options that do not go together: a usage error, as argparse's
         print(f"error: {err}", file=sys.stderr)
@@ -168,7 +184,7 @@ def cmd_shard(a) -> int:
 
     index = write_shards(from_spec(a.data), a.out, shard_size=int(a.shard_size * 2 ** 20),
                          sample_rate=a.sample_rate, workers=a.workers,
-                         progress=not a.no_progress, audio_format=a.audio_format)
+                         progress=_progress(a), audio_format=a.audio_format)
     print(f"wrote {len(index['shards'])} shards, {index['clips']} clips, {index['hours']:.2f} h "
           f"at {index['sample_rate']} Hz to {a.out} (index: {Path(a.out) / 'index.json'})")
     for f in index["failed"]:
@@ -185,7 +201,7 @@ def cmd_psl_scores(a) -> int:
               "--data shards:DIR (write them with earmark shard)", file=sys.stderr)
         return 2
     info = store_teacher_scores(a.teacher, location, a.crop_seconds, a.hop_seconds,
-                                batch_size=a.batch_size, progress=not a.no_progress)
+                                batch_size=a.batch_size, progress=_progress(a))
     print(f"stored {info['teacher']}'s scores of {info['crop_seconds']} s crops every "
           f"{info['hop_seconds']} s beside {len(info['sidecars'])} shard(s); train with "
           f"--stage psl --teacher-scores --data {a.data}")
@@ -245,7 +261,7 @@ def cmd_eval(a) -> int:
     seed = a.seed if a.seed is not None else \
         (tagger.config.get("provenance") or {}).get("seed", 0)
     manifest = _select_split(from_spec(a.data), a.split, a.fold, a.group, seed)
-    metrics = evaluate_model(tagger, manifest, progress=not a.no_progress)
+    metrics = evaluate_model(tagger, manifest, progress=_progress(a))
     print(format_table(metrics))
     if a.out:
         for path in write_report(metrics, tagger.labels, a.out):
@@ -282,7 +298,7 @@ def cmd_codebook(a) -> int:
                                  (out or Path(".")) / f"{family}-{int(code)}.png"))
     if a.data:
         manifest = _select_split(from_spec(a.data), a.split)
-        stats = code_statistics(model, manifest, top=a.top, progress=not a.no_progress)
+        stats = code_statistics(model, manifest, top=a.top, progress=_progress(a))
         print(format_statistics(stats, top=a.top))
         if out:
             out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +333,7 @@ def cmd_tag(a) -> int:
         return 2
     failed = [str(e) for e in problems]
     out = TagWriter(a.format)  # each row is written as it comes: memory stays flat
-    for path in tqdm(files, desc="tag", unit="file", disable=a.no_progress or len(files) < 2,
+    for path in tqdm(files, desc="tag", unit="file", disable=not _progress(a) or len(files) < 2,
                      file=sys.stderr):
         try:
             if a.chunk:
@@ -641,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="audio_format", choices=("flac", "wav"), default="flac",
                    help="audio of each sample: FLAC (default) or 16-bit WAV (larger, cheaper "
                         "to decode for loaders short of CPU)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(fn=cmd_shard)
 
     p = sub.add_parser("psl-scores", help="store a teacher's scores of crops beside tar shards, "
@@ -653,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hop-seconds", type=float, default=None,
                    help="between crop starts (default: half a crop, one chunk)")
     p.add_argument("--batch-size", type=int, default=32, help="crops per teacher forward")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     p.set_defaults(fn=cmd_psl_scores)
 
     p = sub.add_parser("train", help="train a model; writes a run directory")
@@ -685,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", default=None, help="only the items of this group (e.g. a speaker)")
     p.add_argument("--out", default=None, help="folder for metrics.json and the PNG plot")
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     _add_trust(p)
     p.set_defaults(fn=cmd_eval)
 
@@ -699,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for codes.json and one PNG sheet per family")
     p.add_argument("--render", action="append", default=[], metavar="FAMILY:CODE",
                    help="draw a code's centroid through its decoder (e.g. patch:17)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     _add_trust(p)
     p.set_defaults(fn=cmd_codebook)
 
@@ -711,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
-    p.add_argument("--no-progress", action="store_true")
+    _add_progress(p)
     _add_trust(p)
     p.set_defaults(fn=cmd_tag)
 
