@@ -337,3 +337,19 @@ def test_progress_bars_only_on_a_terminal_or_when_asked(trained, capsys):
     assert "tag: 100%" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["tag", model, *clips, "--progress", "--no-progress"])
+
+
+def test_every_subcommand_and_option_explains_itself():
+    import argparse
+
+    from earmark.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        assert p.description, f"earmark {name} --help says nothing first"
+        for action in p._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"earmark {name}: {action.dest} has no help"
+        text = p.format_help()
+        assert "paper 00" not in text, name  # papers by title
+    assert "(default: 5)" in sub.choices["tag"].format_help()

@@ -622,6 +622,18 @@ def cmd_demo(a) -> int:
     return 0
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default in (None, False, [], argparse.SUPPRESS)
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from earmark._version import __version__
 
@@ -629,21 +641,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"earmark {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
-    p = sub.add_parser("demo", help="synthesise data, train, evaluate and tag, in a few minutes")
-    p.add_argument("--out", default="earmark-demo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None)
+    p = sub.add_parser("demo", help="synthesise data, train, evaluate, tag, detect and stream, "
+                                    "in two to three minutes on 2 cores")
+    p.add_argument("--out", default="earmark-demo", help="folder for everything the demo makes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="training epochs (default: the demo's own, sized for a CPU)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("synth", help="write the procedural sound-event data set")
-    p.add_argument("out")
-    p.add_argument("--clips-per-class", type=int, default=30)
-    p.add_argument("--clip-seconds", type=float, default=1.0)
-    p.add_argument("--soundscapes", type=int, default=20)
-    p.add_argument("--soundscape-seconds", type=float, default=10.0)
-    p.add_argument("--sample-rate", type=int, default=16000)
-    p.add_argument("--snr-db", type=float, default=10.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", help="folder to write (clips/, soundscapes/, label tables)")
+    p.add_argument("--clips-per-class", type=int, default=30, help="event clips of each class")
+    p.add_argument("--clip-seconds", type=float, default=1.0, help="length of an event clip")
+    p.add_argument("--soundscapes", type=int, default=20,
+                   help="soundscapes with strongly labelled events")
+    p.add_argument("--soundscape-seconds", type=float, default=10.0,
+                   help="length of a soundscape")
+    p.add_argument("--sample-rate", type=int, default=16000, help="Hz")
+    p.add_argument("--snr-db", type=float, default=10.0,
+                   help="events over the soundscapes' background, in dB")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.set_defaults(fn=cmd_synth)
 
     p = sub.add_parser("shard", help="write a data set as WebDataset tar shards (FLAC + JSON)")
@@ -692,8 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="metrics of a model on a split")
     p.add_argument("model", help="model or run directory")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"))
+    p.add_argument("--data", required=True, metavar="SPEC",
+                   help="data set to score, e.g. fsdd:DIR or manifest:FILE")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"),
+                   help="which of its items (all: every item)")
     p.add_argument("--fold", type=int, default=None,
                    help="the fold a run held out: --split train is every other fold")
     p.add_argument("--seed", type=int, default=None,
@@ -709,7 +728,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and codes decoded to spectrogram images")
     p.add_argument("model", help="model or run directory of a codebook model")
     p.add_argument("--data", default=None, help="data SPEC whose labelled clips are counted")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"))
+    p.add_argument("--split", default="test", choices=("train", "valid", "test", "all"),
+                   help="which of its items are counted")
     p.add_argument("--top", type=int, default=5, help="codes per class and family")
     p.add_argument("--out", default=None,
                    help="folder for codes.json and one PNG sheet per family")
@@ -720,23 +740,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_codebook)
 
     p = sub.add_parser("tag", help="top-k labels per file (or per chunk)")
-    p.add_argument("model")
+    p.add_argument("model", help="model directory, run directory, .ckpt or .onnx")
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR",
                    help="audio files, folders, clips in packs or shards (PACK#KEY), or data "
                         "SPECs such as shards:DIR (every clip)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="labels per file or chunk")
     p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
-    p.add_argument("--format", choices=("table", "json", "tsv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "tsv"), default="table",
+                   help="output on stdout, one row as each file or chunk is scored")
     _add_progress(p)
     _add_trust(p)
     p.set_defaults(fn=cmd_tag)
 
     p = sub.add_parser("detect", help="sound events as a DESED-style TSV, optional timeline PNG")
-    p.add_argument("model")
-    p.add_argument("inputs", nargs="+", metavar="FILE")
+    p.add_argument("model", help="model directory, run directory, .ckpt or .onnx")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="audio files or folders")
     p.add_argument("--out", default=None, help="events TSV (filename onset offset event_label)")
     p.add_argument("--plot", default=None, help="timeline PNG")
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="score an event must reach, for every class (default: the model's "
+                        "tuned thresholds, else 0.5)")
     p.add_argument("--median", type=float, default=None, help="median filter, seconds")
     p.add_argument("--min-duration", type=float, default=None, help="seconds")
     p.add_argument("--min-gap", type=float, default=None, help="merge gaps shorter than this")
@@ -752,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_detect)
 
     p = sub.add_parser("stream", help="online tagging: a line per chunk with its latency")
-    p.add_argument("model")
+    p.add_argument("model", help="model directory, run directory, .ckpt or .onnx")
     p.add_argument("files", nargs="*", metavar="FILE",
                    help="audio files or folders, each read block by block in turn")
     p.add_argument("--mic", action="store_true", help="listen to the microphone (earmark[mic])")
@@ -761,8 +784,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=float, default=None,
                    help="seconds per chunk (default: the model's, 1 s for full-context models)")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--tail", choices=("pad", "drop"), default="pad")
+    p.add_argument("--top-k", type=int, default=3, help="labels per chunk")
+    p.add_argument("--tail", choices=("pad", "drop"), default="pad",
+                   help="the last piece shorter than a chunk: zero-padded and scored, or "
+                        "dropped")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the streaming model's chunk step (~30 s once, then faster)")
     _add_trust(p)
@@ -774,7 +799,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model or run directory, .onnx, or NAME=PATH (default name: the "
                         "directory's)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--token", default=None,
                    help="bearer token required on /v1/* and /metrics (or EARMARK_SERVE_TOKEN)")
     p.add_argument("--max-streams", type=int, default=64, help="open WebSocket streams at once")
@@ -786,15 +811,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "models use their own)")
     p.add_argument("--max-batch", type=int, default=64, help="stream chunks per model call")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--log-level", default="info",
+    p.add_argument("--log-level", default="info", help="uvicorn's log level",
                    choices=("critical", "error", "warning", "info", "debug"))
     _add_trust(p)
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("export", help="ONNX export, checked against PyTorch")
-    p.add_argument("model")
-    p.add_argument("--format", default="onnx", choices=("onnx",))
-    p.add_argument("out")
+    p.add_argument("model", help="model directory, run directory or .ckpt")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
+    p.add_argument("out", help="the .onnx file to write")
     p.add_argument("--chunk", type=float, default=None,
                    help="seconds per call (SAT: its chunk; others: a fixed input length)")
     _add_trust(p)
@@ -811,28 +836,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sed_eval)
 
     p = sub.add_parser("convert", help="official checkpoint -> model directory")
-    p.add_argument("kind", choices=("htsat-official", "sat-official", "vit-official"))
-    p.add_argument("checkpoint")
-    p.add_argument("out")
+    p.add_argument("kind", choices=("htsat-official", "sat-official", "vit-official"),
+                   help="whose checkpoint: HTS-AT's Lightning .ckpt, or SAT's / the audio "
+                        "ViT's .pt")
+    p.add_argument("checkpoint", help="the released checkpoint file")
+    p.add_argument("out", help="model directory to write")
     p.add_argument("--labels", default=None, help="label file (default: the 527 AudioSet ones)")
     _add_trust(p)
     p.set_defaults(fn=cmd_convert)
 
     p = sub.add_parser("profile", help="parameters, FLOPs, memory, latency, real-time factor")
-    p.add_argument("target", nargs="?", metavar="NAME_OR_MODEL")
+    p.add_argument("target", nargs="?", metavar="NAME_OR_MODEL",
+                   help="a registry name (see --list) or a model directory")
     p.add_argument("--list", action="store_true", help="list the registry names")
-    p.add_argument("--seconds", type=float, default=None)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=527)
+    p.add_argument("--seconds", type=float, default=None,
+                   help="input length (default: the model's clip, or chunk for SAT)")
+    p.add_argument("--batch", type=int, default=1, help="clips per forward pass")
+    p.add_argument("--repeats", type=int, default=20, help="timed forward passes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--num-classes", type=int, default=527,
+                   help="outputs of a registry model (527: AudioSet)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument (JSON value), e.g. token_learner=8")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_trust(p)
     p.set_defaults(fn=cmd_profile)
-    for p in sub.choices.values():  # --epoch must not pass for --epochs
-        p.allow_abbrev = False
+    for p in sub.choices.values():
+        p.allow_abbrev = False  # --epoch must not pass for --epochs
+        p.formatter_class = DefaultsFormatter
+        if p.description is None:  # --help opens with what the command does
+            p.description = next(a.help for a in sub._choices_actions if a.dest == p.prog.split()[-1])
     return parser
 
 
