@@ -28,10 +28,7 @@ What is measured, and what is not:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import time
 from typing import Any
 
@@ -41,6 +38,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from earmark.errors import ModelError
+from earmark.quiet import native_stderr_silenced
 
 __all__ = ["format_profile", "profile_model"]
 
@@ -84,26 +82,6 @@ def _count_flops(model: nn.Module, wave: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """The profiler's C++ side prints start / stop lines straight to file descriptor 2
-    (``USDT: ... profiler_start``): point it at /dev/null while it runs. Python's own
-    ``sys.stderr`` is flushed first and restored after."""
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no descriptor 2 to redirect
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
     """Peak of (allocated - freed) bytes over one forward, from the profiler's memory events."""
     from torch.profiler import ProfilerActivity
@@ -111,7 +89,7 @@ def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
 
     recorder = torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     try:
-        with _native_stderr_silenced(), torch.inference_mode(), recorder as prof:
+        with native_stderr_silenced(), torch.inference_mode(), recorder as prof:
             model(wave)
     except RuntimeError:
         # Builds without kineto, or a profiler already running: memory is "not measured".

@@ -275,3 +275,14 @@ def test_find_audio_files_reports_every_bad_path_and_keeps_the_rest(tmp_path):
     with pytest.raises(AudioError, match="no audio"):
         find_audio_files([tmp_path / "empty"])
     assert find_audio_files([tmp_path / "empty"], empty_folders=True) == []
+
+
+def test_a_broken_mp3_is_reported_quietly_and_truly(tmp_path, capfd):
+    path = tmp_path / "broken.mp3"
+    path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 12)
+    with pytest.raises(AudioError) as info:
+        load_audio(path)
+    assert "cannot decode audio" in info.value.reason and "not a valid MP3" in info.value.reason
+    assert "does not exist" not in str(info.value)
+    err = capfd.readouterr().err  # file descriptor 2, where libmpg123 writes
+    assert "mpg123" not in err and "warning" not in err, err

@@ -14,6 +14,7 @@ import errno
 import math
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from earmark.audio.packed import member_info, member_of, read_member
 from earmark.errors import AudioError
 from earmark.files import atomic_path
+from earmark.quiet import native_stderr_silenced
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -88,14 +90,25 @@ def _decode_error(path: Path, err: Exception) -> AudioError:
         detail = err.strerror
     else:
         detail = str(err)
+    if "does not exist" in detail and path.is_file():
+        # libsndfile says so of any file it cannot parse (a broken mp3, say): the file is
+        # there, its contents are the problem
+        detail = f"not a valid {path.suffix.lstrip('.').upper() or 'audio'} file"
     return AudioError(path, f"cannot decode audio (corrupt header or data?): {detail}")
+
+
+def _quiet(path: Path):
+    """libmpg123 prints its parser's warnings on stderr for a broken mp3; the AudioError says
+    what matters, so they are silenced while an mp3 is opened or read."""
+    return native_stderr_silenced() if path.suffix.lower() == ".mp3" else nullcontext()
 
 
 def _open(path: Path) -> sf.SoundFile:
     """Open a checked path for reading; soundfile's errors become AudioError."""
     _check_path(path)
     try:
-        f = sf.SoundFile(path)
+        with _quiet(path):
+            f = sf.SoundFile(path)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise _decode_error(path, err) from err
     if f.frames <= 0:
@@ -163,7 +176,8 @@ def load_audio(
         with _open(path) as f:
             sr_in = f.samplerate
             try:
-                x = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+                with _quiet(path):
+                    x = f.read(dtype="float32", always_2d=True)  # (frames, channels)
             except (sf.SoundFileError, RuntimeError, OSError) as err:
                 raise _decode_error(path, err) from err
     check_samples(path, x, 0, sr_in)
@@ -233,7 +247,8 @@ def _blocks(
     with _open(path) as f:
         while True:
             try:
-                x = f.read(block_in, dtype="float32", always_2d=True)  # (frames, channels)
+                with _quiet(path):
+                    x = f.read(block_in, dtype="float32", always_2d=True)  # (frames, channels)
             except (sf.SoundFileError, RuntimeError, OSError) as err:
                 raise _decode_error(path, err) from err
             done = x.shape[0] < block_in
