@@ -32,3 +32,24 @@ class DataError(EarmarkError, ValueError):
 
 class ModelError(EarmarkError, ValueError):
     """A model directory, checkpoint or model name that cannot be used."""
+
+
+class ConfigError(EarmarkError, ValueError):
+    """A configuration file with a field that is missing, unknown, of the wrong type or
+    contradicted by what it describes: a run's ``train_config.json``, for instance.
+
+    ``str(err)`` reads ``"<path>: <field>: <reason>"`` (``"<path>: <reason>"`` for the file
+    as a whole); ``field`` is dotted for nested values (``"frontend.n_mels"``).
+    """
+
+    def __init__(self, path: str | Path, field: str | None, reason: str):
+        self.path = str(path)
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{self.path}: {field}: {reason}" if field else f"{self.path}: {reason}")
+
+
+class ModelConfigError(ConfigError, ModelError):
+    """A model directory's ``config.json`` (or a training checkpoint's model config) that
+    cannot describe its model; a :class:`ModelError` as every other reason a model fails to
+    load."""

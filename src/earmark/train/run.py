@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import os
 import re
@@ -44,8 +43,16 @@ from earmark.data.sampler import BalancedSampler, ShareSampler
 from earmark.data.sources import from_spec
 from earmark.data.splits import group_split, split_manifest
 from earmark.data.stream import ShardStream
-from earmark.errors import DataError, ModelError
-from earmark.files import atomic_write, temporary_name, write_json
+from earmark.errors import ConfigError, DataError, ModelError
+from earmark.files import (
+    atomic_write,
+    check_fields,
+    dataclass_schema,
+    read_json,
+    remove_leftovers,
+    temporary_name,
+    write_json,
+)
 from earmark.models.directory import (
     load_checkpoint,
     read_weights,
@@ -119,6 +126,8 @@ class LastCheckpoint(L.Callback):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:  # what a killed run left beside the checkpoints goes
+            remove_leftovers(self.path.parent)
         tmp = temporary_name(self.path)  # only rank 0 writes, to its own name
         trainer.save_checkpoint(tmp, weights_only=False)
         trainer.strategy.barrier()
@@ -513,6 +522,17 @@ def prepare_run(config: TrainConfig, resume: bool = False,
 # ---- training --------------------------------------------------------------------------------
 
 
+def read_train_config(path: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` a run directory holds (``train_config.json``), checked field
+    by field: a :class:`~earmark.errors.ConfigError` names the file, the field and what was
+    expected. Fields the file lacks (it predates them) take their defaults."""
+    data = check_fields(path, read_json(path), *dataclass_schema(TrainConfig))
+    try:
+        return TrainConfig.from_dict(data)
+    except ValueError as err:  # settings that do not go together; the message names them
+        raise ConfigError(path, None, str(err)) from None
+
+
 def train(config: TrainConfig, resume: bool = False,
           split: tuple[Manifest, Manifest, Manifest] | None = None) -> dict:
     """Train one stage, export ``out/model`` and evaluate it on the test split (not after
@@ -531,8 +551,15 @@ def train(config: TrainConfig, resume: bool = False,
         written = out / TRAIN_CONFIG
         if not written.is_file() and (out / "config.json").is_file():
             written = out / "config.json"  # a run written before the file had its own name
-        saved = TrainConfig.from_dict(json.loads(written.read_text()))
+        saved = read_train_config(written)
         config = replace(saved, epochs=config.epochs, progress=config.progress)
+    last_epoch = None
+    if resume and last.is_file():  # a cut-off checkpoint is named here, not by fit's traceback
+        ckpt = load_checkpoint(last)
+        if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+            raise ModelError(f"{last}: not a checkpoint of earmark train (no epoch)")
+        last_epoch = ckpt["epoch"]
+        del ckpt  # weights and optimiser state: fit reads them again
     config.write(out / TRAIN_CONFIG)
     if not resume:  # a fresh run owns its checkpoints: older ones must not win the average
         for stale in [*ckpt_dir.glob("epoch=*.ckpt"), last]:
@@ -547,7 +574,7 @@ def train(config: TrainConfig, resume: bool = False,
     if resume and hasattr(dataset, "set_epoch"):
         # Lightning starts the first loader before any epoch hook runs: a resumed run's first
         # epoch must not draw (crops, stream order) as epoch 0 did
-        dataset.set_epoch(load_checkpoint(last)["epoch"] + 1)
+        dataset.set_epoch(last_epoch + 1)
     if setup.init is not None:
         write_json(out / "init.json", setup.init.to_dict())
 
