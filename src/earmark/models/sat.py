@@ -193,8 +193,14 @@ class StreamingAudioViT(AudioViT):
             # freezing folds the weights into the graph and pre-packs them for oneDNN; inductor
             # reads it whenever it (re)compiles, so it stays on for the process
             inductor_config.freezing = True
-            run = torch.compile(ChunkStep(self).eval(), dynamic=False)
-            with torch.no_grad():  # compile now, not in the middle of a stream
+            with torch.no_grad(), warnings.catch_warnings():  # compile now, not mid-stream
+                # inductor's first import defines classes with the deprecated
+                # torch.jit.script_method, and it falls back to eager code for the complex
+                # STFT: both are torch's own, nothing to act on here
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.filterwarnings("ignore", "Torchinductor does not support code "
+                                        "generation for complex operators")
+                run = torch.compile(ChunkStep(self).eval(), dynamic=False)
                 run(wave, cache.h0, cache.keys, cache.values)
         else:
             with torch.no_grad(), warnings.catch_warnings():
