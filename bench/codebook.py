@@ -71,7 +71,7 @@ def run_one(a, spec: str, name: str, model_args: dict, stages_from: Path | None)
         feature_views=a.views, gain_db=a.gain_db,
         top_k_average=1, progress=False)
     t0 = time.time()
-    result = train(config)
+    result = train(config, overwrite=True)  # its own folder
     wall = time.time() - t0
     test = result["test"]
     best = best_checkpoints(out / "checkpoints", 1)

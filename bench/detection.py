@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                          lr=1e-3, warmup_epochs=2, gain_db=6, time_mask=64, time_masks=2,
                          freq_mask=8, freq_masks=2, top_k_average=3, seed=a.seed,
                          progress=False)
-    result = train(config)
+    result = train(config, overwrite=True)  # its own folder
     tagger = earmark.load(result["model_dir"])
     scapes = load_soundscapes(data)
     detection = tagger.tune_detection(scapes.split("valid"))

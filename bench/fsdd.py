@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     config = TrainConfig(data=f"fsdd:{a.data}", out=str(run_dir), max_minutes=a.max_minutes,
                          num_workers=0, progress=False, **cfg)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = train(config)
+    result = train(config, overwrite=True)  # its own folder
     test = from_spec(config.data).split("test")
     rtf = tagging_rtf(Path(result["model_dir"]), [it.path for it in test.items])
     report = {

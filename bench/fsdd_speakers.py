@@ -376,7 +376,7 @@ def run_one(job: dict, manifest, machine: dict) -> dict:
         split = limited(group_split(manifest, job["held_out"], job["seed"]), job["limit"],
                         job["seed"])
     t0 = time.time()
-    result = train(config, split=split)
+    result = train(config, split=split, overwrite=True)  # its own folder
     wall = time.time() - t0
     test = result["test"]
     accuracy = test["accuracy"] if "accuracy" in test else test.get("top1_accuracy")

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
                              model="sat-tiny", model_args={"chunk_seconds": chunk},
                              stage="psl", teacher=a.teacher, epochs=a.epochs, batch_size=16,
                              lr=5e-4, warmup_epochs=1, top_k_average=3, progress=False)
-        result = train(config)
+        result = train(config, overwrite=True)  # its own folder
         tagger = earmark.load(result["model_dir"])
         valid = scapes.split("valid")
         scores = [torch.stack([r.scores for r in streamed(tagger, it.path)]).numpy()

@@ -60,7 +60,7 @@ def run(name: str, model: str, model_args: dict, spec: str, epochs: int, lr: flo
         config = TrainConfig(data=spec, out=str(out), model=model, model_args=model_args,
                              clip_seconds=1.0, epochs=epochs, batch_size=batch, lr=lr,
                              weight_decay=wd, warmup_epochs=1, progress=False)
-    result = train(config)
+    result = train(config, overwrite=True)  # its own folder
     tagger = earmark.load(result["model_dir"])
     test = from_spec(spec).split("test")
     scores = torch.stack([tagger.scores(it.path) for it in test.items]).numpy()

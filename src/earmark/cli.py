@@ -125,7 +125,8 @@ def _train_config(a: argparse.Namespace, fold=None):
 def cmd_train(a) -> int:
     from earmark.train.run import train
 
-    result = train(_train_config(a, a.fold), resume=a.resume)
+    result = train(_train_config(a, a.fold), resume=a.resume, overwrite=a.overwrite,
+                   typed=typed_options(a.argv))
     if "rank" in result:  # one of several launched processes: rank 0 reports
         return 0
     if "init" in result:
@@ -148,7 +149,8 @@ def cmd_cv(a) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = cross_validate(_train_config(a), group_by=a.group_by, folds=a.folds)
+    summary = cross_validate(_train_config(a), group_by=a.group_by, folds=a.folds,
+                             overwrite=a.overwrite)
     _print_cv_table(summary)
     print(f"mean +- standard deviation over {len(summary['folds'])} runs:")
     for key, v in summary.items():
@@ -692,7 +694,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; writes a run directory")
     _add_train_args(p)
     p.add_argument("--fold", type=int, default=None, help="hold out this fold (ESC-50 style)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from OUT/checkpoints/last.ckpt, with its saved "
+                        "settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT holds a run: clear it (checkpoints, logs, metrics, model) and start "
+                        "afresh")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("cv", help="k-fold cross validation: one run per fold, or per held-out "
@@ -705,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="with --group-by: K folds of whole groups (balanced by items, seeded "
                         "with --seed) instead of one run per group")
+    p.add_argument("--overwrite", action="store_true",
+                   help="runs already in OUT are cleared and trained again")
     p.set_defaults(fn=cmd_cv)
 
     p = sub.add_parser("eval", help="metrics of a model on a split")

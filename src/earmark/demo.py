@@ -41,7 +41,7 @@ def run_demo(out: str | Path = "earmark-demo", seed: int = 0, epochs: int | None
                          # sigmoid outputs: a chunk with no event scores low on every class
                          multi_label=True)
     print(f"[demo] training a small audio ViT on {config.data}")
-    result = train(config)
+    result = train(config, overwrite=True)  # its own folder
     model_dir = Path(result["model_dir"])
     print(f"[demo] trained in {result['train_seconds']:.0f} s; model directory {model_dir}")
 

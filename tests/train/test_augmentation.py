@@ -110,7 +110,7 @@ def no_training(monkeypatch) -> dict:
     """``earmark train`` up to the config: ``seen["config"]`` is what train() would get."""
     seen = {}
 
-    def fake_train(cfg, resume=False):
+    def fake_train(cfg, resume=False, **kw):
         seen["config"] = cfg
         return {"stage": "finetune", "epochs": 0, "train_seconds": 0.0, "averaged": []}
 
@@ -160,7 +160,8 @@ def test_every_train_setting_is_an_option_with_the_configs_default():
 
     from earmark.cli import _train_config, build_parser
 
-    a = build_parser().parse_args(["train", "--data", "synth:x", "--out", "r"])
+    # (progress bars: on a terminal by default, so asked for here as the config's default)
+    a = build_parser().parse_args(["train", "--data", "synth:x", "--out", "r", "--progress"])
     a.argv = []
     cfg = _train_config(a)
     assert cfg == TrainConfig(data="synth:x", out="r")  # every default as the dataclass's

@@ -73,3 +73,32 @@ def test_resume_names_the_settings_it_ignores():
         "--data 'fsdd:b' (the run has 'fsdd:a')"]
     assert resume_differences(saved, given, {"lr", "model"}) == [
         "--lr 0.02 (the run has 0.01)"]  # the same model is no difference
+
+
+def test_train_twice_into_one_directory_needs_overwrite_and_resume_says_what_it_ignores(
+        tmp_path, capsys):
+    from earmark.cli import main
+
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--clips-per-class", "2", "--clip-seconds", "0.5",
+                 "--soundscapes", "0"]) == 0
+    run = tmp_path / "run"
+    base = ["train", "--data", f"synth:{data}", "--out", str(run), "--model", "vit-tiny",
+            "--model-arg", "depth=1", "--model-arg", "embed_dim=32", "--model-arg",
+            "num_heads=2", "--epochs", "1", "--batch-size", "8", "--no-progress"]
+    assert main(base) == 0
+    first = (run / "model" / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(base) == 2  # a second run would destroy the first: refused
+    err = capsys.readouterr().err
+    assert "holds a run" in err and "--overwrite" in err and "--resume" in err
+    assert (run / "model" / "model.safetensors").stat().st_mtime_ns == first  # untouched
+    assert not (run / LOCK).exists()  # the refused run left no lock behind
+    assert main([*base, "--overwrite"]) == 0
+    assert "cleared the previous run" in capsys.readouterr().err
+    # --resume keeps the saved settings and names what it ignores
+    assert main(["train", "--data", f"synth:{data}", "--out", str(run), "--epochs", "2",
+                 "--lr", "0.5", "--resume", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "ignoring --lr 0.5" in err
+    assert json.loads((run / "train_config.json").read_text())["lr"] != 0.5

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -534,11 +535,32 @@ def read_train_config(path: str | Path) -> TrainConfig:
 
 
 def train(config: TrainConfig, resume: bool = False,
-          split: tuple[Manifest, Manifest, Manifest] | None = None) -> dict:
+          split: tuple[Manifest, Manifest, Manifest] | None = None, overwrite: bool = False,
+          typed: set[str] | None = None) -> dict:
     """Train one stage, export ``out/model`` and evaluate it on the test split (not after
     ``mae``); returns the final metrics. ``split``: (train, valid, test) manifests that
-    replace the split of ``config.data`` (see :func:`prepare_run`)."""
+    replace the split of ``config.data`` (see :func:`prepare_run`).
+
+    One training per run directory: it is locked while the run lasts, and a directory that
+    already holds a run is refused unless ``resume`` continues it or ``overwrite`` clears it
+    first (:mod:`earmark.train.rundir`). ``typed``: the settings the user gave by hand; a
+    resumed run keeps the saved ones and names those it ignores."""
+    from earmark.train.rundir import prepare_run_dir, run_lock
+
+    out = Path(config.out)
+    with run_lock(out):
+        if _first_process():
+            prepare_run_dir(out, resume=resume, overwrite=overwrite)
+        return _train(config, resume, split, typed or set())
+
+
+def _first_process() -> bool:
+    return all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
     from earmark.evaluate.run import evaluate_model
+    from earmark.train.rundir import resume_differences
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -552,7 +574,12 @@ def train(config: TrainConfig, resume: bool = False,
         if not written.is_file() and (out / "config.json").is_file():
             written = out / "config.json"  # a run written before the file had its own name
         saved = read_train_config(written)
-        config = replace(saved, epochs=config.epochs, progress=config.progress)
+        ignored = resume_differences(saved, config, typed)
+        if ignored and _first_process():
+            print(f"{out}: --resume continues the run with its saved settings; ignoring "
+                  + ", ".join(ignored), file=sys.stderr)
+        # the directory may have moved since: it is where the run is now
+        config = replace(saved, epochs=config.epochs, progress=config.progress, out=str(out))
     last_epoch = None
     if resume and last.is_file():  # a cut-off checkpoint is named here, not by fit's traceback
         ckpt = load_checkpoint(last)
@@ -641,7 +668,7 @@ GROUP_KEYS = ("group",)  # what ``cross_validate(group_by=...)`` can hold out
 
 
 def cross_validate(config: TrainConfig, group_by: str | None = None,
-                   folds: int | None = None) -> dict:
+                   folds: int | None = None, overwrite: bool = False) -> dict:
     """One run per fold under ``out/fold-K``; mean and standard deviation of the test metrics,
     written to ``out/cv_metrics.json`` as ``{"folds": {K: metrics}, "accuracy": {"mean": ..,
     "std": ..}, ...}``.
@@ -661,7 +688,7 @@ def cross_validate(config: TrainConfig, group_by: str | None = None,
     """
     check_cv_options(group_by, folds)
     if group_by is not None:
-        return _cross_validate_groups(config, group_by, folds)
+        return _cross_validate_groups(config, group_by, folds, overwrite)
     manifest = from_spec(config.data)
     fold_ids = manifest.folds
     if len(fold_ids) < 2:
@@ -670,7 +697,7 @@ def cross_validate(config: TrainConfig, group_by: str | None = None,
     per_fold = {}
     for k in fold_ids:
         cfg = replace(config, fold=k, out=str(Path(config.out) / f"fold-{k}"))
-        per_fold[k] = train(cfg).get("test", {})
+        per_fold[k] = train(cfg, overwrite=overwrite).get("test", {})
     summary: dict = {"folds": per_fold, **_mean_and_std(list(per_fold.values()))}
     write_json(Path(config.out) / "cv_metrics.json", summary)
     return summary
@@ -687,7 +714,8 @@ def check_cv_options(group_by: str | None, folds: int | None) -> None:
                          "too (group_by='group'); without it, cv uses the data set's own folds")
 
 
-def _cross_validate_groups(config: TrainConfig, group_by: str, folds: int | None) -> dict:
+def _cross_validate_groups(config: TrainConfig, group_by: str, folds: int | None,
+                           overwrite: bool = False) -> dict:
     manifest = from_spec(config.data)
     try:
         runs = group_folds(manifest, folds, config.seed)
@@ -701,7 +729,8 @@ def _cross_validate_groups(config: TrainConfig, group_by: str, folds: int | None
     for name, groups in runs.items():
         split = group_split(manifest, groups, config.seed)
         out = Path(config.out) / dirs[name]
-        result = train(replace(config, fold=None, out=str(out)), split=split)
+        result = train(replace(config, fold=None, out=str(out)), split=split,
+                       overwrite=overwrite)
         holdout = {"group_by": group_by, "groups": list(groups), "items": len(split[2])}
         write_json(out / "metrics.json", {**result, "holdout": holdout})
         tested.append(result.get("test", {}))
