@@ -112,12 +112,16 @@ def test_resume_reuses_finished_stages(run, data, tmp_path):
 
 
 def test_a_fresh_run_ignores_checkpoints_left_in_its_directory(run, data, tmp_path):
+    from earmark.train.rundir import RunDirError
+
     out, _ = run
     again = tmp_path / "again"
     (again / "checkpoints").mkdir(parents=True)
     stale = again / "checkpoints" / "epoch=099-score=1.0000.ckpt"  # would win the average
     stale.write_bytes(b"not a checkpoint")
-    train(config(f"synth:{data}", again, epochs=1, stages_from=str(out)))
+    with pytest.raises(RunDirError, match="holds a run"):  # not silently
+        train(config(f"synth:{data}", again, epochs=1, stages_from=str(out)))
+    train(config(f"synth:{data}", again, epochs=1, stages_from=str(out)), overwrite=True)
     assert not stale.exists()
     assert [p.name for p in (again / "checkpoints").glob("epoch=*")][0].startswith("epoch=000")
 

@@ -170,7 +170,7 @@ def fake_train(monkeypatch):
 
     calls = []
 
-    def fake(cfg, resume=False, split=None):
+    def fake(cfg, resume=False, split=None, **kw):
         calls.append((cfg, split))
         Path(cfg.out).mkdir(parents=True)
         return {"test": {"accuracy": 0.5 + 0.1 * len(calls), "num_clips": len(split[2])}}

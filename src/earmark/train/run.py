@@ -587,7 +587,8 @@ def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
             raise ModelError(f"{last}: not a checkpoint of earmark train (no epoch)")
         last_epoch = ckpt["epoch"]
         del ckpt  # weights and optimiser state: fit reads them again
-    config.write(out / TRAIN_CONFIG)
+    if _first_process():  # the others must not look like a run before the first has
+        config.write(out / TRAIN_CONFIG)  # checked the directory (train())
     if not resume:  # a fresh run owns its checkpoints: older ones must not win the average
         for stale in [*ckpt_dir.glob("epoch=*.ckpt"), last]:
             stale.unlink(missing_ok=True)
