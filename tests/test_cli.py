@@ -353,3 +353,23 @@ def test_every_subcommand_and_option_explains_itself():
         text = p.format_help()
         assert "paper 00" not in text, name  # papers by title
     assert "(default: 5)" in sub.choices["tag"].format_help()
+
+
+def test_eval_goes_on_past_a_missing_file_and_exits_1(trained, capsys, tmp_path):
+    path, n = clip_list(trained, tmp_path, "all.csv", [], lambda i: [])
+    lines = path.read_text().splitlines()
+    gone = str(tmp_path / "gone.wav")
+    lines[1] = gone + "," + lines[1].split(",", 1)[1]  # the first clip's file is missing
+    path.write_text("\n".join(lines) + "\n")
+    code = main(["eval", str(trained / "run"), "--data", f"manifest:{path}", "--json",
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert json.loads(out.strip().splitlines()[-1])["num_clips"] == n - 1
+    assert f"skipped {gone}" in err and f"1 of {n} files failed" in err
+    # training still refuses a data set with files missing, at once and naming them
+    from earmark.data.sources import from_spec
+    from earmark.errors import DataError
+
+    with pytest.raises(DataError, match="1 of .* listed audio files are missing"):
+        from_spec(f"manifest:{path}")

@@ -254,6 +254,7 @@ def _select_split(manifest, split: str, fold: int | None = None, group: str | No
 
 
 def cmd_eval(a) -> int:
+    from earmark.data.paths import missing_files_allowed
     from earmark.data.sources import from_spec
     from earmark.evaluate.metrics import format_table
     from earmark.evaluate.run import evaluate_model, write_report
@@ -262,7 +263,8 @@ def cmd_eval(a) -> int:
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     seed = a.seed if a.seed is not None else \
         (tagger.config.get("provenance") or {}).get("seed", 0)
-    manifest = _select_split(from_spec(a.data), a.split, a.fold, a.group, seed)
+    with missing_files_allowed():  # each missing file is skipped and reported below
+        manifest = _select_split(from_spec(a.data), a.split, a.fold, a.group, seed)
     metrics = evaluate_model(tagger, manifest, progress=_progress(a))
     print(format_table(metrics))
     if a.out:
@@ -270,9 +272,7 @@ def cmd_eval(a) -> int:
             print(f"wrote {path}")
     if a.json:
         print(json.dumps(metrics))
-    for f in metrics["failed"]:
-        print(f"skipped {f}", file=sys.stderr)
-    return 1 if metrics["failed"] else 0
+    return _report_skipped(metrics["failed"], len(manifest), "files")
 
 
 def cmd_codebook(a) -> int:

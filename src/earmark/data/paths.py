@@ -3,9 +3,11 @@ checking that what a table lists exists, reading CSV/TSV tables with clear error
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import os
 from collections.abc import Iterable
+from contextlib import contextmanager
 from pathlib import Path
 
 from earmark.audio.io import AUDIO_EXTENSIONS, find_audio_files
@@ -53,12 +55,30 @@ def missing_files(paths: Iterable[str]) -> list[str]:
     return [p for p in paths if not os.path.isfile(p)]
 
 
+_MISSING_ALLOWED: contextvars.ContextVar[bool] = contextvars.ContextVar("missing_allowed",
+                                                                       default=False)
+
+
+@contextmanager
+def missing_files_allowed():
+    """Within the block, data sets load with files missing: commands that score item by item
+    (``earmark eval``) then skip and report each, instead of refusing the whole set."""
+    token = _MISSING_ALLOWED.set(True)
+    try:
+        yield
+    finally:
+        _MISSING_ALLOWED.reset(token)
+
+
 def check_audio_exists(paths: Iterable[str], listed_in: str | Path) -> None:
     """Raise one :class:`DataError` for all audio files that ``listed_in`` names but that are absent.
 
     The message gives how many are missing and the first few, so a half-finished download
-    is recognised at once rather than one file at a time during training.
+    is recognised at once rather than one file at a time during training. Inside
+    :func:`missing_files_allowed` nothing is raised.
     """
+    if _MISSING_ALLOWED.get():
+        return
     paths = list(paths)
     missing = missing_files(paths)
     if missing:
