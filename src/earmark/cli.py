@@ -335,16 +335,26 @@ def cmd_tag(a) -> int:
         return 2
     failed = [str(e) for e in problems]
     out = TagWriter(a.format)  # each row is written as it comes: memory stays flat
-    for path in tqdm(files, desc="tag", unit="file", disable=not _progress(a) or len(files) < 2,
-                     file=sys.stderr):
-        try:
-            if a.chunk:
+    bar = tqdm(total=len(files), desc="tag", unit="file", file=sys.stderr,
+               disable=not _progress(a) or len(files) < 2)
+    if a.chunk:
+        for path in files:
+            try:
                 for c in iter_chunk_scores(tagger, path, a.chunk):
                     out.row(str(path), c.start, c.end, tagger.top(c.scores, a.top_k))
+            except AudioError as err:
+                failed.append(str(err))
+            bar.update()
+    else:  # decoded in background threads, scored in batches, written in order
+        from earmark.infer.batch import tag_files
+
+        for path, labels in tag_files(tagger, files, a.top_k, a.batch_size, a.workers):
+            if isinstance(labels, AudioError):
+                failed.append(str(labels))
             else:
-                out.row(str(path), None, None, tagger.tag(path, top_k=a.top_k))
-        except AudioError as err:
-            failed.append(str(err))
+                out.row(str(path), None, None, labels)
+            bar.update()
+    bar.close()
     out.close()
     return _report_skipped(failed, len(files) + len(problems), "files")
 
@@ -754,6 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio files, folders, clips in packs or shards (PACK#KEY), or data "
                         "SPECs such as shards:DIR (every clip)")
     p.add_argument("--top-k", type=int, default=5, help="labels per file or chunk")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="clips of one length scored together (1: one file at a time)")
+    p.add_argument("--workers", type=int, default=2, help="threads decoding files ahead")
     p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table",
                    help="output on stdout, one row as each file or chunk is scored")

@@ -97,7 +97,10 @@ class Tagger:
             wave = torch.from_numpy(soxr.resample(wave.numpy(), sr, self.sample_rate, "HQ"))
         return wave.float()
 
-    def _fit(self, wave: torch.Tensor) -> torch.Tensor:
+    def fit_wave(self, wave: torch.Tensor) -> torch.Tensor:
+        """A waveform (..., N) fitted to the model's input as every scoring call fits it: a
+        clip shorter than the model's clip length tiled or padded as it trained, and never
+        shorter than one patch."""
         fit = getattr(self.model, "fit", None)
         n = int(round(self.model.clip_seconds * self.sample_rate))
         if fit and wave.shape[-1] < n:
@@ -117,7 +120,7 @@ class Tagger:
     @torch.inference_mode()
     def score_batch(self, waves: torch.Tensor) -> torch.Tensor:
         """(B, N) waveforms of one length at the model's rate -> (B, C) scores, in one call."""
-        logits = self.model(self._fit(waves).to(self.device))
+        logits = self.model(self.fit_wave(waves).to(self.device))
         return self.model.activation(logits).float().cpu()
 
     # ---- public API --------------------------------------------------------------------------

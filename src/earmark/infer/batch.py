@@ -1,0 +1,83 @@
+"""Tagging many files at full speed: decoding in background threads, clips scored in batches.
+
+    >>> from earmark.infer.batch import tag_files
+    >>> for path, result in tag_files(tagger, files, top_k=3):       # doctest: +SKIP
+    ...     print(path, result)            # [(label, score), ...] or the AudioError
+
+Files are taken in windows of a few batches: every file of a window is decoded (and
+resampled) by a pool of threads (libsndfile and soxr work outside the GIL), each clip is
+fitted to the model's input as :meth:`Tagger.score_wave` fits it, clips of one length are
+scored together in batches of ``batch_size``, and the window's results are yielded in the
+order the files were given. The labels equal those of one call per file (the scores up to
+float rounding); memory holds one window of clips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from earmark.audio import io as audio_io
+from earmark.audio.io import audio_info, load_audio
+from earmark.errors import AudioError
+from earmark.infer.tagger import Tagger
+
+WINDOW_BATCHES = 4  # files decoded ahead, in batches: enough for whole batches per length
+
+
+def tag_files(tagger: Tagger, files: list, top_k: int = 5, batch_size: int = 32,
+              workers: int = 2) -> Iterator[tuple[object, list[tuple[str, float]] | AudioError]]:
+    """``(file, labels)`` for each of ``files`` in order; ``labels`` is the AudioError for a
+    file that cannot be read. Files longer than ``LONG_FILE_SECONDS`` are scored alone,
+    block by block, as :meth:`Tagger.tag` does."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    window = max(batch_size * WINDOW_BATCHES, 1)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        pending = None
+        for start in range(0, len(files), window):
+            chunk = files[start:start + window]
+            decoded = pool.map(lambda f: _decode(tagger, f), chunk)  # the next window decodes
+            if pending is not None:                                 # while this one scores
+                yield from _score_window(tagger, *pending, top_k, batch_size)
+            pending = (chunk, decoded)
+        if pending is not None:
+            yield from _score_window(tagger, *pending, top_k, batch_size)
+
+
+def _decode(tagger: Tagger, f) -> torch.Tensor | AudioError | None:
+    """The clip fitted to the model's input; None for a long file (scored alone later)."""
+    try:
+        if isinstance(f, (str, Path)) and "#" not in str(f) and \
+                audio_info(f).duration > audio_io.LONG_FILE_SECONDS:
+            return None
+        wave, _ = load_audio(f, sample_rate=tagger.sample_rate)
+        return tagger.fit_wave(wave)
+    except AudioError as err:
+        return err
+
+
+def _score_window(tagger: Tagger, files: list, decoded, top_k: int, batch_size: int):
+    waves = list(decoded)
+    results: list = [None] * len(files)
+    groups: dict[int, list[int]] = {}
+    for i, w in enumerate(waves):
+        if isinstance(w, AudioError):
+            results[i] = w
+        elif w is None:
+            try:
+                results[i] = tagger.tag(files[i], top_k=top_k)
+            except AudioError as err:
+                results[i] = err
+        else:
+            groups.setdefault(w.shape[-1], []).append(i)
+    for idx in groups.values():
+        for b in range(0, len(idx), batch_size):
+            part = idx[b:b + batch_size]
+            scores = tagger.score_batch(torch.stack([waves[i] for i in part]))
+            for i, s in zip(part, scores):
+                results[i] = tagger.top(s, top_k)
+    yield from zip(files, results)
