@@ -142,3 +142,16 @@ def test_profile_prints_no_profiler_chatter(capfd):
     out, err = capfd.readouterr()  # file descriptors 1 and 2, where the C++ side writes
     assert "peak activations" in out
     assert "profiler_start" not in err and "USDT" not in err, err
+
+
+def test_profile_reports_the_machines_matmul_ceiling_in_the_same_run():
+    import earmark
+    from earmark.profile import format_profile, profile_model
+
+    model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+    result = profile_model(model, seconds=0.5, repeats=2, threads=1)
+    assert result["matmul_gflops"] > 0
+    achieved = result["flops"] / (result["latency_ms"]["median"] / 1e3) / 1e9
+    assert result["achieved_gflops"] == pytest.approx(achieved)
+    assert result["fraction_of_matmul"] == pytest.approx(achieved / result["matmul_gflops"])
+    assert "of this machine's fp32 matmul" in format_profile(result)

@@ -131,8 +131,10 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
     (activation peak of one forward; ``None`` where it cannot be measured),
     ``model_memory_mb``, ``input_memory_mb``, ``latency_ms`` (``median``, ``p95``, ``mean``,
     ``min`` over ``repeats`` timed forwards of the batch), ``real_time_factor`` (median
-    latency / audio seconds in the batch; below 1 is faster than real time), and the
-    input: ``seconds``, ``batch``, ``num_samples``, ``sample_rate``, ``device``,
+    latency / audio seconds in the batch; below 1 is faster than real time),
+    ``achieved_gflops`` (FLOPs over the median latency), ``matmul_gflops`` (the machine's fp32
+    matmul rate at the same threads, timed in the same call) and ``fraction_of_matmul``, and
+    the input: ``seconds``, ``batch``, ``num_samples``, ``sample_rate``, ``device``,
     ``threads``, ``torch_version``, ``output_shape``.
 
     The model is moved to ``device`` and put in eval mode for the measurement, then
@@ -186,6 +188,7 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
                 _synchronize(device)
                 times.append(time.perf_counter() - start)
         measured_threads = torch.get_num_threads()
+        ceiling = matmul_gflops(device)  # the machine's own rate, same threads, same run
     finally:
         torch.set_num_threads(previous_threads)
         if home is not None:
@@ -212,6 +215,9 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
             "min": float(times_ms.min()),
         },
         "real_time_factor": median_ms / 1e3 / (seconds * batch),
+        "achieved_gflops": flops / (median_ms / 1e3) / 1e9,
+        "matmul_gflops": ceiling,
+        "fraction_of_matmul": flops / (median_ms / 1e3) / 1e9 / ceiling,
         "seconds": seconds,
         "batch": batch,
         "num_samples": num_samples,
@@ -223,6 +229,25 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
         "torch_version": torch.__version__,
         "output_shape": list(output.shape) if isinstance(output, torch.Tensor) else None,
     }
+
+
+def matmul_gflops(device: str | torch.device = "cpu", n: int = 1024, repeats: int = 7) -> float:
+    """The machine's fp32 matmul rate in GFLOP/s (median of ``repeats`` n x n products at the
+    current thread count): the ceiling a model's achieved rate is measured against, taken in
+    the same run because shared machines drift."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            _synchronize(device)
+            start = time.perf_counter()
+            a @ b
+            _synchronize(device)
+            if i >= 2:  # two warm-up products
+                times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
 def _count(n: float) -> str:
@@ -276,5 +301,10 @@ def format_profile(result: dict[str, Any]) -> str:
         ("latency p95", f"{latency.get('p95', 0):.2f} ms"),
         ("real-time factor", _real_time(rtf)),
     ]
+    if result.get("matmul_gflops"):
+        rows.append(("achieved", f"{result['achieved_gflops']:.1f} GFLOP/s, "
+                                 f"{100 * result['fraction_of_matmul']:.1f} % of this machine's "
+                                 f"fp32 matmul ({result['matmul_gflops']:.1f} GFLOP/s, same "
+                                 "threads)"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
