@@ -373,3 +373,32 @@ def test_eval_goes_on_past_a_missing_file_and_exits_1(trained, capsys, tmp_path)
 
     with pytest.raises(DataError, match="1 of .* listed audio files are missing"):
         from_spec(f"manifest:{path}")
+
+
+def test_model_commands_take_threads_and_stream_defaults_to_one(trained, monkeypatch):
+    import torch
+
+    import earmark.cli as cli
+
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for command in ("tag", "detect", "eval", "stream"):
+        assert any(a.dest == "model_threads" for a in commands[command]._actions), command
+    assert parser.parse_args(["stream", "m", "f.wav"]).model_threads == 1  # a chunk: 1 thread
+    assert parser.parse_args(["tag", "m", "f.wav"]).model_threads is None  # torch's default
+    seen = []
+
+    def spy(a):
+        seen.append(torch.get_num_threads())
+        return cli.cmd_tag(a)
+
+    commands["tag"].set_defaults(fn=spy)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clip = sorted((trained / "data" / "clips").rglob("*.wav"))[0]
+        assert main(["tag", str(trained / "run" / "model"), str(clip), "--threads", "1"]) == 0
+        assert seen == [1] and torch.get_num_threads() == 2  # set for the command, restored
+    finally:
+        torch.set_num_threads(before)

@@ -741,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     _add_progress(p)
     _add_trust(p)
+    _add_threads(p)
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("codebook", help="a codebook model's codes: the most frequent per class, "
@@ -767,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32,
                    help="clips of one length scored together (1: one file at a time)")
     p.add_argument("--workers", type=int, default=2, help="threads decoding files ahead")
+    _add_threads(p)
     p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table",
                    help="output on stdout, one row as each file or chunk is scored")
@@ -794,6 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its valid split if it has one)")
     p.add_argument("--save", action="store_true", help="store the tuned thresholds in the model")
     _add_trust(p)
+    _add_threads(p)
     p.set_defaults(fn=cmd_detect)
 
     p = sub.add_parser("stream", help="online tagging: a line per chunk with its latency")
@@ -810,6 +813,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", choices=("pad", "drop"), default="pad",
                    help="the last piece shorter than a chunk: zero-padded and scored, or "
                         "dropped")
+    _add_threads(p, 1, "one chunk rarely gains from more, and waiting OpenMP threads slow "
+                       "it down badly on a busy machine")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the streaming model's chunk step (~30 s once, then faster)")
     _add_trust(p)
@@ -914,6 +919,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    threads = getattr(args, "model_threads", None)
+    if threads is not None:
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
     try:
         return args.fn(args)
     except (EarmarkError, FileNotFoundError) as err:
@@ -921,6 +932,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if threads is not None:
+            torch.set_num_threads(previous)
+
+
+def _add_threads(p: argparse.ArgumentParser, default: int | None = None, why: str = "") -> None:
+    p.add_argument("--threads", dest="model_threads", type=int, default=default,
+                   help="torch threads for the model" + (f" ({why})" if why else
+                                                           " (default: torch's, one per core)"))
 
 
 if __name__ == "__main__":
