@@ -198,3 +198,34 @@ def test_export_command_and_load_of_an_onnx_file(tmp_path, capsys):
     wave = torch.randn(16000) * 0.1
     torch.testing.assert_close(earmark.load(tmp_path / "m.onnx").scores(wave),
                                earmark.load(model_dir).scores(wave), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["vit-tiny", "sat-tiny"])
+def test_int8_export_is_smaller_reports_its_score_difference_and_tags(name, tmp_path, capsys):
+    import os
+
+    import earmark
+    from earmark.cli import main
+    from earmark.infer.onnx import onnx_metadata
+    from earmark.models.directory import save_model_dir
+
+    torch.manual_seed(0)
+    kw = {"chunk_seconds": 1.0} if name == "sat-tiny" else {"clip_seconds": 1.0}
+    model = earmark.create_model(name, 4, depth=2, **kw).eval()  # the matrices dominate
+    model_dir = save_model_dir(model, tmp_path / "m", ["a", "b", "c", "d"])
+    assert main(["export", str(model_dir), str(tmp_path / "f.onnx")]) == 0
+    assert main(["export", str(model_dir), str(tmp_path / "q.onnx"), "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "int8: scores within" in out
+    quant = onnx_metadata(tmp_path / "q.onnx")["quantization"]
+    assert quant["clips"] == 16 and 0 <= quant["max_abs_score_diff"] < 0.1
+    assert quant["top1_agreement"] >= 0.75
+    assert onnx_metadata(tmp_path / "f.onnx")["quantization"] is None
+    assert os.path.getsize(tmp_path / "q.onnx") < 0.5 * os.path.getsize(tmp_path / "f.onnx")
+    # the int8 file tags and streams like the float one (cache in float)
+    fp, q8 = earmark.load(tmp_path / "f.onnx"), earmark.load(tmp_path / "q.onnx")
+    wave = torch.randn(32000) * 0.1
+    torch.testing.assert_close(q8.scores(wave), fp.scores(wave), atol=0.1, rtol=0)
+    if name == "sat-tiny":
+        session = q8.stream()
+        assert len(session.push(wave) + session.flush()) == 2

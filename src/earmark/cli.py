@@ -619,11 +619,25 @@ def cmd_export(a) -> int:
         return 2
     from earmark.infer.tagger import load
 
-    path = export_onnx(load(a.model, trust_checkpoint=a.trust_checkpoint), a.out,
-                       chunk_seconds=a.chunk)
-    check = onnx_metadata(path).get("check") or {}
+    tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
+    clips = None
+    if a.data:  # calibration clips: the test split of a data set (at most 64)
+        from earmark.data.sources import from_spec
+
+        manifest = from_spec(a.data)
+        test = manifest.split("test")
+        items = (test if len(test) else manifest).items[:64]
+        clips = [tagger.fit_wave(tagger.waveform(it.path)) for it in items]
+    path = export_onnx(tagger, a.out, chunk_seconds=a.chunk, quantize=a.quantize, clips=clips)
+    meta = onnx_metadata(path)
+    check = meta.get("check") or {}
     print(f"wrote {path}; onnxruntime matches PyTorch within "
           f"{check.get('max_abs_diff', float('nan')):.2e}")
+    quant = meta.get("quantization")
+    if quant:
+        print(f"int8: scores within {quant['max_abs_score_diff']:.3g} of float (mean "
+              f"{quant['mean_abs_score_diff']:.3g}), the same top label on "
+              f"{100 * quant['top1_agreement']:.1f} % of {quant['clips']} clips")
     return 0
 
 
@@ -849,6 +863,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the .onnx file to write")
     p.add_argument("--chunk", type=float, default=None,
                    help="seconds per call (SAT: its chunk; others: a fixed input length)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8 weights for the matrix products (ONNX Runtime dynamic "
+                        "quantisation); the score difference to float is reported")
+    p.add_argument("--data", default=None, metavar="SPEC",
+                   help="clips to compare int8 and float scores on (its test split, at most "
+                        "64; default: seeded noise)")
     _add_trust(p)
     p.set_defaults(fn=cmd_export)
 

@@ -26,6 +26,7 @@ META_CONFIG = "earmark.config"
 META_EXPORT = "earmark.export"
 META_CACHE = "earmark.primed_cache"
 META_CHECK = "earmark.check"
+META_QUANT = "earmark.quantization"  # int8 files: how, and the scores' difference to fp32
 STREAM_INPUTS = ["wave", "cache_h0", "cache_keys", "cache_values"]
 STREAM_OUTPUTS = ["logits", "next_h0", "next_keys", "next_values"]
 PROVIDERS = ["CPUExecutionProvider"]
@@ -76,7 +77,8 @@ def _metadata(session, path) -> dict[str, Any]:
         raise ModelError(f"{path}: not an earmark ONNX export (no {META_CONFIG} metadata)")
     return {"config": json.loads(props[META_CONFIG]),
             "export": json.loads(props[META_EXPORT]),
-            "check": json.loads(props[META_CHECK]) if META_CHECK in props else None}
+            "check": json.loads(props[META_CHECK]) if META_CHECK in props else None,
+            "quantization": json.loads(props[META_QUANT]) if META_QUANT in props else None}
 
 
 class OnnxModel:
