@@ -60,6 +60,8 @@ import torch
 
 from earmark.data.sources import from_spec
 from earmark.data.splits import group_split, split_manifest
+from earmark.files import process_alive
+from earmark.profile import matmul_gflops as profile_matmul_gflops
 from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.recipes import RECIPES
 from earmark.train.run import train
@@ -200,16 +202,8 @@ def overrides(items: list[str]) -> dict:
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 7) -> float:
-    """Median rate of an n x n float32 matmul in GFLOP/s (2 n^3 operations)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return round(2 * n ** 3 / statistics.median(times) / 1e9, 1)
+    """Median rate of an n x n float32 matmul in GFLOP/s, rounded (earmark.profile's)."""
+    return round(profile_matmul_gflops(n=n, repeats=repeats), 1)
 
 
 def machine_info(threads: int) -> dict:
@@ -275,16 +269,6 @@ def done(path: Path, job: dict) -> bool:
         return any(same_run(r, job) for r in load_rows(path))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim(run_dir: Path) -> bool:
     """Mark ``run_dir`` as being trained by this process; False if a live process has it."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -297,7 +281,7 @@ def claim(run_dir: Path) -> bool:
             other = json.loads(marker.read_text())
         except (OSError, json.JSONDecodeError):
             other = {}
-        if other.get("host") == me["host"] and _alive(int(other.get("pid", -1))) \
+        if other.get("host") == me["host"] and process_alive(int(other.get("pid", -1))) \
                 and other.get("pid") != me["pid"]:
             return False
         marker.write_text(json.dumps(me))  # stale: its process is gone

@@ -594,10 +594,6 @@ def cmd_serve(a) -> int:
     if a.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"warning: serving on {a.host} without a token: anyone who reaches this port "
               "can use the models (set --token or EARMARK_SERVE_TOKEN)", file=sys.stderr)
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     options = ServeOptions(token=token, max_streams=a.max_streams,
                            max_upload_mb=a.max_upload_mb,
                            max_stream_minutes=a.max_stream_minutes, chunk_seconds=a.chunk,
@@ -851,7 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per chunk of full-context models (default 1; streaming "
                         "models use their own)")
     p.add_argument("--max-batch", type=int, default=64, help="stream chunks per model call")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    _add_threads(p)
     p.add_argument("--log-level", default="info", help="uvicorn's log level",
                    choices=("critical", "error", "warning", "info", "debug"))
     _add_trust(p)

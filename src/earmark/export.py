@@ -211,15 +211,10 @@ def score_difference(model: nn.Module, onnx_model, clips: list[torch.Tensor] | N
         for wave in clips:
             if info["kind"] == "stream":
                 n = info["chunk_samples"]
-                cache = model.prime_cache(1)
-                feeds = dict(zip(STREAM_INPUTS[1:],
-                                 (cache.h0.numpy(), cache.keys.numpy(), cache.values.numpy())))
-                for start in range(0, max(1, wave.shape[-1] - n + 1), n):
-                    chunk = wave[start:start + n].reshape(1, n)
-                    logits, cache = model.forward_chunk(chunk, cache)
-                    got = run_session(session, {"wave": chunk.numpy(), **feeds})
-                    feeds = dict(zip(STREAM_INPUTS[1:], got[1:]))
-                    refs.append(model.activation(logits)[0])
+                chunks = [wave[start:start + n].reshape(1, n)
+                          for start in range(0, max(1, wave.shape[-1] - n + 1), n)]
+                for ref, got in _stream_pairs(model, session, chunks):
+                    refs.append(model.activation(ref[0])[0])
                     gots.append(model.activation(torch.from_numpy(got[0]))[0])
             else:
                 lo, hi = info["min_samples"], info["max_samples"]
@@ -433,17 +428,10 @@ def check_onnx(model: nn.Module, onnx_model: str | Path | bytes, atol: float = 1
     with torch.no_grad():
         if info["kind"] == "stream":
             n = info["chunk_samples"]
-            cache = model.prime_cache(1)
-            feeds = dict(zip(STREAM_INPUTS[1:],
-                             (cache.h0.numpy(), cache.keys.numpy(), cache.values.numpy())))
-            for step in range(3):
-                wave = 0.1 * torch.randn(1, n, generator=gen)
-                logits, cache = model.forward_chunk(wave, cache)
-                got = run_session(session, {"wave": wave.numpy(), **feeds})
-                ref = (logits, cache.h0, cache.keys, cache.values)
+            waves = [0.1 * torch.randn(1, n, generator=gen) for _ in range(3)]
+            for step, (ref, got) in enumerate(_stream_pairs(model, session, waves)):
                 for out, r, g in zip(STREAM_OUTPUTS, ref, got):
                     worst = max(worst, _compare(f"{out} of chunk {step + 1}", r, g, atol))
-                feeds = dict(zip(STREAM_INPUTS[1:], got[1:]))
         else:
             lo, hi = info["min_samples"], info["max_samples"]
             clip = int(round(model.clip_seconds * model.sample_rate))
@@ -456,6 +444,19 @@ def check_onnx(model: nn.Module, onnx_model: str | Path | bytes, atol: float = 1
                 worst = max(worst, _compare(f"logits of {b}x{n} samples", model(wave), got[0],
                                             atol))
     return worst
+
+
+def _stream_pairs(model: nn.Module, session, waves):
+    """PyTorch's and onnxruntime's outputs (logits, then the cache) chunk by chunk, each side
+    threading its own cache from the primed one."""
+    cache = model.prime_cache(1)
+    feeds = dict(zip(STREAM_INPUTS[1:],
+                     (cache.h0.numpy(), cache.keys.numpy(), cache.values.numpy())))
+    for wave in waves:
+        logits, cache = model.forward_chunk(wave, cache)
+        got = run_session(session, {"wave": wave.numpy(), **feeds})
+        feeds = dict(zip(STREAM_INPUTS[1:], got[1:]))
+        yield (logits, cache.h0, cache.keys, cache.values), got
 
 
 def _compare(what: str, ref: torch.Tensor, got: np.ndarray, atol: float) -> float:

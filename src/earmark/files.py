@@ -67,7 +67,8 @@ LEFTOVER_AGE = 3600.0  # s untouched after which a temporary of another machine 
 _cleaned: set[str] = set()  # folders this process has already cleaned
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (POSIX; elsewhere: assumed)."""
     if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
         return True
     try:
@@ -86,7 +87,7 @@ def _leftover(entry: os.DirEntry, now: float) -> bool:
     if found["machine"] == _MACHINE:
         # written on this machine: a leftover once its writer is gone, at once (a resumed run
         # does not wait an hour for the space of a killed one's checkpoint)
-        return not _alive(int(found["pid"]))
+        return not process_alive(int(found["pid"]))
     # another machine's (or an older earmark's) writer cannot be asked: a write in progress
     # touches its file, so one untouched for an hour is taken as dead
     try:

@@ -27,20 +27,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def small_tagger(name: str, seed: int, **kw) -> Tagger:
+    torch.manual_seed(seed)
+    model = earmark.create_model(name, len(LABELS), embed_dim=48, num_heads=3, **kw)
+    return Tagger(model.eval(), {"labels": LABELS, "name": f"{name}-test"})
+
+
 @pytest.fixture(scope="session")
 def sat() -> Tagger:
-    torch.manual_seed(0)
-    model = earmark.create_model("sat-tiny", len(LABELS), depth=2, embed_dim=48, num_heads=3,
-                                 chunk_seconds=1.0)
-    return Tagger(model.eval(), {"labels": LABELS, "name": "sat-test"})
+    return small_tagger("sat-tiny", 0, depth=2, chunk_seconds=1.0)
 
 
 @pytest.fixture(scope="session")
 def vit() -> Tagger:
-    torch.manual_seed(1)
-    model = earmark.create_model("vit-tiny", len(LABELS), depth=1, embed_dim=48, num_heads=3,
-                                 clip_seconds=2.0)
-    return Tagger(model.eval(), {"labels": LABELS, "name": "vit-test"})
+    return small_tagger("vit-tiny", 1, depth=1, clip_seconds=2.0)
 
 
 def noise(seconds: float, seed: int = 0, amp: float = 0.2, sr: int = SR) -> np.ndarray:

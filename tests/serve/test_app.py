@@ -152,6 +152,8 @@ def test_token_guards_the_api_and_metrics_not_health(make_client, sat):
         assert client.get("/v1/models", headers=headers).status_code == 401
         assert client.post("/v1/tag", content=data, headers=headers).status_code == 401
         assert client.get("/metrics", headers=headers).status_code == 401
+    # every path under /v1/ is guarded, also one the server does not have
+    assert client.get("/v1/nothing-here").status_code == 401
     good = {"Authorization": "Bearer s3cret"}
     assert client.get("/v1/models", headers=good).status_code == 200
     assert client.post("/v1/tag", content=data, headers=good).status_code == 200

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
@@ -51,8 +50,7 @@ def tag_files(tagger: Tagger, files: list, top_k: int = 5, batch_size: int = 32,
 def _decode(tagger: Tagger, f) -> torch.Tensor | AudioError | None:
     """The clip fitted to the model's input; None for a long file (scored alone later)."""
     try:
-        if isinstance(f, (str, Path)) and "#" not in str(f) and \
-                audio_info(f).duration > audio_io.LONG_FILE_SECONDS:
+        if audio_info(f).duration > audio_io.LONG_FILE_SECONDS:  # files and PACK#KEY clips
             return None
         wave, _ = load_audio(f, sample_rate=tagger.sample_rate)
         return tagger.fit_wave(wave)

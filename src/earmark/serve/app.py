@@ -229,9 +229,9 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
     @app.middleware("http")
     async def count(request: Request, call_next):
         t0 = time.perf_counter()
-        path = request.url.path if request.url.path in _PATHS else "other"
-        if path.startswith(("/v1/", "/metrics")) and not authorized(request.headers,
-                                                                     request.query_params):
+        path = request.url.path if request.url.path in _PATHS else "other"  # metrics label
+        if request.url.path.startswith(("/v1/", "/metrics")) and not authorized(
+                request.headers, request.query_params):
             response = JSONResponse({"detail": "missing or wrong bearer token"},
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
         else:

@@ -545,22 +545,18 @@ def train(config: TrainConfig, resume: bool = False,
     already holds a run is refused unless ``resume`` continues it or ``overwrite`` clears it
     first (:mod:`earmark.train.rundir`). ``typed``: the settings the user gave by hand; a
     resumed run keeps the saved ones and names those it ignores."""
-    from earmark.train.rundir import prepare_run_dir, run_lock
+    from earmark.train.rundir import first_process, prepare_run_dir, run_lock
 
     out = Path(config.out)
     with run_lock(out):
-        if _first_process():
+        if first_process():
             prepare_run_dir(out, resume=resume, overwrite=overwrite)
         return _train(config, resume, split, typed or set())
 
 
-def _first_process() -> bool:
-    return all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-
-
 def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
     from earmark.evaluate.run import evaluate_model
-    from earmark.train.rundir import resume_differences
+    from earmark.train.rundir import first_process, resume_differences
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -575,7 +571,7 @@ def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
             written = out / "config.json"  # a run written before the file had its own name
         saved = read_train_config(written)
         ignored = resume_differences(saved, config, typed)
-        if ignored and _first_process():
+        if ignored and first_process():
             print(f"{out}: --resume continues the run with its saved settings; ignoring "
                   + ", ".join(ignored), file=sys.stderr)
         # the directory may have moved since: it is where the run is now
@@ -587,7 +583,7 @@ def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
             raise ModelError(f"{last}: not a checkpoint of earmark train (no epoch)")
         last_epoch = ckpt["epoch"]
         del ckpt  # weights and optimiser state: fit reads them again
-    if _first_process():  # the others must not look like a run before the first has
+    if first_process():  # the others must not look like a run before the first has
         config.write(out / TRAIN_CONFIG)  # checked the directory (train())
     if not resume:  # a fresh run owns its checkpoints: older ones must not win the average
         for stale in [*ckpt_dir.glob("epoch=*.ckpt"), last]:

@@ -22,6 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from earmark.errors import EarmarkError
+from earmark.files import process_alive
 
 LOCK = ".earmark-lock"
 # what a run writes into its directory: the parts --overwrite clears (nothing else is touched)
@@ -35,26 +36,18 @@ class RunDirError(EarmarkError):
     """A run directory that cannot be used as asked (locked, or holding another run)."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def _is_rank_zero() -> bool:
-    """Processes of a multi-process run other than the first share its directory and lock."""
-    return all(os.environ.get(v, "0") in ("", "0") for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+def first_process() -> bool:
+    """Whether this is the first (or only) process of a run: the others that torchrun,
+    Lightning's launcher or SLURM start share its directory, its lock and its checks."""
+    return all(os.environ.get(v, "0") in ("", "0")
+               for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
 @contextmanager
 def run_lock(out: str | Path):
     """Hold ``out/.earmark-lock`` while the block runs (in the first process of a run)."""
     out = Path(out)
-    if not _is_rank_zero():
+    if not first_process():
         yield
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +60,7 @@ def run_lock(out: str | Path):
         except FileExistsError:
             owner = _read_owner(path)
             if owner is not None and (owner.get("host") != me["host"]
-                                      or _alive(int(owner.get("pid", -1)))):
+                                      or process_alive(int(owner.get("pid", -1)))):
                 raise RunDirError(
                     f"{out}: another training is using this run directory (pid "
                     f"{owner.get('pid')} on {owner.get('host')}, since {owner.get('started')}); "
