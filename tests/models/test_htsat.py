@@ -4,7 +4,8 @@ import torch
 import earmark
 from earmark.errors import ModelError
 from earmark.models.convert import audioset_labels, convert
-from earmark.models.htsat import relative_position_index, shifted_window_mask
+from earmark.models.htsat import (PatchMerge, merge_order, relative_position_index,
+                                  shifted_window_mask, window_order, window_partition)
 
 
 def tiny(num_classes=4, **kw):
@@ -72,6 +73,38 @@ def test_swin_helpers():
     assert mask.shape == (4, 16, 16)
     assert (mask[0] == 0).all()  # the top-left window holds no wrapped tokens
     assert (mask[-1] == -100).any()
+
+
+def test_window_and_merge_orders_are_the_rolls_partitions_and_concatenation():
+    x = torch.randn(2, 8, 8, 3)
+    rolled = torch.roll(x, (-2, -2), dims=(1, 2))
+    expect = window_partition(rolled, 4).reshape(2, 64, 3)
+    torch.testing.assert_close(x.view(2, 64, 3)[:, window_order(8, 8, 4, 2)], expect)
+    merge = PatchMerge((8, 8), 3)
+    got = merge.merge(x.view(2, 64, 3)[:, merge_order(8, 8)].reshape(2, 16, 12))
+    torch.testing.assert_close(got, merge(x.view(2, 64, 3)))
+
+
+@pytest.mark.parametrize("tokens", [64, 100, 2048, 10**6])
+def test_inference_path_gives_the_eager_scores(tokens):
+    # steps of one window, a step that must shrink to a divisor, several windows, whole clips
+    torch.manual_seed(0)
+    m = earmark.create_model("htsat", 5, embed_dim=16, depths=(2, 2, 2, 2),
+                             num_heads=(1, 2, 4, 8), window_size=8).eval()
+    for group in m.layers:
+        for blk in group.blocks:
+            blk.window_tokens = tokens
+    x = torch.randn(3, 32000 * 2)
+    eager_clip, eager_frames = m.forward_frames(x)  # autograd on: the eager blocks
+    assert eager_clip.requires_grad
+    with torch.inference_mode():
+        clip, frames = m.forward_frames(x)
+    torch.testing.assert_close(clip, eager_clip.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames, eager_frames.detach(), atol=1e-5, rtol=0)
+    # training keeps the eager path, whatever the grad mode
+    m.train()
+    with torch.no_grad():
+        assert m.layers[0](torch.randn(1, 64 * 64, 16)).shape == (1, 32 * 32, 32)
 
 
 def official_state(model):
