@@ -145,6 +145,21 @@ def test_traced_chunk_step_gives_the_eager_numbers():
     torch.testing.assert_close(step(short, cb)[0], m.forward_chunk(short, cb)[0])
 
 
+@pytest.mark.parametrize("failure", ["raises", "disagrees"])
+def test_traced_chunk_step_keeps_the_frozen_graph_when_optimising_fails(monkeypatch, failure):
+    def optimise(module):
+        if failure == "raises":
+            raise RuntimeError("no oneDNN here")
+        return lambda *args: tuple(out + 1 for out in module(*args))
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", optimise)
+    m = tiny(chunk_seconds=1.0)
+    wave = torch.randn(1, 16000)
+    cache = m.prime_cache(1)
+    step = m.traced_chunk_step(wave, cache)
+    torch.testing.assert_close(step(wave, cache)[0], m.forward_chunk(wave, cache)[0])
+
+
 def test_a_single_block_sat_streams():
     m = tiny(depth=1, chunk_seconds=1.0)
     logits, cache = m.forward_chunk(torch.randn(1, 16000), m.prime_cache(1))
