@@ -200,7 +200,15 @@ def test_export_command_and_load_of_an_onnx_file(tmp_path, capsys):
                                earmark.load(model_dir).scores(wave), atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["vit-tiny", "sat-tiny"])
+INT8_MODELS = {  # small enough to export in seconds; the matrices dominate
+    "vit-tiny": {"depth": 2, "clip_seconds": 1.0},
+    "sat-tiny": {"depth": 2, "chunk_seconds": 1.0},
+    "htsat-tiny": {"clip_seconds": 1.0},
+    "tasr-4l-4t-8h": {"layers": 2, "clip_seconds": 1.0},
+}
+
+
+@pytest.mark.parametrize("name", list(INT8_MODELS))
 def test_int8_export_is_smaller_reports_its_score_difference_and_tags(name, tmp_path, capsys):
     import os
 
@@ -210,8 +218,7 @@ def test_int8_export_is_smaller_reports_its_score_difference_and_tags(name, tmp_
     from earmark.models.directory import save_model_dir
 
     torch.manual_seed(0)
-    kw = {"chunk_seconds": 1.0} if name == "sat-tiny" else {"clip_seconds": 1.0}
-    model = earmark.create_model(name, 4, depth=2, **kw).eval()  # the matrices dominate
+    model = earmark.create_model(name, 4, **INT8_MODELS[name]).eval()
     model_dir = save_model_dir(model, tmp_path / "m", ["a", "b", "c", "d"])
     assert main(["export", str(model_dir), str(tmp_path / "f.onnx")]) == 0
     assert main(["export", str(model_dir), str(tmp_path / "q.onnx"), "--quantize", "int8"]) == 0
@@ -222,6 +229,13 @@ def test_int8_export_is_smaller_reports_its_score_difference_and_tags(name, tmp_
     assert quant["top1_agreement"] >= 0.75
     assert onnx_metadata(tmp_path / "f.onnx")["quantization"] is None
     assert os.path.getsize(tmp_path / "q.onnx") < 0.5 * os.path.getsize(tmp_path / "f.onnx")
+    # no Python stack traces (with this machine's paths) in either file
+    assert b"stack_trace" not in (tmp_path / "f.onnx").read_bytes()
+    # convolutions keep float arithmetic on int8-stored weights
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert "ConvInteger" not in ops and {"Conv", "DequantizeLinear"} <= ops
     # the int8 file tags and streams like the float one (cache in float)
     fp, q8 = earmark.load(tmp_path / "f.onnx"), earmark.load(tmp_path / "q.onnx")
     wave = torch.randn(32000) * 0.1
