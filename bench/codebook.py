@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from earmark.profile import profile_model
+from earmark.profile import matmul_gflops, profile_model
 from earmark.train.config import TrainConfig
 from earmark.train.run import best_checkpoints, train
 
@@ -146,6 +146,7 @@ def main(argv=None) -> int:
 
     def record(row: dict) -> None:
         nonlocal rows
+        row.setdefault("matmul_gflops", matmul_gflops())  # the machine, right after the row
         rows = [r for r in rows if r["run"] != row["run"]] + [row]
         done.append(row)
         RESULTS.parent.mkdir(exist_ok=True)

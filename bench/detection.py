@@ -24,6 +24,7 @@ import earmark
 from earmark.audio.io import audio_info
 from earmark.data.synth import load_soundscapes, synthesize
 from earmark.evaluate.sed import Event, event_based, segment_based
+from earmark.profile import matmul_gflops
 from earmark.train.config import TrainConfig
 from earmark.train.run import train
 
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
               "baseline_clip_tags_over_whole_clip": f1s(truth, base, durations),
               "wall_seconds": round(time.time() - t0, 1), "torch": torch.__version__}
     out = HERE / "results" / "detection.json"
+    report["matmul_gflops"] = matmul_gflops()  # the machine, right after the run
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{len(test)} test soundscapes; clip mAP {report['clip_mAP']:.3f}; "
           f"trained {report['epochs']} epochs in {report['train_seconds']:.0f} s")

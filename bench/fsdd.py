@@ -28,6 +28,7 @@ import torch
 
 import earmark
 from earmark.data.sources import from_spec
+from earmark.profile import matmul_gflops
 from earmark.train.config import TrainConfig
 from earmark.train.recipes import RECIPES
 from earmark.train.run import train
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
                     "torch": torch.__version__},
     }
     out = HERE / "results" / f"{a.name}.json"
+    report["matmul_gflops"] = matmul_gflops()  # the machine, right after training
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'test accuracy':<24} {report['test_accuracy']:.4f}")
     print(f"{'training wall time':<24} {report['train_seconds']:.0f} s ({report['epochs_run']} epochs)")

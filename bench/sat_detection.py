@@ -28,6 +28,7 @@ from earmark.audio.io import audio_info
 from earmark.data.synth import load_soundscapes
 from earmark.evaluate.sed import Event, event_based, segment_based
 from earmark.infer.detect import DetectionConfig, chunks_to_events, tune_thresholds
+from earmark.profile import matmul_gflops
 from earmark.train.config import TrainConfig
 from earmark.train.run import train
 
@@ -82,6 +83,7 @@ def main(argv=None) -> int:
             "event_f1_macro": ev["macro"]["f1"], "train_seconds": result["train_seconds"],
             "epochs": result["epochs"], "seconds": round(time.time() - t0, 1)}
     out = HERE / "results" / "sat_detection.json"
+    report["matmul_gflops"] = matmul_gflops()  # the machine, right after the run
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'delay':<8}{'segment F1 macro/micro':>24}{'event F1 macro':>16}")
     for delay, r in report["rows"].items():

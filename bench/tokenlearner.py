@@ -25,7 +25,7 @@ import torch
 import earmark
 from earmark.data.sources import from_spec
 from earmark.evaluate.metrics import top_k_accuracy
-from earmark.profile import profile_model
+from earmark.profile import matmul_gflops, profile_model
 from earmark.train.config import TrainConfig
 from earmark.train.run import train
 
@@ -140,6 +140,7 @@ def main(argv=None) -> int:
                  (f"{a.data}/vit-tl8", "vit-tiny", dict(FSDD_VIT, token_learner=8))]
     for name, model, args in jobs:
         result = run(name, model, args, spec, a.epochs, a.lr, a.weight_decay, a.batch)
+        result["matmul_gflops"] = matmul_gflops()  # the machine, right after the row
         rows = [r for r in rows if r["run"] != name] + [result]
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
