@@ -29,7 +29,7 @@ from fsdd_speakers import machine_info  # noqa: E402
 
 import earmark  # noqa: E402
 from earmark.files import write_json  # noqa: E402
-from earmark.infer.batch import tag_files  # noqa: E402
+from earmark.infer.batch import DECODE_WORKERS, tag_files  # noqa: E402
 
 RESULTS = HERE / "results"
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "fsdd"
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     p.add_argument("--long", type=int, default=200)
     p.add_argument("--long-seconds", type=float, default=10.0)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None, help="default: earmark tag's")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
@@ -95,7 +95,7 @@ def main(argv=None) -> None:
                          "python bench/fsdd.py --name fsdd-robust, or give --model")
     tagger = earmark.load(a.model)
     result = {"machine": machine_info(a.threads), "model": a.model,
-              "batch_size": a.batch_size, "workers": a.workers}
+              "batch_size": a.batch_size, "workers": a.workers or DECODE_WORKERS}
     short = fsdd_test_clips(Path(a.data))
     if short:
         result["fsdd_test"] = compare(tagger, short, a.repeats, a.batch_size, a.workers)

@@ -777,7 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="labels per file or chunk")
     p.add_argument("--batch-size", type=int, default=32,
                    help="clips of one length scored together (1: one file at a time)")
-    p.add_argument("--workers", type=int, default=2, help="threads decoding files ahead")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads decoding files ahead (default: a quarter of the cores, at "
+                        "least one; decoding costs about a quarter of a short clip's scoring)")
     _add_threads(p)
     p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table",

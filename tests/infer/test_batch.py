@@ -41,3 +41,12 @@ def test_batched_tagging_equals_one_file_at_a_time(tmp_path, fit):
         want = tagger.tag(f, top_k=3)
         assert [lab for lab, _ in labels] == [lab for lab, _ in want], f
         np.testing.assert_allclose([s for _, s in labels], [s for _, s in want], atol=1e-5)
+
+
+def test_scoring_starts_after_one_batch_then_takes_windows_of_batches():
+    from earmark.infer.batch import WINDOW_BATCHES, _windows
+
+    w = 32 * WINDOW_BATCHES
+    assert list(_windows(300, 32)) == [(0, 32), (32, 32 + w), (32 + w, min(300, 32 + 2 * w))] + \
+        ([(32 + 2 * w, 300)] if 32 + 2 * w < 300 else [])
+    assert list(_windows(0, 32)) == [] and list(_windows(5, 32)) == [(0, 5)]

@@ -14,6 +14,7 @@ float rounding); memory holds one window of clips.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,26 +26,39 @@ from earmark.errors import AudioError
 from earmark.infer.tagger import Tagger
 
 WINDOW_BATCHES = 4  # files decoded ahead, in batches: enough for whole batches per length
+# Decoding threads: a quarter of the cores. On 2 cores one thread tagged the FSDD test clips
+# at 2.6-3.4x one file at a time and two at 2.1-2.4x (bench/tag_batch.py): a second decoder
+# only competes with the model's own threads.
+DECODE_WORKERS = max(1, (os.cpu_count() or 1) // 4)
 
 
 def tag_files(tagger: Tagger, files: list, top_k: int = 5, batch_size: int = 32,
-              workers: int = 2) -> Iterator[tuple[object, list[tuple[str, float]] | AudioError]]:
+              workers: int | None = None) -> Iterator[tuple[object, list[tuple[str, float]] | AudioError]]:
     """``(file, labels)`` for each of ``files`` in order; ``labels`` is the AudioError for a
     file that cannot be read. Files longer than ``LONG_FILE_SECONDS`` are scored alone,
-    block by block, as :meth:`Tagger.tag` does."""
+    block by block, as :meth:`Tagger.tag` does. ``workers``: decoding threads (default
+    ``DECODE_WORKERS``)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    window = max(batch_size * WINDOW_BATCHES, 1)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
+    with ThreadPoolExecutor(max(1, workers or DECODE_WORKERS)) as pool:
         pending = None
-        for start in range(0, len(files), window):
-            chunk = files[start:start + window]
+        for start, stop in _windows(len(files), batch_size):
+            chunk = files[start:stop]
             decoded = pool.map(lambda f: _decode(tagger, f), chunk)  # the next window decodes
             if pending is not None:                                 # while this one scores
                 yield from _score_window(tagger, *pending, top_k, batch_size)
             pending = (chunk, decoded)
         if pending is not None:
             yield from _score_window(tagger, *pending, top_k, batch_size)
+
+
+def _windows(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of the windows of ``n`` files: one batch first, so scoring starts as soon
+    as one batch is decoded rather than a whole window, then ``WINDOW_BATCHES`` batches."""
+    start, size = 0, batch_size
+    while start < n:
+        yield start, min(n, start + size)
+        start, size = start + size, batch_size * WINDOW_BATCHES
 
 
 def _decode(tagger: Tagger, f) -> torch.Tensor | AudioError | None:
