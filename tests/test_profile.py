@@ -155,3 +155,23 @@ def test_profile_reports_the_machines_matmul_ceiling_in_the_same_run():
     assert result["achieved_gflops"] == pytest.approx(achieved)
     assert result["fraction_of_matmul"] == pytest.approx(achieved / result["matmul_gflops"])
     assert "of this machine's fp32 matmul" in format_profile(result)
+
+
+def test_profile_lists_where_the_time_goes_by_operator(capsys):
+    import earmark
+    from earmark.cli import main
+    from earmark.profile import format_profile, profile_model
+
+    model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+    result = profile_model(model, seconds=0.5, repeats=2, threads=1, operators=4)
+    ops = result["operators"]
+    assert 0 < len(ops) <= 4
+    assert [o["self_ms"] for o in ops] == sorted((o["self_ms"] for o in ops), reverse=True)
+    assert 0 < sum(o["share"] for o in ops) <= 1 + 1e-9
+    assert any("addmm" in o["name"] or "linear" in o["name"] for o in ops)
+    text = format_profile(result)
+    assert "self CPU time of one forward" in text and ops[0]["name"][:20] in text
+    assert "operators" not in profile_model(model, seconds=0.5, repeats=1, threads=1)
+    assert main(["profile", "vit-tiny", "--seconds", "0.5", "--repeats", "1",
+                 "--operators", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["operators"]) == 3

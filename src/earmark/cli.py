@@ -438,7 +438,7 @@ def cmd_profile(a) -> int:
     else:
         model = create_model(a.target, a.num_classes, **_model_args(a.model_arg)).eval()
     result = profile_model(model, seconds=a.seconds, batch=a.batch, repeats=a.repeats,
-                           threads=a.threads)
+                           threads=a.threads, operators=a.operators)
     print(json.dumps(result, indent=2) if a.json else format_profile(result))
     return 0
 
@@ -903,6 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outputs of a registry model (527: AudioSet)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model argument (JSON value), e.g. token_learner=8")
+    p.add_argument("--operators", type=int, default=0, metavar="N",
+                   help="also list the N operators that take the most time in one forward "
+                        "pass (torch.profiler): where the time goes")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     _add_trust(p)
     p.set_defaults(fn=cmd_profile)

@@ -107,6 +107,25 @@ def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
     return int(max(0, running.max()))
 
 
+def _operator_times(model: nn.Module, wave: torch.Tensor, top: int) -> list[dict] | None:
+    """The ``top`` operators by self CPU time over one forward (torch.profiler): name, calls,
+    milliseconds and share of all operators' self time; None where it cannot be recorded."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    recorder = torch_profile(activities=[ProfilerActivity.CPU])
+    try:
+        with native_stderr_silenced(), torch.inference_mode(), recorder as prof:
+            model(wave)
+    except RuntimeError:  # builds without kineto, or a profiler already running
+        return None
+    rows = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    rows.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"name": e.key, "calls": int(e.count), "self_ms": e.self_cpu_time_total / 1e3,
+             "share": e.self_cpu_time_total / total} for e in rows[:top]]
+
+
 def _cuda_peak_bytes(model: nn.Module, wave: torch.Tensor, device: torch.device) -> int:
     _synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -123,7 +142,7 @@ def _tensor_bytes(tensors) -> int:
 
 def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1,
                   repeats: int = 20, warmup: int = 3, device: str | torch.device = "cpu",
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, operators: int = 0) -> dict[str, Any]:
     """Measure one model on ``batch`` random waveforms of ``seconds`` (default: its clip).
 
     Returns a JSON-serialisable dict: ``model`` (class name), ``params``,
@@ -135,7 +154,9 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
     ``achieved_gflops`` (FLOPs over the median latency), ``matmul_gflops`` (the machine's fp32
     matmul rate at the same threads, timed in the same call) and ``fraction_of_matmul``, and
     the input: ``seconds``, ``batch``, ``num_samples``, ``sample_rate``, ``device``,
-    ``threads``, ``torch_version``, ``output_shape``.
+    ``threads``, ``torch_version``, ``output_shape``. With ``operators`` N > 0, also
+    ``operators``: where one forward's time goes, the N operators with the most self CPU
+    time (``name``, ``calls``, ``self_ms``, ``share`` of all operators' self time).
 
     The model is moved to ``device`` and put in eval mode for the measurement, then
     returned to its original device and mode. ``threads`` sets ``torch.set_num_threads``
@@ -189,6 +210,7 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
                 times.append(time.perf_counter() - start)
         measured_threads = torch.get_num_threads()
         ceiling = matmul_gflops(device)  # the machine's own rate, same threads, same run
+        by_operator = _operator_times(model, wave, operators) if operators > 0 else None
     finally:
         torch.set_num_threads(previous_threads)
         if home is not None:
@@ -228,6 +250,7 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
         "warmup": warmup,
         "torch_version": torch.__version__,
         "output_shape": list(output.shape) if isinstance(output, torch.Tensor) else None,
+        **({"operators": by_operator} if operators > 0 else {}),
     }
 
 
@@ -307,4 +330,13 @@ def format_profile(result: dict[str, Any]) -> str:
                                  f"fp32 matmul ({result['matmul_gflops']:.1f} GFLOP/s, same "
                                  "threads)"))
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    if "operators" in result:
+        ops = result["operators"]
+        if ops is None:
+            lines.append(f"{'operators':<{width}}  not recorded (torch.profiler unavailable)")
+        else:
+            lines.append(f"\n{'operator (self CPU time of one forward)':<54} calls      ms  share")
+            lines += [f"{o['name'][:54]:<54} {o['calls']:>5} {o['self_ms']:>7.2f} "
+                      f"{100 * o['share']:>5.1f} %" for o in ops]
+    return "\n".join(lines)

@@ -4,8 +4,14 @@ import torch
 import earmark
 from earmark.errors import ModelError
 from earmark.models.convert import audioset_labels, convert
-from earmark.models.htsat import (PatchMerge, merge_order, relative_position_index,
-                                  shifted_window_mask, window_order, window_partition)
+from earmark.models.htsat import (
+    PatchMerge,
+    merge_order,
+    relative_position_index,
+    shifted_window_mask,
+    window_order,
+    window_partition,
+)
 
 
 def tiny(num_classes=4, **kw):
