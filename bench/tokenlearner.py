@@ -75,6 +75,23 @@ def run(name: str, model: str, model_args: dict, spec: str, epochs: int, lr: flo
             "train_seconds": result["train_seconds"]}
 
 
+def retime(rows: list[dict], threads: int) -> dict:
+    """Every row's latency again, in one run at ``threads`` threads: its architecture with
+    random weights (the same work per clip as the trained model), 1 s, median of 10 passes,
+    the machine's matmul rate timed before and after. Stored in each row as
+    ``latency_retimed_ms``; returns the run's settings."""
+    before = matmul_gflops()
+    for r in rows:
+        classes = 10 if r["data"] == "fsdd" else 8
+        model = earmark.create_model(r["model"], classes, **r.get("model_args", {})).eval()
+        prof = profile_model(model, seconds=1.0, repeats=10, threads=threads)
+        r["latency_retimed_ms"] = prof["latency_ms"]["median"]
+        print(f"{r['run']:<28} {r['latency_retimed_ms']:.2f} ms (trained: "
+              f"{r['latency_ms']:.2f} ms)", flush=True)
+    return {"threads": threads, "matmul_gflops_before": before,
+            "matmul_gflops_after": matmul_gflops()}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -100,7 +117,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def table(rows: list[dict]) -> str:
     """The runs as a markdown table, each TokenLearner row with its FLOP ratio to the NT row
     of the same depth and heads."""
-    lines = ["| run | epochs | top-1 | top-3 | GFLOPs / clip | params | latency | training |",
+    retimed = all("latency_retimed_ms" in r for r in rows)
+    lines = ["| run | epochs | top-1 | top-3 | GFLOPs / clip | params | latency"
+             + (" (one run)" if retimed else "") + " | training |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     by_run = {r["run"]: r for r in rows}
     order = sorted(rows, key=lambda r: (r["data"], r["model"].split("-")[:2] != ["vit"],
@@ -114,7 +133,8 @@ def table(rows: list[dict]) -> str:
                 flops += f" ({nt['gflops_per_clip'] / r['gflops_per_clip']:.2f}x fewer)"
         lines.append(f"| {r['run']} | {r['epochs']} | {100 * r['top1']:.1f} % | "
                      f"{100 * r['top3']:.1f} % | {flops} | {r['params'] / 1e6:.2f} M | "
-                     f"{r['latency_ms']:.2f} ms | {r['train_seconds']:.0f} s |")
+                     f"{r['latency_retimed_ms' if retimed else 'latency_ms']:.2f} ms | "
+                     f"{r['train_seconds']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -128,9 +148,21 @@ def main(argv=None) -> int:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--table", action="store_true", help="print the results as markdown")
+    p.add_argument("--retime", type=int, default=0, metavar="THREADS",
+                   help="time every stored row's architecture again in one run at THREADS "
+                        "threads (latencies of separate runs on a shared machine differ)")
     a = p.parse_args(argv)
     if a.table:
         print(table(json.loads(RESULTS.read_text())))
+        return 0
+    if a.retime:
+        rows = json.loads(RESULTS.read_text())
+        settings = retime(rows, a.retime)
+        for r in rows:
+            r["retime"] = settings
+        RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"matmul {settings['matmul_gflops_before']:.1f} GFLOP/s before, "
+              f"{settings['matmul_gflops_after']:.1f} after; wrote {RESULTS}")
         return 0
     spec = data_spec(a.data)
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
