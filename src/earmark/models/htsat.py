@@ -158,13 +158,13 @@ class SwinBlock(nn.Module):
         """Inference on ``x`` (B, H*W, C) already in this block's window order, updated in
         place and returned: the same sums as :meth:`forward`, without autograd.
 
-        Windows are processed a few at a time (about ``tokens`` tokens), so each group's
-        attention, residual, layer norms and MLP hidden layer stay in the CPU's cache
-        instead of streaming the whole map through memory once per step (measured on the
-        paper-size model, batch 4: the first group's blocks took 28-36 ms instead of 39-49 ms
-        on 2 cores); with the rolls and
-        partitions folded into one gather per block (:class:`SwinGroup`), this is what makes
-        the small-channel first groups run near the machine's matmul rate."""
+        Windows are processed a few at a time (about ``window_tokens`` tokens), so each
+        step's attention, residual, layer norms and MLP hidden layer stay in the CPU's cache
+        instead of streaming the whole map through memory once per operation. Measured on
+        the paper-size model, batch 4, 2 cores: the first group's blocks took 28-36 ms
+        instead of 39-49 ms. With the rolls and partitions folded into one gather per block
+        (:class:`SwinGroup`), this is what brings the small-channel first groups near the
+        machine's matmul rate."""
         b, length, c = x.shape
         attn, n = self.attn, self.window * self.window
         heads = attn.num_heads
