@@ -29,6 +29,7 @@ import types
 from pathlib import Path
 
 import torch
+from timing import alternate, round_ratios
 
 import earmark
 from earmark.profile import matmul_gflops, profile_model
@@ -83,13 +84,11 @@ def main(argv=None) -> int:
     if a.reference:
         ref = official_model(a.reference)
         candidates["official"] = lambda w: ref(w, infer_mode=True)
-    times = {name: [] for name in candidates}
-    rates = []
-    for _ in range(a.rounds):
-        rates.append(matmul_gflops())
-        for name, fn in candidates.items():
-            times[name].append(seconds_per_batch(fn, x, a.repeats))
-    rates.append(matmul_gflops())
+    measures = {"matmul": matmul_gflops}  # the machine's rate before every round
+    measures.update({name: (lambda fn=fn: seconds_per_batch(fn, x, a.repeats))
+                     for name, fn in candidates.items()})
+    times = alternate(measures, a.rounds)
+    rates = times.pop("matmul") + [matmul_gflops()]  # and after the last
     matmul = statistics.median(rates)
     ours = a.batch / statistics.median(times["earmark"])
     achieved = ours * prof["gflops_per_clip"]
@@ -103,7 +102,7 @@ def main(argv=None) -> int:
               torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
               "platform": platform.platform()}
     if a.reference:
-        ratios = [o / e for o, e in zip(times["official"], times["earmark"])]
+        ratios = round_ratios(times["official"], times["earmark"])
         report["official_clips_per_second"] = a.batch / statistics.median(times["official"])
         report["speedup_vs_official"] = statistics.median(ratios)
         report["speedup_per_round"] = ratios

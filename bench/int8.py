@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fsdd_speakers import machine_info  # noqa: E402
+from timing import alternate, round_ratios  # noqa: E402
 
 import earmark  # noqa: E402
 from earmark.cli import main as cli  # noqa: E402
@@ -75,11 +76,9 @@ def speed(fp32: Path, int8: Path, samples: int, rounds: int, calls: int,
         sessions = {"fp32": session(fp32, threads), "int8": session(int8, threads)}
         for batch in batches:
             x = (0.1 * rng.standard_normal((batch, samples))).astype(np.float32)
-            ms = {"fp32": [], "int8": []}
-            for _ in range(rounds):
-                for name, sess in sessions.items():
-                    ms[name].append(call_ms(sess, x, calls))
-            ratios = [f / q for f, q in zip(ms["fp32"], ms["int8"])]
+            ms = alternate({name: (lambda s=sess, x=x: call_ms(s, x, calls))
+                            for name, sess in sessions.items()}, rounds)
+            ratios = round_ratios(ms["fp32"], ms["int8"])
             out[f"threads{threads}_batch{batch}"] = {
                 "fp32_ms": statistics.median(ms["fp32"]), "int8_ms": statistics.median(ms["int8"]),
                 "speedup": statistics.median(ratios), "per_round": ratios}

@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fsdd_speakers import machine_info  # noqa: E402
+from timing import alternate, medians, wall  # noqa: E402
 
 import earmark  # noqa: E402
 from earmark.files import write_json  # noqa: E402
@@ -190,13 +191,9 @@ def tag_throughput(port: int, model: Path, files: list[Path], repeats: int) -> d
                 json.load(r)
 
     in_process(), over_http()  # warm up both
-    times = {"in_process": [], "http": []}
-    for _ in range(repeats):
-        for name, fn in (("in_process", in_process), ("http", over_http)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = alternate({"in_process": lambda: wall(in_process), "http": lambda: wall(over_http)},
+                      repeats)
+    med = medians(times)
     return {"files": len(files), "in_process_files_per_s": round(len(files) / med["in_process"], 2),
             "http_files_per_s": round(len(files) / med["http"], 2),
             "ratio": round(med["in_process"] / med["http"], 3),

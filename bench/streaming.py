@@ -36,6 +36,7 @@ import types
 from pathlib import Path
 
 import torch
+from timing import alternate, round_ratios
 from torch import nn
 
 import earmark
@@ -102,15 +103,6 @@ def linear_floor(chunk: float, chunks: int) -> dict:
     result = timed(lambda: run(tokens), chunks)
     result["tokens"] = model.cache_tokens
     return result
-
-
-def interleaved(steps: dict, rounds: int, chunks: int) -> dict:
-    """Median ms of each ``step`` per round, the steps taking turns; per-round medians."""
-    out = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            out[name].append(timed(step, chunks)["median_ms"])
-    return out
 
 
 def busy_machine(chunk: float, chunks: int, seconds: float = 120.0) -> dict:
@@ -282,10 +274,10 @@ def main(argv=None) -> int:
         report[f"sliding_vit_over_sat_{chunk:.0f}s_flops"] = (vit["gflops_per_chunk"]
                                                               / sat["gflops_per_chunk"])
     if a.reference:
-        per_round = interleaved({"default": default_step(2.0),
-                                 "official": official_step(a.reference, 2.0)},
-                                a.rounds, a.chunks)
-        ratios = [o / d for o, d in zip(per_round["official"], per_round["default"])]
+        steps = {"default": default_step(2.0), "official": official_step(a.reference, 2.0)}
+        per_round = alternate({name: (lambda s=step: timed(s, a.chunks)["median_ms"])
+                               for name, step in steps.items()}, a.rounds)
+        ratios = round_ratios(per_round["official"], per_round["default"])
         report["speedup_vs_official_2s"] = {
             "median": statistics.median(ratios), "per_round": ratios,
             "default_ms": per_round["default"], "official_ms": per_round["official"],

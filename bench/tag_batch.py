@@ -13,9 +13,7 @@ rate. The labels of both ways are compared. Writes bench/results/tag_batch.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fsdd_speakers import machine_info  # noqa: E402
+from timing import alternate, medians, wall  # noqa: E402
 
 import earmark  # noqa: E402
 from earmark.files import write_json  # noqa: E402
@@ -63,13 +62,9 @@ def compare(tagger, files: list[Path], repeats: int, batch_size: int, workers: i
 
     a, b = one(), batched()  # warm up, and the labels of both ways
     same = sum([x for x, _ in u] == [x for x, _ in v] for u, v in zip(a, b))
-    times = {"one_at_a_time": [], "batched": []}
-    for _ in range(repeats):
-        for name, fn in (("one_at_a_time", one), ("batched", batched)):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = alternate({"one_at_a_time": lambda: wall(one), "batched": lambda: wall(batched)},
+                      repeats)
+    med = medians(times)
     return {"files": len(files), "same_labels": same,
             "one_at_a_time_files_per_s": round(len(files) / med["one_at_a_time"], 1),
             "batched_files_per_s": round(len(files) / med["batched"], 1),
