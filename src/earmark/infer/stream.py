@@ -242,17 +242,18 @@ class StreamSession:
         self._fill += n
 
     def _window(self) -> torch.Tensor:
-        """The last ``window_samples`` samples (fewer early in the stream), oldest first."""
+        """A copy of the last ``window_samples`` samples (fewer early in the stream), oldest
+        first."""
         if self._filled < self.window_samples:
-            return self._ring[:self._filled]  # nothing has wrapped yet: _pos == _filled
-        return torch.cat((self._ring[self._pos:], self._ring[:self._pos]))
+            return self._ring[:self._filled].clone()  # nothing has wrapped yet: _pos == _filled
+        return torch.cat((self._ring[self._pos:], self._ring[:self._pos]))  # a new tensor
 
     # ---- scores out --------------------------------------------------------------------------
 
     def _take(self, real: int) -> PendingChunk:
         """The full chunk just completed, to be scored; ``real`` of its samples are audio."""
         first = self._chunks * self.chunk_samples  # sample index of the chunk's start
-        wave = self._chunk.clone() if self.streaming else self._window().clone()
+        wave = self._chunk.clone() if self.streaming else self._window()
         self._chunks += 1
         self._fill = 0
         return PendingChunk(self, wave, first, real)
@@ -271,7 +272,7 @@ class PendingChunk:
         s = self.session
         sr, first = s.sample_rate, self.first
         last = first + s.chunk_samples
-        window = ((first if s.streaming else last - self.wave.shape[0]) / sr, last / sr)
+        window = ((last - self.wave.shape[0]) / sr, last / sr)  # a streaming chunk: first
         return ChunkResult(first / sr, (first + self.real) / sr, scores,
                            s.tagger.top(scores, s.top_k), latency_ms, window)
 
@@ -295,7 +296,7 @@ def score_chunks(pending: list[PendingChunk]) -> list[ChunkResult]:
             seen.add(id(p.session))
         groups: dict[tuple, list[tuple[int, PendingChunk]]] = {}
         for i, p in batch:
-            key = (id(p.session.tagger), p.session.streaming, p.wave.shape[0])
+            key = (id(p.session.tagger), p.wave.shape[0])  # the tagger decides streaming
             groups.setdefault(key, []).append((i, p))
         for group in groups.values():
             t0 = time.perf_counter()

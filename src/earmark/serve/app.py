@@ -35,7 +35,7 @@ import torch
 from earmark.audio.io import check_samples
 from earmark.audio.packed import decode_bytes
 from earmark.errors import AudioError, EarmarkError
-from earmark.infer.stream import DEFAULT_CHUNK_SECONDS, StreamSession
+from earmark.infer.stream import DEFAULT_CHUNK_SECONDS, StreamSession, score_chunks
 from earmark.infer.tagger import Tagger
 from earmark.serve.batcher import InferenceWorker
 from earmark.serve.events import EventTracker
@@ -186,6 +186,7 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
     for m in served.values():  # trace and run the model now, not in the first client's chunk
         warm_up(m)
     metrics, hub = Metrics(), StreamHub()
+    metrics.streams_open.set_function(lambda: len(hub.open))
     own = worker is None
     if own:
         worker = InferenceWorker(options.max_batch)
@@ -240,9 +241,11 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
         metrics.request_seconds.labels(path).observe(time.perf_counter() - t0)
         return response
 
+    page_html = resources.files("earmark.serve").joinpath("page.html").read_text()
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return HTMLResponse(resources.files("earmark.serve").joinpath("page.html").read_text())
+        return HTMLResponse(page_html)
 
     @app.get("/healthz")
     async def healthz():
@@ -282,7 +285,6 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
             return
         await ws.accept()
         hub.open.add(ws)
-        metrics.streams_open.inc()
         end = "closed"
         try:
             await _run_stream(ws, m, options, worker, metrics)
@@ -290,7 +292,7 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
             end = "error"
             await _close(ws, err.code, err.message)
         except (_Gone, WebSocketDisconnect):
-            end = "closed"
+            pass  # the client went away: "closed"
         except Exception as err:  # noqa: BLE001 - one stream's failure is not the server's
             if hub.closing:
                 end = "shutdown"  # closed under it by close_all
@@ -300,7 +302,6 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
                 await _close(ws, INTERNAL, f"internal error: {type(err).__name__}")
         finally:
             hub.open.discard(ws)
-            metrics.streams_open.dec()
             metrics.streams.labels(end).inc()
 
     return app
@@ -312,8 +313,6 @@ _PATHS = {"/", "/healthz", "/metrics", "/v1/models", "/v1/tag"}
 def warm_up(m: ServedModel) -> None:
     """A few chunks of silence through a stream (one stream and two at once) and a short
     clip, so that tracing and the first slow calls happen before any client waits."""
-    from earmark.infer.stream import score_chunks
-
     silence = np.zeros(int(round(m.chunk_seconds * m.tagger.sample_rate)), np.float32)
     sessions = [StreamSession(m.tagger, m.chunk_seconds) for _ in range(2)]
     for _ in range(3):
@@ -472,7 +471,6 @@ def _number(v, name: str) -> float:
 
 @dataclass
 class _StreamState:
-    session: StreamSession
     tracker: EventTracker
     dtype: np.dtype
     started: float = field(default_factory=time.monotonic)
@@ -487,7 +485,7 @@ async def _run_stream(ws, m: ServedModel, options: ServeOptions, worker: Inferen
     cfg = parse_config(msg.get("text"), m.tagger.labels)
     session = StreamSession(m.tagger, m.chunk_seconds, top_k=cfg["top_k"],
                             sample_rate=cfg["sample_rate"])
-    st = _StreamState(session, cfg["tracker"], FORMATS[cfg["format"]])
+    st = _StreamState(cfg["tracker"], FORMATS[cfg["format"]])
     await ws.send_json({"type": "ready", "model": m.name, "sample_rate": m.tagger.sample_rate,
                         "chunk_seconds": m.chunk_seconds, "labels": m.tagger.labels})
     while True:
@@ -504,17 +502,17 @@ async def _run_stream(ws, m: ServedModel, options: ServeOptions, worker: Inferen
                 pending = session.feed(x)
             except AudioError as err:
                 raise ServeError(400, err.reason, BAD_DATA) from None
-            await _send_results(ws, m, st, await worker.score(pending), received, metrics)
+            await _send_results(ws, m, st.tracker, await worker.score(pending), received,
+                                metrics)
         else:
-            kind = _control(msg.get("text"))
-            if kind == "flush":
-                results = await worker.score(session.finish())
-                await _send_results(ws, m, st, results, received, metrics)
-                end = results[-1].end if results else session.time
-                for e in st.tracker.close(end):
-                    await ws.send_json(e)
-                session.reset()
-                await ws.send_json({"type": "flushed", "time": round(end, 6)})
+            _expect_flush(msg.get("text"))
+            results = await worker.score(session.finish())
+            await _send_results(ws, m, st.tracker, results, received, metrics)
+            end = results[-1].end if results else session.time
+            for e in st.tracker.close(end):
+                await ws.send_json(e)
+            session.reset()
+            await ws.send_json({"type": "flushed", "time": round(end, 6)})
 
 
 def _frame(data: bytes, st: _StreamState) -> np.ndarray:
@@ -525,7 +523,8 @@ def _frame(data: bytes, st: _StreamState) -> np.ndarray:
     return np.frombuffer(data, dtype=st.dtype)
 
 
-def _control(text: str | None) -> str:
+def _expect_flush(text: str | None) -> None:
+    """The one text message a stream takes after its configuration: {"type": "flush"}."""
     try:
         msg = json.loads(text or "")
     except json.JSONDecodeError:
@@ -534,10 +533,9 @@ def _control(text: str | None) -> str:
         raise ServeError(400, f"unknown text message {str(text)[:60]!r}: after the first "
                               'message only audio frames and {"type": "flush"} are taken',
                          POLICY)
-    return "flush"
 
 
-async def _send_results(ws, m: ServedModel, st: _StreamState, results, received: float,
+async def _send_results(ws, m: ServedModel, tracker: EventTracker, results, received: float,
                         metrics: Metrics) -> None:
     for r in results:
         latency = time.perf_counter() - received
@@ -547,7 +545,7 @@ async def _send_results(ws, m: ServedModel, st: _StreamState, results, received:
                             "compute_ms": round(r.latency_ms, 3)})
         metrics.chunks.labels(m.name).inc()
         metrics.chunk_seconds.observe(latency)
-        for e in st.tracker.update(r.start, r.end, r.scores.tolist()):
+        for e in tracker.update(r.start, r.end, r.scores.tolist()):
             await ws.send_json(e)
 
 

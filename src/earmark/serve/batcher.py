@@ -90,11 +90,11 @@ class InferenceWorker:
         try:
             while True:
                 jobs: list[_Job | None] = []
-                try:
-                    jobs.append(self._queue.get_nowait() if calls or stopping else
-                                self._queue.get(timeout=poll))
-                except queue.Empty:
-                    pass
+                if not (calls or stopping):  # idle: wait for work; otherwise only drain
+                    try:
+                        jobs.append(self._queue.get(timeout=poll))
+                    except queue.Empty:
+                        pass
                 while True:
                     try:
                         jobs.append(self._queue.get_nowait())
