@@ -243,3 +243,15 @@ def test_int8_export_is_smaller_reports_its_score_difference_and_tags(name, tmp_
     if name == "sat-tiny":
         session = q8.stream()
         assert len(session.push(wave) + session.flush()) == 2
+
+
+def test_int8_score_difference_takes_stream_clips_shorter_than_a_chunk(tmp_path):
+    import earmark
+    from earmark.infer.onnx import onnx_metadata
+
+    torch.manual_seed(0)
+    model = earmark.create_model("sat-tiny", 3, depth=1, chunk_seconds=1.0).eval()
+    clips = [torch.randn(8000) * 0.1, torch.randn(20000) * 0.1]  # half a chunk, 1.25 chunks
+    out = export_onnx(model, tmp_path / "q.onnx", quantize="int8", clips=clips)
+    quant = onnx_metadata(out)["quantization"]
+    assert quant["clips"] == 2 and 0 <= quant["max_abs_score_diff"] < 0.1

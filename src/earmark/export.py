@@ -188,11 +188,6 @@ def _quantize_int8(proto):
             root.setLevel(level)
         quantized = onnx.load(str(dst))
     _int8_conv_weights(quantized.graph)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    del quantized.metadata_props[:]
-    for key, value in meta.items():
-        prop = quantized.metadata_props.add()
-        prop.key, prop.value = key, value
     return quantized
 
 
@@ -247,6 +242,8 @@ def score_difference(model: nn.Module, onnx_model, clips: list[torch.Tensor] | N
         for wave in clips:
             if info["kind"] == "stream":
                 n = info["chunk_samples"]
+                if wave.shape[-1] < n:  # a clip shorter than one chunk: zero-padded to one
+                    wave = torch.nn.functional.pad(wave, (0, n - wave.shape[-1]))
                 chunks = [wave[start:start + n].reshape(1, n)
                           for start in range(0, max(1, wave.shape[-1] - n + 1), n)]
                 for ref, got in _stream_pairs(model, session, chunks):

@@ -82,17 +82,26 @@ def _count_flops(model: nn.Module, wave: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
-    """Peak of (allocated - freed) bytes over one forward, from the profiler's memory events."""
+def _profiled_forward(model: nn.Module, wave: torch.Tensor, **options):
+    """One inference forward under torch.profiler (CPU activity, ``options`` passed on), its
+    native chatter silenced; None for builds without kineto or with a profiler already
+    running (the figure is then "not measured")."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    recorder = torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    recorder = torch_profile(activities=[ProfilerActivity.CPU], **options)
     try:
         with native_stderr_silenced(), torch.inference_mode(), recorder as prof:
             model(wave)
     except RuntimeError:
-        # Builds without kineto, or a profiler already running: memory is "not measured".
+        return None
+    return prof
+
+
+def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
+    """Peak of (allocated - freed) bytes over one forward, from the profiler's memory events."""
+    prof = _profiled_forward(model, wave, profile_memory=True)
+    if prof is None:
         return None
     # The raw kineto events keep each allocation and free in time order; the aggregated
     # FunctionEvents fold them into per-op net sums, which hides the peak inside an op.
@@ -110,14 +119,8 @@ def _cpu_peak_bytes(model: nn.Module, wave: torch.Tensor) -> int | None:
 def _operator_times(model: nn.Module, wave: torch.Tensor, top: int) -> list[dict] | None:
     """The ``top`` operators by self CPU time over one forward (torch.profiler): name, calls,
     milliseconds and share of all operators' self time; None where it cannot be recorded."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    recorder = torch_profile(activities=[ProfilerActivity.CPU])
-    try:
-        with native_stderr_silenced(), torch.inference_mode(), recorder as prof:
-            model(wave)
-    except RuntimeError:  # builds without kineto, or a profiler already running
+    prof = _profiled_forward(model, wave)
+    if prof is None:
         return None
     rows = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in rows) or 1.0
@@ -219,6 +222,7 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
 
     times_ms = np.asarray(times) * 1e3
     median_ms = float(np.median(times_ms))
+    achieved = flops / (median_ms / 1e3) / 1e9
     params = list(model.parameters())
     megabyte = 1024.0 ** 2
     return {
@@ -237,9 +241,9 @@ def profile_model(model: nn.Module, seconds: float | None = None, batch: int = 1
             "min": float(times_ms.min()),
         },
         "real_time_factor": median_ms / 1e3 / (seconds * batch),
-        "achieved_gflops": flops / (median_ms / 1e3) / 1e9,
+        "achieved_gflops": achieved,
         "matmul_gflops": ceiling,
-        "fraction_of_matmul": flops / (median_ms / 1e3) / 1e9 / ceiling,
+        "fraction_of_matmul": achieved / ceiling,
         "seconds": seconds,
         "batch": batch,
         "num_samples": num_samples,

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from earmark.audio import io as audio_io
-from earmark.audio.io import audio_info, load_audio
+from earmark.audio.io import audio_info
 from earmark.errors import AudioError
 from earmark.infer.tagger import Tagger
 
@@ -66,8 +66,7 @@ def _decode(tagger: Tagger, f) -> torch.Tensor | AudioError | None:
     try:
         if audio_info(f).duration > audio_io.LONG_FILE_SECONDS:  # files and PACK#KEY clips
             return None
-        wave, _ = load_audio(f, sample_rate=tagger.sample_rate)
-        return tagger.fit_wave(wave)
+        return tagger.fit_wave(tagger.waveform(f))
     except AudioError as err:
         return err
 

@@ -173,7 +173,7 @@ class SwinBlock(nn.Module):
         bias = attn.bias().unsqueeze(0)  # (1, heads, N, N)
         if self.attn_mask is not None:
             bias = bias + self.attn_mask.unsqueeze(1)  # (nW, heads, N, N)
-        step = max(1, self.window_tokens // n)
+        step = min(max(1, self.window_tokens // n), windows.shape[0])  # no more than there are
         if step < per_clip:  # a divisor of the windows per clip, so mask slices line up
             while per_clip % step:
                 step -= 1
