@@ -110,23 +110,29 @@ def _train_config(a: argparse.Namespace, fold=None):
         config = TrainConfig(**{name: getattr(a, name) for name in options},
                              model_args=model_args, fold=fold, progress=_progress(a))
         if a.recipe:
-            # options the user typed (exact spellings: abbreviations are off) win over the
-            # recipe, also where they repeat a default value
-            given = typed_options(a.argv)
-            given |= {"model_args"} if a.model_arg else set()
-            given |= {"progress"} if a.no_progress or a.progress else set()
-            config = apply_recipe(a.recipe, config, given)
+            # options the user typed win over the recipe, also where they repeat a default
+            config = apply_recipe(a.recipe, config, _typed_train_fields(a))
     except ValueError as err:  # options that do not go together: a usage error, as argparse's
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return config
 
 
+def _typed_train_fields(a) -> set[str]:
+    """The TrainConfig fields whose options the user typed (exact spellings: abbreviations
+    are off): ``--model-arg`` sets ``model_args``, ``--progress`` and ``--no-progress``
+    set ``progress``."""
+    given = typed_options(a.argv) - {"model_arg", "no_progress"}
+    given |= {"model_args"} if a.model_arg else set()
+    given |= {"progress"} if a.no_progress or a.progress else set()
+    return given
+
+
 def cmd_train(a) -> int:
     from earmark.train.run import train
 
     result = train(_train_config(a, a.fold), resume=a.resume, overwrite=a.overwrite,
-                   typed=typed_options(a.argv))
+                   typed=_typed_train_fields(a) if a.resume else None)
     if "rank" in result:  # one of several launched processes: rank 0 reports
         return 0
     if "init" in result:

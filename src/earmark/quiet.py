@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 
-
 _lock = threading.Lock()
 _depth = 0  # blocks open now, in any thread
 _saved: int | None = None  # descriptor 2 as it was before the first of them

@@ -75,6 +75,20 @@ def test_resume_names_the_settings_it_ignores():
         "--lr 0.02 (the run has 0.01)"]  # the same model is no difference
 
 
+def test_resume_names_a_typed_model_arg_by_its_option():
+    from earmark.cli import _typed_train_fields, build_parser
+
+    argv = ["train", "--data", "x", "--out", "r", "--model-arg", "depth=2", "--no-progress",
+            "--resume"]
+    a = build_parser().parse_args(argv)
+    a.argv = argv
+    assert _typed_train_fields(a) == {"data", "out", "model_args", "progress", "resume"}
+    saved = TrainConfig(data="x", out="r", model="vit-tiny", model_args={"depth": 1})
+    given = TrainConfig(data="x", out="r", model="vit-tiny", model_args={"depth": 2})
+    assert resume_differences(saved, given, _typed_train_fields(a)) == [
+        "--model-arg {'depth': 2} (the run has {'depth': 1})"]
+
+
 def test_train_twice_into_one_directory_needs_overwrite_and_resume_says_what_it_ignores(
         tmp_path, capsys):
     from earmark.cli import main

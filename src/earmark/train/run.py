@@ -556,7 +556,7 @@ def train(config: TrainConfig, resume: bool = False,
 
 def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
     from earmark.evaluate.run import evaluate_model
-    from earmark.train.rundir import first_process, resume_differences
+    from earmark.train.rundir import RESUME_TAKES, first_process, resume_differences
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -575,7 +575,8 @@ def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
             print(f"{out}: --resume continues the run with its saved settings; ignoring "
                   + ", ".join(ignored), file=sys.stderr)
         # the directory may have moved since: it is where the run is now
-        config = replace(saved, epochs=config.epochs, progress=config.progress, out=str(out))
+        config = replace(saved, **{**{k: getattr(config, k) for k in RESUME_TAKES},
+                                   "out": str(out)})
     last_epoch = None
     if resume and last.is_file():  # a cut-off checkpoint is named here, not by fit's traceback
         ckpt = load_checkpoint(last)

@@ -30,6 +30,7 @@ RUN_ENTRIES = ("checkpoints", "logs", "model", "stages", "train_config.json", "c
                "metrics.json", "test_metrics.json", "init.json", "cv_metrics.json")
 # settings a resumed run takes from the command line, not from the saved run
 RESUME_TAKES = ("epochs", "progress", "out")
+CLI_SPELLINGS = {"model_args": "model-arg"}  # fields whose option is not their name
 
 
 class RunDirError(EarmarkError):
@@ -126,5 +127,6 @@ def resume_differences(saved, given, typed: set[str]) -> list[str]:
             continue
         new, old = getattr(given, f.name), getattr(saved, f.name)
         if new != old:
-            out.append(f"--{f.name.replace('_', '-')} {new!r} (the run has {old!r})")
+            option = CLI_SPELLINGS.get(f.name, f.name.replace("_", "-"))
+            out.append(f"--{option} {new!r} (the run has {old!r})")
     return out
