@@ -47,13 +47,14 @@ TRUST_HINT = ("pass --trust-checkpoint (Python: trust_checkpoint=True) only for 
               "source you trust")
 
 
-def load_checkpoint(path: str | Path, trust: bool = False) -> Any:
+def load_checkpoint(path: str | Path, trust: bool = False, mmap: bool = False) -> Any:
     """``torch.load`` of a checkpoint, restricted to tensors and plain containers.
 
     A checkpoint is a pickle, and unpickling arbitrary objects can run any code the file's
     author chose. By default only weights and plain Python values are read
     (``weights_only=True``); a file that needs more is refused with the reason. ``trust=True``
-    lifts the restriction for a file the user vouches for.
+    lifts the restriction for a file the user vouches for. ``mmap=True`` maps the tensors
+    instead of reading them, for a caller that wants only a checkpoint's plain values.
 
     >>> load_checkpoint("HTSAT_AudioSet_Saved_1.ckpt")["state_dict"]  # doctest: +SKIP
     """
@@ -61,7 +62,7 @@ def load_checkpoint(path: str | Path, trust: bool = False) -> Any:
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        return torch.load(path, map_location="cpu", weights_only=not trust, mmap=mmap)
     except Exception as err:
         # torch names the first global it refused, e.g. "Unsupported global: GLOBAL x.Y";
         # a damaged file fails the weights-only reader too, but without naming one

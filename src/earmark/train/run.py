@@ -579,7 +579,7 @@ def _train(config: TrainConfig, resume: bool, split, typed: set[str]) -> dict:
                                    "out": str(out)})
     last_epoch = None
     if resume and last.is_file():  # a cut-off checkpoint is named here, not by fit's traceback
-        ckpt = load_checkpoint(last)
+        ckpt = load_checkpoint(last, mmap=True)  # the epoch only: tensors stay on disk
         if not isinstance(ckpt, dict) or "epoch" not in ckpt:
             raise ModelError(f"{last}: not a checkpoint of earmark train (no epoch)")
         last_epoch = ckpt["epoch"]
