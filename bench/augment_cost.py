@@ -26,11 +26,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from fsdd import BEST, DEFAULT_DATA  # noqa: E402
-from fsdd_speakers import matmul_gflops  # noqa: E402
 
 from earmark.data.dataset import ClipDataset  # noqa: E402
 from earmark.data.sources import from_spec  # noqa: E402
 from earmark.models.registry import create_model  # noqa: E402
+from earmark.profile import matmul_gflops  # noqa: E402
 from earmark.train.config import ACOUSTIC, TrainConfig  # noqa: E402
 from earmark.train.module import TaggingModule  # noqa: E402
 from earmark.train.recipes import RECIPES  # noqa: E402

@@ -60,11 +60,11 @@ import torch
 
 from earmark.data.sources import from_spec
 from earmark.data.splits import group_split, split_manifest
-from earmark.files import process_alive
-from earmark.profile import matmul_gflops as profile_matmul_gflops
+from earmark.profile import matmul_gflops
 from earmark.train.config import ACOUSTIC_FIELDS, TrainConfig
 from earmark.train.recipes import RECIPES
 from earmark.train.run import train
+from earmark.train.rundir import RunDirError
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -201,16 +201,11 @@ def overrides(items: list[str]) -> dict:
 # ---- the runs --------------------------------------------------------------------------------
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 7) -> float:
-    """Median rate of an n x n float32 matmul in GFLOP/s, rounded (earmark.profile's)."""
-    return round(profile_matmul_gflops(n=n, repeats=repeats), 1)
-
-
 def machine_info(threads: int) -> dict:
     return {"host": socket.gethostname(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "matmul_gflops": matmul_gflops()}
+            "matmul_gflops": round(matmul_gflops(), 1)}
 
 
 def _defaults() -> dict:
@@ -267,28 +262,6 @@ def append_row(path: Path, row: dict) -> None:
 def done(path: Path, job: dict) -> bool:
     with locked(path):
         return any(same_run(r, job) for r in load_rows(path))
-
-
-def claim(run_dir: Path) -> bool:
-    """Mark ``run_dir`` as being trained by this process; False if a live process has it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker = run_dir / "claim.json"
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            other = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            other = {}
-        if other.get("host") == me["host"] and process_alive(int(other.get("pid", -1))) \
-                and other.get("pid") != me["pid"]:
-            return False
-        marker.write_text(json.dumps(me))  # stale: its process is gone
-        return True
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(me))
-    return True
 
 
 def limited(split, n: int | None, seed: int):
@@ -722,14 +695,11 @@ def main(argv=None) -> int:
         if done(results, job):  # another piece finished it meanwhile
             print(f"{tag}: done elsewhere", flush=True)
             continue
-        run_dir = Path(job["config"]["out"])
-        if not claim(run_dir):
-            print(f"{tag}: another process is training it; skipped", flush=True)
-            continue
-        try:
+        try:  # train() holds the run directory's lock: a live owner elsewhere refuses it
             row = run_one(job, manifest, machine)
-        finally:
-            (run_dir / "claim.json").unlink(missing_ok=True)
+        except RunDirError as err:
+            print(f"{tag}: another process is training it; skipped ({err})", flush=True)
+            continue
         append_row(results, row)
         print(f"{tag}: accuracy {row['accuracy']:.4f} ({row['epochs']} epochs, "
               f"{row['train_seconds']:.0f} s)", flush=True)

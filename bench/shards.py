@@ -45,8 +45,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from fsdd_speakers import matmul_gflops  # noqa: E402
-
 import earmark  # noqa: E402
 from earmark.data.dataset import ClipDataset  # noqa: E402
 from earmark.data.shards import load as load_shards  # noqa: E402
@@ -55,6 +53,7 @@ from earmark.data.sources import from_spec  # noqa: E402
 from earmark.data.stream import ShardStream  # noqa: E402
 from earmark.data.synth import synthesize  # noqa: E402
 from earmark.models.registry import create_model  # noqa: E402
+from earmark.profile import matmul_gflops  # noqa: E402
 
 RESULTS = HERE / "results"
 CLASSES = 8  # earmark synth's clip classes
