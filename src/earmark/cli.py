@@ -278,7 +278,7 @@ def cmd_eval(a) -> int:
             print(f"wrote {path}")
     if a.json:
         print(json.dumps(metrics))
-    return _report_skipped(metrics["failed"], len(manifest), "files")
+    return _report_skipped(metrics["failed"], len(manifest))
 
 
 def cmd_codebook(a) -> int:
@@ -362,15 +362,16 @@ def cmd_tag(a) -> int:
             bar.update()
     bar.close()
     out.close()
-    return _report_skipped(failed, len(files) + len(problems), "files")
+    return _report_skipped(failed, len(files) + len(problems))
 
 
-def _report_skipped(failed: list[str], total: int, what: str) -> int:
-    """Print what a batch command skipped and why; its exit code (1 when anything was)."""
+def _report_skipped(failed: list[str], total: int) -> int:
+    """Print which of ``total`` files a batch command skipped and why; its exit code (1 when
+    any was)."""
     for f in failed:
         print(f"skipped {f}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {total} {what} failed", file=sys.stderr)
+        print(f"{len(failed)} of {total} files failed", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -521,7 +522,7 @@ def cmd_detect(a) -> int:
         from earmark.evaluate.plots import plot_timeline
 
         print(f"wrote {plot_timeline(found, a.plot, durations)}", file=sys.stderr)
-    return _report_skipped(failed, len(files) + len(problems), "files")
+    return _report_skipped(failed, len(files) + len(problems))
 
 
 def display_names(paths: list[Path]) -> list[str]:
@@ -580,7 +581,7 @@ def cmd_stream(a) -> int:
             failed.append(str(err))
             continue
         print(f"{path}: {n} chunks", file=sys.stderr)
-    return _report_skipped(failed, len(files) + len(problems), "files")
+    return _report_skipped(failed, len(files) + len(problems))
 
 
 def cmd_serve(a) -> int:

@@ -249,6 +249,12 @@ def read_weights(source: str | Path, trust: bool = False) -> tuple[dict[str, tor
     """(state dict, model config) of a model directory, a training run directory (its
     ``model/``) or a training checkpoint (``.ckpt``, read as :func:`load_checkpoint` with
     ``trust``): the one place earmark turns "a model" on the command line into weights."""
+    return _read_weights(source, trust)[:2]
+
+
+def _read_weights(source: str | Path, trust: bool) -> tuple[dict, dict, Path, str]:
+    """:func:`read_weights`, plus where the config came from and its key prefix there (what
+    :func:`build_from_config` names in its errors)."""
     path = Path(source)
     if path.is_file() and path.suffix == ".ckpt":
         ckpt = load_checkpoint(path, trust=trust)
@@ -260,13 +266,13 @@ def read_weights(source: str | Path, trust: bool = False) -> tuple[dict[str, tor
             raise ModelError(f"{path}: not an earmark training checkpoint (no state_dict)")
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
                  if k.startswith("model.")}
-        return state, config
+        return state, config, path, "earmark_model."
     if path.is_dir():
         model_dir = model_dir_of(path)
         if not (model_dir / CONFIG).is_file():
             raise ModelError(f"{path}: neither a model directory ({CONFIG}) nor a run directory "
                              "(model/config.json)")
-        return _model_dir_weights(model_dir)
+        return (*_model_dir_weights(model_dir), model_dir / CONFIG, "")
     missing = "" if path.exists() else "no such model: the path does not exist, so it is "
     raise ModelError(f"{path}: {missing}not a model directory, a run directory or a training "
                      "checkpoint (.ckpt)")
@@ -274,12 +280,8 @@ def read_weights(source: str | Path, trust: bool = False) -> tuple[dict[str, tor
 
 def load_model(source: str | Path, trust: bool = False) -> tuple[nn.Module, dict]:
     """(model in eval mode, config) of a model directory, run directory or training .ckpt."""
-    state, config = read_weights(source, trust)
-    path = Path(source)
-    if path.suffix == ".ckpt":
-        model = build_from_config(config, path, prefix="earmark_model.")
-    else:
-        model = build_from_config(config, model_dir_of(path) / CONFIG)
+    state, config, config_source, prefix = _read_weights(source, trust)
+    model = build_from_config(config, config_source, prefix=prefix)
     load_state(model, state, source=str(source))
     return model.eval(), config
 
