@@ -222,15 +222,21 @@ def _int8_conv_weights(graph, min_size: int = 1024) -> None:
         graph.node.insert(0, n)
 
 
+def _session_and_export_info(onnx_model) -> tuple[Any, dict]:
+    """An ONNX Runtime session of a path, bytes or ModelProto, and its ``earmark.export``
+    metadata (kind, input lengths, chunk samples)."""
+    if hasattr(onnx_model, "SerializeToString"):
+        onnx_model = onnx_model.SerializeToString()
+    session = open_session(onnx_model)
+    return session, json.loads(session.get_modelmeta().custom_metadata_map[META_EXPORT])
+
+
 def score_difference(model: nn.Module, onnx_model, clips: list[torch.Tensor] | None = None,
                      seed: int = 0) -> dict:
     """How far an exported (e.g. int8) graph's scores are from PyTorch's on ``clips``:
     ``max_abs_score_diff`` and ``mean_abs_score_diff`` of the probabilities, ``top1_agreement``
     (the share of clips, or chunks of a stream, whose best label is the same) and ``clips``."""
-    session = open_session(onnx_model.SerializeToString() if hasattr(onnx_model,
-                                                                        "SerializeToString")
-                           else onnx_model)
-    info = json.loads(session.get_modelmeta().custom_metadata_map[META_EXPORT])
+    session, info = _session_and_export_info(onnx_model)
     model = model.eval()
     if clips is None:
         gen = torch.Generator().manual_seed(seed)
@@ -470,8 +476,7 @@ def check_onnx(model: nn.Module, onnx_model: str | Path | bytes, atol: float = 1
         >>> check_onnx(earmark.load("m").model, "m.onnx")           # doctest: +SKIP
         3.5e-07
     """
-    session = open_session(onnx_model)
-    info = json.loads(session.get_modelmeta().custom_metadata_map[META_EXPORT])
+    session, info = _session_and_export_info(onnx_model)
     gen = torch.Generator().manual_seed(seed)
     model = model.eval()
     worst = 0.0
