@@ -21,6 +21,13 @@ class AudioError(EarmarkError, ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class HeaderError(AudioError):
+    """An audio file whose header holds a value that cannot be right: a sample rate, a
+    channel count or a length outside what earmark takes (see
+    :func:`earmark.audio.packed.check_header`). Decoding it would fail or cost far more than
+    the file's size suggests."""
+
+
 class DataError(EarmarkError, ValueError):
     """A data set, manifest or label file that does not have the expected layout."""
 

@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from earmark.audio.packed import member_info, member_of, read_member
+from earmark.audio.packed import check_header, member_info, member_of, read_member
 from earmark.errors import AudioError
 from earmark.files import atomic_path
 from earmark.quiet import native_stderr_silenced
@@ -111,9 +111,13 @@ def _open(path: Path) -> sf.SoundFile:
             f = sf.SoundFile(path)
     except (sf.SoundFileError, RuntimeError, OSError) as err:
         raise _decode_error(path, err) from err
-    if f.frames <= 0:
+    try:
+        check_header(path, f.samplerate, f.channels, f.frames)
+        if f.frames <= 0:
+            raise AudioError(path, "contains no samples (zero length)")
+    except AudioError:
         f.close()
-        raise AudioError(path, "contains no samples (zero length)")
+        raise
     return f
 
 

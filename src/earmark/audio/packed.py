@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from earmark.errors import AudioError
+from earmark.errors import AudioError, HeaderError
 
 TAR_SUFFIXES = (".tar",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -173,23 +173,61 @@ def _read_tar(container: str, key: str) -> tuple[np.ndarray, int]:
     return decode_bytes(data, name)
 
 
-def decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, int]:
-    """(samples (frames, channels) float32, sample rate) of an encoded audio file in memory;
-    AudioError naming ``name`` when it cannot be decoded."""
+# What a header may say. Below 1 kHz nothing a tagger hears survives, and resampling up to
+# the model's rate would multiply the samples (a 1 Hz header turns 1 MB into 16 GB at 16 kHz);
+# 384 kHz is the highest rate studio converters record at.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+MAX_CHANNELS = 64  # 7th-order ambisonics; more is not a recording of a scene
+
+
+def check_header(name: str, sample_rate: int, channels: int, frames: int | None = None,
+                 max_seconds: float | None = None) -> None:
+    """Raise :class:`~earmark.errors.HeaderError` naming ``name`` when a header's sample
+    rate, channel count or length cannot be right, or the audio is longer than
+    ``max_seconds``: checked before the samples are decoded, so a small file cannot claim a
+    huge decoding job.
+
+    >>> check_header("a.wav", 0, 1)
+    Traceback (most recent call last):
+    ...
+    earmark.errors.HeaderError: a.wav: sample rate 0 Hz in the header is outside 1000-384000 Hz
+    """
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise HeaderError(name, f"sample rate {sample_rate} Hz in the header is outside "
+                                f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise HeaderError(name, f"{channels} channels in the header; 1-{MAX_CHANNELS} are taken")
+    if frames is not None and frames < 0:
+        raise HeaderError(name, f"negative length ({frames} frames) in the header")
+    if frames is not None and max_seconds is not None and frames > max_seconds * sample_rate:
+        raise HeaderError(name, f"{frames / sample_rate:.1f} s of audio, longer than the "
+                                f"{max_seconds:g} s taken")
+
+
+def decode_bytes(data: bytes, name: str, max_seconds: float | None = None
+                 ) -> tuple[np.ndarray, int]:
+    """(samples (frames, channels) float32, sample rate) of an encoded audio file in memory.
+    AudioError naming ``name`` when it cannot be decoded; HeaderError (a kind of AudioError)
+    when its header fails :func:`check_header` (``max_seconds``: the longest audio taken),
+    before anything is decoded. A last frame cut off by the end of the data is dropped, as
+    soundfile drops it."""
     if not data:
         raise AudioError(name, "empty audio member (0 bytes)")
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":  # 16-bit PCM: no decoder needed
-        pcm = _pcm16(data)
+        pcm = _pcm16(data, name, max_seconds)
         if pcm is not None:
             return pcm
     try:
-        x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            check_header(name, f.samplerate, f.channels, f.frames, max_seconds)
+            x, sr = f.read(dtype="float32", always_2d=True), f.samplerate
     except (sf.SoundFileError, RuntimeError, OSError) as err:
-        raise AudioError(name, f"cannot decode audio: {err}") from None
+        detail = getattr(err, "error_string", None) or str(err)  # not the BytesIO's repr
+        raise AudioError(name, f"cannot decode audio: {detail}") from None
     return x, sr
 
 
-def _pcm16(data: bytes) -> tuple[np.ndarray, int] | None:
+def _pcm16(data: bytes, name: str, max_seconds: float | None) -> tuple[np.ndarray, int] | None:
     """(samples, rate) of a 16-bit PCM WAV in memory, scaled as soundfile scales them; None
     for any other WAV (soundfile reads those)."""
     try:
@@ -197,10 +235,14 @@ def _pcm16(data: bytes) -> tuple[np.ndarray, int] | None:
             if w.getsampwidth() != 2:
                 return None
             channels, rate = w.getnchannels(), w.getframerate()
+            # the header's length may be anything: what the data holds is what counts
+            check_header(name, rate, channels, min(w.getnframes(), len(data) // 2 // channels),
+                         max_seconds)
             frames = w.readframes(w.getnframes())
     except (wave.Error, EOFError):
         return None
-    x = np.frombuffer(frames, dtype="<i2").astype(np.float32) / np.float32(32768.0)
+    whole = len(frames) // (2 * channels) * 2 * channels  # a cut-off last frame is dropped
+    x = np.frombuffer(frames[:whole], dtype="<i2").astype(np.float32) / np.float32(32768.0)
     return x.reshape(-1, channels), rate
 
 

@@ -42,6 +42,8 @@ from earmark.audio import io as audio_io
 from earmark.audio.io import audio_info, iter_blocks
 from earmark.data.events import Event
 from earmark.errors import ModelError
+from earmark.infer.stream import iter_chunk_scores
+from earmark.steps import Steps, finish
 
 if TYPE_CHECKING:
     from earmark.infer.tagger import Tagger
@@ -549,29 +551,46 @@ def detect(tagger: Tagger, audio, sample_rate: int | None = None, threshold=None
     model, if any. ``threshold`` overrides its thresholds. Long files are read block by
     block.
     """
+    return finish(detect_steps(tagger, audio, sample_rate, threshold, config, chunk_seconds))
+
+
+def detect_steps(tagger: Tagger, audio, sample_rate: int | None = None, threshold=None,
+                 config=None, chunk_seconds: float | None = None,
+                 block_seconds: float | None = None) -> Steps[list]:
+    """:func:`detect` as a series of bounded model calls (see :mod:`earmark.steps`),
+    yielding after each: one per chunk for chunk-scored models; for models with frame
+    outputs, one per block of ``block_seconds`` of an in-memory waveform (whole when None),
+    of ``BLOCK_SECONDS`` of a long file. Events that a block boundary cuts in two are
+    joined."""
     if config is None:
         saved = tagger.config.get("detection")
         config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
     if threshold is not None:
         config = replace(config, threshold=threshold)
     if not tagger.has_frames or chunk_seconds is not None:
-        chunk = chunk_seconds or tagger.model.clip_seconds
-        return chunks_to_events(tagger.chunk_scores(audio, chunk, sample_rate), tagger.labels,
-                                config)
+        chunks = []
+        for c in iter_chunk_scores(tagger, audio, chunk_seconds or tagger.model.clip_seconds,
+                                   sample_rate):
+            chunks.append(c)
+            yield
+        return chunks_to_events(chunks, tagger.labels, config)
+    sr = tagger.sample_rate
     if isinstance(audio, (str, Path)) and audio_info(audio).duration > audio_io.LONG_FILE_SECONDS:
-        events, start = [], 0.0
-        for block in iter_blocks(audio, audio_io.BLOCK_SECONDS, sample_rate=tagger.sample_rate):
-            frames, hop = tagger.frame_scores(block, tagger.sample_rate)
-            dur = block.shape[-1] / tagger.sample_rate
-            found = frames_to_events(frames.numpy(), tagger.labels, hop, config,
-                                     offset_seconds=start, duration=dur)
-            events = _join_at(events + found, start) if events else found
-            start += dur
-        return events
-    wave = tagger.waveform(audio, sample_rate)
-    frames, hop = tagger.frame_scores(wave, tagger.sample_rate)
-    return frames_to_events(frames.numpy(), tagger.labels, hop, config,
-                            duration=wave.shape[-1] / tagger.sample_rate)
+        blocks = iter_blocks(audio, audio_io.BLOCK_SECONDS, sample_rate=sr)
+    else:
+        wave = tagger.waveform(audio, sample_rate)
+        n = wave.shape[-1] if block_seconds is None else max(1, round(block_seconds * sr))
+        blocks = wave.split(n)
+    events, start = [], 0.0
+    for block in blocks:
+        frames, hop = tagger.frame_scores(block, sr)
+        dur = block.shape[-1] / sr
+        found = frames_to_events(frames.numpy(), tagger.labels, hop, config,
+                                 offset_seconds=start, duration=dur)
+        events = _join_at(events + found, start) if events else found
+        start += dur
+        yield
+    return events
 
 
 def tune_detection(tagger: Tagger, manifest, config=None, metric: str = "event_f1",

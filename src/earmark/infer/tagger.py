@@ -19,6 +19,7 @@ from earmark.audio.io import audio_info, iter_blocks, load_audio
 from earmark.errors import AudioError, ModelError
 from earmark.files import write_json
 from earmark.models.directory import CONFIG, load_model
+from earmark.steps import Steps, finish
 
 
 class Tagger:
@@ -133,15 +134,48 @@ class Tagger:
         if isinstance(audio, (str, Path)):
             if audio_info(audio).duration <= long:
                 return self.score_wave(self.waveform(audio))
-            blocks = iter_blocks(audio, block, sample_rate=self.sample_rate)
-        else:
-            wave = self.waveform(audio, sample_rate)
-            if wave.shape[-1] <= long * self.sample_rate:
-                return self.score_wave(wave)
-            blocks = wave.split(int(round(block * self.sample_rate)))
+            return finish(self._block_means(iter_blocks(audio, block,
+                                                        sample_rate=self.sample_rate)))
+        wave = self.waveform(audio, sample_rate)
+        if wave.shape[-1] <= long * self.sample_rate:
+            return self.score_wave(wave)
+        return finish(self._block_means(wave.split(int(round(block * self.sample_rate)))))
+
+    def score_steps(self, wave: torch.Tensor) -> Steps[torch.Tensor]:
+        """The clip scores :meth:`scores` gives an (N,) waveform at the model's rate, as a
+        series of bounded model calls that yields after each (see :mod:`earmark.steps`): the
+        model's own pieces of a long input (ViT's and SAT's clip-length pieces) one at a
+        time, in ``BLOCK_SECONDS`` blocks past ``LONG_FILE_SECONDS``. A server scores other
+        work between the pieces; the scores equal :meth:`scores`'s up to float rounding."""
+        if wave.shape[-1] <= audio_io.LONG_FILE_SECONDS * self.sample_rate:
+            return (yield from self._wave_steps(wave))
+        block = int(round(audio_io.BLOCK_SECONDS * self.sample_rate))
+        return (yield from self._block_means(wave.split(block), piecewise=True))
+
+    def _wave_steps(self, wave: torch.Tensor) -> Steps[torch.Tensor]:
+        steps = getattr(self.model, "forward_steps", None)
+        if steps is None:  # e.g. an ONNX model: one call
+            scores = self.score_wave(wave)
+            yield
+            return scores
+        pieces = steps(self.fit_wave(wave.unsqueeze(0)).to(self.device))
+        while True:  # inference mode piece by piece: never left on while the caller works
+            with torch.inference_mode():
+                try:
+                    next(pieces)
+                except StopIteration as done:
+                    return self.model.activation(done.value).float().cpu()[0]
+            yield
+
+    def _block_means(self, blocks, piecewise: bool = False) -> Steps[torch.Tensor]:
+        """Scores of consecutive blocks averaged, weighted by their length."""
         total, weight = None, 0.0
         for b in blocks:
-            s = self.score_wave(b) * b.shape[-1]
+            if piecewise:
+                s = (yield from self._wave_steps(b)) * b.shape[-1]
+            else:
+                s = self.score_wave(b) * b.shape[-1]
+                yield
             total = s if total is None else total + s
             weight += b.shape[-1]
         return total / weight

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from earmark.audio.features import front_end
+from earmark.steps import Steps
 
 
 class AudioModel(nn.Module):
@@ -45,6 +46,19 @@ class AudioModel(nn.Module):
 
     def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def forward_steps(self, wave: torch.Tensor) -> Steps[torch.Tensor]:
+        """:meth:`forward` (in evaluation) as a series of bounded model calls that yields
+        after each (see :mod:`earmark.steps`), so that a server can score other work between
+        the pieces of a long input. The logits equal :meth:`forward`'s up to float rounding."""
+        return (yield from self.spectrogram_steps(self.frontend(wave)))
+
+    def spectrogram_steps(self, spec: torch.Tensor) -> Steps[torch.Tensor]:
+        """:meth:`forward_spectrogram` in pieces; families that split long inputs (ViT, SAT)
+        yield after each piece, the others after their one call."""
+        logits = self.forward_spectrogram(spec)
+        yield
+        return logits
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid() if self.multi_label else logits.softmax(-1)

@@ -13,6 +13,7 @@ and ``sat-base``.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from torch import nn
 from earmark.audio.features import frontend_config
 from earmark.errors import ModelError
 from earmark.models.vit import AudioViT, _pair, _register_sizes
+from earmark.steps import Steps
 
 
 @dataclass
@@ -157,17 +159,38 @@ class StreamingAudioViT(AudioViT):
         if x.shape[-1] <= self.target_length:
             feats, cache = self.forward_features_cached(x, cache)
             return self.forward_head(feats), cache
-        stride = self.patch_embed.patch_stride[1]
         scores = []
+        for piece in self._cached_pieces(x):
+            feats, cache = self.forward_features_cached(piece, cache)
+            scores.append(self.activation(self.forward_head(feats)))
+        return self.scores_to_logits(torch.stack(scores).mean(0)), cache
+
+    def spectrogram_steps(self, spec: torch.Tensor) -> Steps[torch.Tensor]:
+        """:meth:`forward_spectrogram` yielding after each piece through the cache."""
+        x = self.normalize(spec)
+        cache = self.empty_cache(x.shape[0], x.device)
+        if x.shape[-1] <= self.target_length:
+            logits = self.forward_head(self.forward_features_cached(x, cache)[0])
+            yield
+            return logits
+        scores = []
+        for piece in self._cached_pieces(x):
+            feats, cache = self.forward_features_cached(piece, cache)
+            scores.append(self.activation(self.forward_head(feats)))
+            yield
+        return self.scores_to_logits(torch.stack(scores).mean(0))
+
+    def _cached_pieces(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Pieces of ``target_length`` frames; a shorter tail dropped, or padded to whole
+        patches when ``pad_last``."""
+        stride = self.patch_embed.patch_stride[1]
         for piece in x.split(self.target_length, -1):
             n = piece.shape[-1]
             if n != self.target_length:
                 if not self.pad_last:
                     continue
                 piece = nn.functional.pad(piece, (0, -(-n // stride) * stride - n))
-            feats, cache = self.forward_features_cached(piece, cache)
-            scores.append(self.activation(self.forward_head(feats)))
-        return self.scores_to_logits(torch.stack(scores).mean(0)), cache
+            yield piece
 
     def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
         return self.forward_spectrogram_cached(spec)[0]

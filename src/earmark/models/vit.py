@@ -20,6 +20,7 @@ from torch import nn
 from earmark.models.base import AudioModel
 from earmark.models.layers import Block, init_vit_weights
 from earmark.models.registry import register_model
+from earmark.steps import Steps
 
 
 def _pair(v) -> tuple[int, int]:
@@ -179,6 +180,27 @@ class AudioViT(AudioModel):
         if x.shape[-1] <= self.max_frames:
             return self.forward_head(self.forward_features(x))
         # Longer than the model: split into target_length pieces, score each, average scores.
+        pieces = self._pieces(x)
+        n = len(pieces)
+        logits = self.forward_head(self.forward_features(torch.cat(pieces, 0)))  # (n*B, C)
+        scores = self.activation(logits).unflatten(0, (n, -1)).mean(0)
+        return self.scores_to_logits(scores)
+
+    def spectrogram_steps(self, spec: torch.Tensor) -> Steps[torch.Tensor]:
+        """:meth:`forward_spectrogram` one piece per model call (there: all in one batch)."""
+        x = self.normalize(spec)
+        if x.shape[-1] <= self.max_frames:
+            logits = self.forward_head(self.forward_features(x))
+            yield
+            return logits
+        scores = []
+        for piece in self._pieces(x):
+            scores.append(self.activation(self.forward_head(self.forward_features(piece))))
+            yield
+        return self.scores_to_logits(torch.stack(scores).mean(0))
+
+    def _pieces(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 1, F, T) longer than the model -> pieces of target_length frames."""
         pieces = list(x.split(self.target_length, -1))
         if pieces[-1].shape[-1] < self.target_length and self.pad_last:
             pieces[-1] = nn.functional.pad(pieces[-1],
@@ -187,10 +209,7 @@ class AudioViT(AudioModel):
             # The official code drops the last piece when it is not padded, also when it is
             # full length; kept so that converted checkpoints give the official scores.
             pieces = pieces[:-1]
-        n = len(pieces)
-        logits = self.forward_head(self.forward_features(torch.cat(pieces, 0)))  # (n*B, C)
-        scores = self.activation(logits).unflatten(0, (n, -1)).mean(0)
-        return self.scores_to_logits(scores)
+        return pieces
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes

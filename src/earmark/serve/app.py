@@ -32,17 +32,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from earmark.audio.io import check_samples
+from earmark.audio.io import RESAMPLE_QUALITY, check_samples
 from earmark.audio.packed import decode_bytes
-from earmark.errors import AudioError, EarmarkError
-from earmark.infer.stream import DEFAULT_CHUNK_SECONDS, StreamSession, score_chunks
+from earmark.errors import AudioError, EarmarkError, HeaderError
+from earmark.infer.detect import detect_steps
+from earmark.infer.stream import (
+    DEFAULT_CHUNK_SECONDS,
+    StreamSession,
+    iter_chunk_scores,
+    score_chunks,
+)
 from earmark.infer.tagger import Tagger
-from earmark.serve.batcher import InferenceWorker
+from earmark.serve.batcher import DeadlineExceeded, InferenceWorker, ShuttingDown
 from earmark.serve.events import EventTracker
+from earmark.steps import Steps
 
 FORMATS = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 CONFIG_KEYS = {"sample_rate", "format", "top_k", "threshold", "release"}
-FIRST_MESSAGE_SECONDS = 30.0  # a stream must send its configuration within this time
+MIN_CHUNK_SECONDS = 0.1  # no /v1/tag chunk is shorter, whatever the model
+RESAMPLE_BLOCK_SECONDS = 60.0
+SHUTDOWN_SECONDS = 3  # uvicorn's wait for connections once the work has been dropped  # an upload is mixed down and resampled this much at a time
 TIME_LIMIT = "stream time limit reached (--max-stream-minutes)"
 # WebSocket close codes (RFC 6455, 7.4.1)
 NORMAL, GOING_AWAY, UNSUPPORTED, BAD_DATA, POLICY = 1000, 1001, 1003, 1007, 1008
@@ -63,15 +72,23 @@ class ServeError(EarmarkError):
 class ServeOptions:
     """Limits and settings of a server (the options of ``earmark serve``)."""
 
-    token: str | None = None  # bearer token required on /v1/* and /metrics
-    max_streams: int = 64  # open WebSocket streams at once
+    token: str | None = None  # bearer token required on /v1/*, /metrics (docs off)
+    max_streams: int = 64  # open (configured) WebSocket streams at once
     max_upload_mb: float = 50.0  # /v1/tag request bodies
     max_stream_minutes: float = 60.0  # audio (or wall time) per stream
     chunk_seconds: float | None = None  # chunk of full-context models (streaming: their own)
     max_batch: int = 64  # chunks per model call
+    max_request_seconds: float = 60.0  # wall time of one /v1/tag request, waiting included
+    max_chunks: int = 2000  # chunks per /v1/tag request (chunk=S)
+    max_upload_minutes: float = 30.0  # audio per /v1/tag request
+    max_uploads: int = 4  # /v1/tag requests read, decoded and scored at once; others wait
+    max_unconfigured: int = 8  # WebSocket connections that have not sent their configuration
+    config_seconds: float = 5.0  # time a new WebSocket has to send its configuration
 
     def __post_init__(self):
-        for name in ("max_streams", "max_upload_mb", "max_stream_minutes", "max_batch"):
+        for name in ("max_streams", "max_upload_mb", "max_stream_minutes", "max_batch",
+                     "max_request_seconds", "max_chunks", "max_upload_minutes", "max_uploads",
+                     "max_unconfigured", "config_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.token is not None and not self.token:
@@ -84,10 +101,19 @@ class ServedModel:
     tagger: Tagger
     chunk_seconds: float
 
+    @property
+    def min_chunk_seconds(self) -> float:
+        """The shortest ``chunk`` an upload may ask for: the model's shortest useful window
+        (one patch of frames), and never under ``MIN_CHUNK_SECONDS``. Every chunk costs a
+        model call, so a shorter one would only multiply the work."""
+        shortest = getattr(self.tagger.model, "min_samples", 0) / self.tagger.sample_rate
+        return round(max(MIN_CHUNK_SECONDS, shortest), 3)
+
     def describe(self) -> dict:
         model = self.tagger.model
         return {"name": self.name, "labels": self.tagger.labels,
                 "sample_rate": self.tagger.sample_rate, "chunk_seconds": self.chunk_seconds,
+                "min_chunk_seconds": self.min_chunk_seconds,
                 "streaming": bool(model.is_streaming), "multi_label": self.tagger.multi_label,
                 "family": self.tagger.config.get("name") or type(model).__name__}
 
@@ -133,6 +159,9 @@ class Metrics:
                                          "HTTP request latency", ["path"], registry=r)
         self.streams_open = Gauge("earmark_streams_open", "WebSocket streams open",
                                   registry=r)
+        self.streams_waiting = Gauge("earmark_streams_unconfigured",
+                                     "WebSocket connections yet to send their configuration",
+                                     registry=r)
         self.streams = Counter("earmark_streams", "WebSocket streams, by how they ended",
                                ["end"], registry=r)
         self.chunks = Counter("earmark_stream_chunks", "stream chunks scored", ["model"],
@@ -154,20 +183,70 @@ class Metrics:
 
 
 class StreamHub:
-    """The open streams, so that a shutting-down server can say goodbye to each."""
+    """The open streams and the connections still to send their configuration, so that a
+    shutting-down server can say goodbye to each."""
 
     def __init__(self):
-        self.open: set = set()
+        self.open: set = set()  # configured streams: they hold the --max-streams slots
+        self.waiting: set = set()  # accepted, configuration not yet received
         self.closing = False
 
     async def close_all(self, reason: str) -> None:
         self.closing = True
-        for ws in list(self.open):
+        for ws in list(self.open | self.waiting):
             try:
                 await ws.send_json({"type": "closing", "reason": reason})
                 await ws.close(GOING_AWAY, reason)
             except Exception:  # noqa: BLE001 - the client is already gone
                 pass
+
+
+class Guard:
+    """ASGI middleware in front of every HTTP request: the bearer token on the guarded
+    paths, and each request counted in /metrics by path and status, a failure that escapes
+    the app as the 500 it becomes, a request whose client left as 499."""
+
+    def __init__(self, app, options: ServeOptions, metrics: Metrics):
+        self.app, self.options, self.metrics = app, options, metrics
+
+    def authorized(self, headers, query) -> bool:
+        if self.options.token is None:
+            return True
+        given = query.get("token") or ""
+        auth = headers.get("authorization") or ""
+        if auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), self.options.token.encode())
+
+    async def __call__(self, scope, receive, send):
+        from fastapi.responses import JSONResponse
+        from starlette.datastructures import Headers, QueryParams
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, path = time.perf_counter(), scope["path"]
+        status = [500]
+
+        async def sent(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if path.startswith(GUARDED) and not self.authorized(
+                    Headers(scope=scope), QueryParams(scope.get("query_string", b""))):
+                denied = JSONResponse({"detail": "missing or wrong bearer token"},
+                                      status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await denied(scope, receive, sent)
+            else:
+                await self.app(scope, receive, sent)
+        except Exception:
+            status[0] = 500  # what the server's error handler answers
+            raise
+        finally:
+            label = path if path in _PATHS else "other"  # a bounded set of metric labels
+            self.metrics.requests.labels(label, str(status[0])).inc()
+            self.metrics.request_seconds.labels(label).observe(time.perf_counter() - t0)
 
 
 def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
@@ -187,9 +266,11 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
         warm_up(m)
     metrics, hub = Metrics(), StreamHub()
     metrics.streams_open.set_function(lambda: len(hub.open))
+    metrics.streams_waiting.set_function(lambda: len(hub.waiting))
     own = worker is None
     if own:
         worker = InferenceWorker(options.max_batch)
+    uploads = asyncio.Semaphore(options.max_uploads)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -200,18 +281,12 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
         if own:
             worker.close()
 
-    app = FastAPI(title="earmark", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # with a token, the API's description is not public either
+    docs = {} if options.token is None else {"docs_url": None, "openapi_url": None}
+    app = FastAPI(title="earmark", lifespan=lifespan, redoc_url=None, **docs)
     app.state.options, app.state.hub, app.state.metrics = options, hub, metrics
-    app.state.models = served
-
-    def authorized(headers, query) -> bool:
-        if options.token is None:
-            return True
-        given = query.get("token") or ""
-        auth = headers.get("authorization") or ""
-        if auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        return hmac.compare_digest(given.encode(), options.token.encode())
+    app.state.models, app.state.worker = served, worker
+    app.add_middleware(Guard, options=options, metrics=metrics)
 
     def lookup(name: str | None) -> ServedModel:
         if name is None:
@@ -227,20 +302,6 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
     async def serve_error(request, err: ServeError):
         return JSONResponse({"detail": err.message}, status_code=err.status)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        t0 = time.perf_counter()
-        path = request.url.path if request.url.path in _PATHS else "other"  # metrics label
-        if request.url.path.startswith(("/v1/", "/metrics")) and not authorized(
-                request.headers, request.query_params):
-            response = JSONResponse({"detail": "missing or wrong bearer token"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        else:
-            response = await call_next(request)
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        metrics.request_seconds.labels(path).observe(time.perf_counter() - t0)
-        return response
-
     page_html = resources.files("earmark.serve").joinpath("page.html").read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -249,6 +310,8 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
 
     @app.get("/healthz")
     async def healthz():
+        if options.token is not None:  # no model names or load to anyone who asks
+            return {"status": "ok"}
         return {"status": "ok", "models": list(served), "streams": len(hub.open)}
 
     @app.get("/metrics")
@@ -263,31 +326,45 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
     async def tag(request: Request, model: str | None = None,
                   top_k: int = Query(5, ge=1, le=10000), events: bool = False,
                   chunk: float | None = Query(None, gt=0, le=3600)):
+        deadline = time.monotonic() + options.max_request_seconds
         m = lookup(model)
-        data, name = await _read_upload(request, options.max_upload_mb)
-        return await worker.call(_tag_upload, m, data, name, top_k, events, chunk)
+        if chunk is not None and chunk < m.min_chunk_seconds:
+            raise ServeError(422, f"chunk={chunk:g} s is shorter than {m.min_chunk_seconds:g} s, "
+                                  f"the shortest window of model {m.name!r}")
+        return await _tag_upload(request, m, options, uploads, worker, deadline,
+                                 dict(top_k=top_k, events=events, chunk=chunk))
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket, model: str | None = None):
         try:
-            if not authorized(ws.headers, ws.query_params):
+            if not _authorized(options, ws.headers, ws.query_params):
                 raise ServeError(401, "missing or wrong bearer token")
             m = lookup(model)
             if hub.closing:
                 raise ServeError(503, "server shutting down", GOING_AWAY)
-            if len(hub.open) >= options.max_streams:
-                raise ServeError(503, f"{options.max_streams} streams are open, the most this "
-                                      "server takes (--max-streams); try again later",
-                                 TRY_LATER)
+            _check_stream_slot(hub, options)
+            if len(hub.waiting) >= options.max_unconfigured:
+                raise ServeError(503, f"{options.max_unconfigured} connections are waiting to "
+                                      "send their configuration, the most this server takes "
+                                      "(--max-unconfigured); try again later", TRY_LATER)
         except ServeError as err:
             await _deny(ws, err)
             metrics.streams.labels("refused").inc()
             return
         await ws.accept()
-        hub.open.add(ws)
         end = "closed"
         try:
-            await _run_stream(ws, m, options, worker, metrics)
+            hub.waiting.add(ws)
+            try:
+                session, st = await _configure(ws, m, options)
+            finally:
+                hub.waiting.discard(ws)
+            _check_stream_slot(hub, options)  # others may have taken the slots meanwhile
+            hub.open.add(ws)
+            await ws.send_json({"type": "ready", "model": m.name,
+                                "sample_rate": m.tagger.sample_rate,
+                                "chunk_seconds": m.chunk_seconds, "labels": m.tagger.labels})
+            await _run_stream(ws, m, session, st, options, worker, metrics)
         except ServeError as err:
             end = "error"
             await _close(ws, err.code, err.message)
@@ -305,6 +382,19 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
             metrics.streams.labels(end).inc()
 
     return app
+
+
+GUARDED = ("/v1/", "/metrics")  # paths that need the token, when there is one
+
+
+def _authorized(options: ServeOptions, headers, query) -> bool:
+    return Guard(None, options, None).authorized(headers, query)
+
+
+def _check_stream_slot(hub: StreamHub, options: ServeOptions) -> None:
+    if len(hub.open) >= options.max_streams:
+        raise ServeError(503, f"{options.max_streams} streams are open, the most this server "
+                              "takes (--max-streams); try again later", TRY_LATER)
 
 
 _PATHS = {"/", "/healthz", "/metrics", "/v1/models", "/v1/tag"}
@@ -331,6 +421,53 @@ def _chunk_seconds(tagger: Tagger, options: ServeOptions) -> float:
 # ---- /v1/tag ----------------------------------------------------------------------------------
 
 
+async def _tag_upload(request, m: ServedModel, options: ServeOptions,
+                      uploads: asyncio.Semaphore, worker: InferenceWorker, deadline: float,
+                      params: dict) -> dict:
+    """One /v1/tag request: wait for one of the ``--max-uploads`` turns, read the body, then
+    score it in the worker piece by piece, all within ``deadline``."""
+    budget = (f"the request took longer than {options.max_request_seconds:g} s "
+              "(--max-request-seconds); send a shorter file or try again later")
+    try:
+        await asyncio.wait_for(uploads.acquire(), max(0.0, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        raise ServeError(503, budget) from None
+    try:
+        data, name = await asyncio.wait_for(_read_upload(request, options.max_upload_mb),
+                                            max(0.0, deadline - time.monotonic()))
+        job = _upload_steps(m, data, name, options, **params)
+        del data  # the job holds the bytes only until they are decoded
+        return await _unless_gone(request, worker.steps(job, deadline))
+    except (asyncio.TimeoutError, DeadlineExceeded):
+        raise ServeError(503, budget) from None
+    except ShuttingDown:
+        raise ServeError(503, "server shutting down") from None
+    finally:
+        uploads.release()
+
+
+async def _unless_gone(request, work) -> dict:
+    """The result of coroutine ``work``, unless the client disconnects first: then the work
+    is cancelled (the worker drops it at its next piece) and the request ends as 499."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        raise ServeError(499, "the client closed the connection before the answer")
+    return task.result()
+
+
+async def _disconnected(request) -> None:
+    """Returns when the client has gone. Only once the body has been read: the next message
+    the server gets for this request is then the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _read_upload(request, max_mb: float) -> tuple[bytes, str]:
     """The uploaded file's bytes and a name for messages (never used as a path)."""
     from fastapi import HTTPException
@@ -347,6 +484,7 @@ async def _read_upload(request, max_mb: float) -> tuple[bytes, str]:
         if len(body) > limit + 64 * 1024:  # room for multipart headers
             raise too_big
     data, name = bytes(body), "upload"
+    del body
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         async def replay():
             return {"type": "http.request", "body": data, "more_body": False}
@@ -356,6 +494,7 @@ async def _read_upload(request, max_mb: float) -> tuple[bytes, str]:
         if upload is None or isinstance(upload, str):
             raise HTTPException(400, "multipart upload without a file field named 'file'")
         data, name = await upload.read(), f"upload {upload.filename or 'file'!r}"
+        await form.close()
     if len(data) > limit:
         raise too_big
     if not data:
@@ -363,29 +502,63 @@ async def _read_upload(request, max_mb: float) -> tuple[bytes, str]:
     return data, name
 
 
-def _tag_upload(m: ServedModel, data: bytes, name: str, top_k: int, events: bool,
-                chunk: float | None) -> dict:
+def _upload_steps(m: ServedModel, data: bytes, name: str, options: ServeOptions, top_k: int,
+                  events: bool, chunk: float | None) -> Steps[dict]:
+    """The answer to one upload, computed in pieces the worker interleaves with streams:
+    decoding, each minute of resampling, and each model call."""
     tagger = m.tagger
     try:
-        x, sr = decode_bytes(data, name)
+        x, sr = decode_bytes(data, name, max_seconds=options.max_upload_minutes * 60.0)
+    except HeaderError as err:
+        limit = " (--max-upload-minutes)" if "taken" in err.reason else ""
+        raise ServeError(422, f"{err}{limit}") from None
     except AudioError as err:
         raise ServeError(415, str(err)) from None
+    del data
     try:
         check_samples(name, x, 0, sr)
-        wave = tagger.waveform(torch.from_numpy(np.ascontiguousarray(x.T)), sr)
     except AudioError as err:
         raise ServeError(422, str(err)) from None
-    out = {"model": m.name, "duration": round(x.shape[0] / sr, 6),
-           "labels": _labels(tagger.top(tagger.scores(wave), top_k))}
+    duration = x.shape[0] / sr
+    if chunk and math.ceil(duration / chunk - 1e-9) > options.max_chunks:
+        raise ServeError(422, f"chunk={chunk:g} s cuts this {duration:.1f} s upload into "
+                              f"{math.ceil(duration / chunk - 1e-9)} chunks; at most "
+                              f"{options.max_chunks} are scored per request (--max-chunks)")
+    yield
+    wave = yield from _waveform_steps(x, sr, tagger.sample_rate)
+    del x
+    out = {"model": m.name, "duration": round(duration, 6),
+           "labels": _labels(tagger.top((yield from tagger.score_steps(wave)), top_k))}
     if events:
+        found = yield from detect_steps(tagger, wave, block_seconds=tagger.model.clip_seconds)
         out["events"] = [{"onset": round(e.onset, 6), "offset": round(e.offset, 6),
                           "label": e.label, "score": None if e.score is None else
-                          round(float(e.score), 6)} for e in tagger.detect(wave)]
+                          round(float(e.score), 6)} for e in found]
     if chunk:
-        out["chunks"] = [{"start": round(c.start, 6), "end": round(c.end, 6),
-                          "labels": _labels(tagger.top(c.scores, top_k))}
-                         for c in tagger.chunk_scores(wave, chunk)]
+        out["chunks"] = []
+        for c in iter_chunk_scores(tagger, wave, chunk):
+            out["chunks"].append({"start": round(c.start, 6), "end": round(c.end, 6),
+                                  "labels": _labels(tagger.top(c.scores, top_k))})
+            yield
     return out
+
+
+def _waveform_steps(x: np.ndarray, sr: int, rate: int) -> Steps[torch.Tensor]:
+    """Decoded samples (frames, channels) -> mono float32 (N,) at ``rate``, as
+    :meth:`Tagger.waveform` makes it (the same samples: soxr's stream gives its one-shot
+    result), ``RESAMPLE_BLOCK_SECONDS`` at a time."""
+    import soxr
+
+    step = int(RESAMPLE_BLOCK_SECONDS * sr)
+    resampler = None if sr == rate else soxr.ResampleStream(sr, rate, 1, dtype="float32",
+                                                            quality=RESAMPLE_QUALITY)
+    pieces = []
+    for i in range(0, x.shape[0], step):
+        mono = x[i:i + step].mean(axis=1, dtype=np.float32)
+        last = i + step >= x.shape[0]
+        pieces.append(mono if resampler is None else resampler.resample_chunk(mono, last=last))
+        yield
+    return torch.from_numpy(np.concatenate(pieces))
 
 
 def _labels(pairs) -> list[dict]:
@@ -473,21 +646,27 @@ def _number(v, name: str) -> float:
 class _StreamState:
     tracker: EventTracker
     dtype: np.dtype
+    rate: int  # the client's sample rate
     started: float = field(default_factory=time.monotonic)
     audio: float = 0.0  # seconds received
 
 
-async def _run_stream(ws, m: ServedModel, options: ServeOptions, worker: InferenceWorker,
-                      metrics: Metrics) -> None:
-    limit = options.max_stream_minutes * 60.0
-    msg = await _receive(ws, min(FIRST_MESSAGE_SECONDS, limit),
-                         f"no configuration message within {FIRST_MESSAGE_SECONDS:g} s")
+async def _configure(ws, m: ServedModel, options: ServeOptions
+                     ) -> tuple[StreamSession, _StreamState]:
+    """A new connection's first message, within ``--config-seconds``: its session."""
+    msg = await _receive(ws, options.config_seconds,
+                         f"no configuration message within {options.config_seconds:g} s "
+                         "(--config-seconds)")
     cfg = parse_config(msg.get("text"), m.tagger.labels)
     session = StreamSession(m.tagger, m.chunk_seconds, top_k=cfg["top_k"],
                             sample_rate=cfg["sample_rate"])
-    st = _StreamState(cfg["tracker"], FORMATS[cfg["format"]])
-    await ws.send_json({"type": "ready", "model": m.name, "sample_rate": m.tagger.sample_rate,
-                        "chunk_seconds": m.chunk_seconds, "labels": m.tagger.labels})
+    return session, _StreamState(cfg["tracker"], FORMATS[cfg["format"]], cfg["sample_rate"])
+
+
+async def _run_stream(ws, m: ServedModel, session: StreamSession, st: _StreamState,
+                      options: ServeOptions, worker: InferenceWorker,
+                      metrics: Metrics) -> None:
+    limit = options.max_stream_minutes * 60.0
     while True:
         left = limit - (time.monotonic() - st.started)
         if left <= 0 or st.audio > limit:
@@ -496,8 +675,8 @@ async def _run_stream(ws, m: ServedModel, options: ServeOptions, worker: Inferen
         received = time.perf_counter()
         if msg.get("bytes") is not None:
             x = _frame(msg["bytes"], st)
-            st.audio += x.shape[0] / cfg["sample_rate"]
-            metrics.audio_seconds.inc(x.shape[0] / cfg["sample_rate"])
+            st.audio += x.shape[0] / st.rate
+            metrics.audio_seconds.inc(x.shape[0] / st.rate)
             try:
                 pending = session.feed(x)
             except AudioError as err:
@@ -556,8 +735,8 @@ def serve(models: dict[str, Tagger], host: str = "127.0.0.1", port: int = 8000,
           options: ServeOptions | None = None, log_level: str = "info") -> None:
     """Run the server until SIGINT / SIGTERM. uvicorn's event loop runs in a thread and the
     models in this (the main) thread. On shutdown every open stream gets a
-    ``{"type": "closing"}`` message and a close with code 1001 (going away); requests in
-    flight finish; then this returns."""
+    ``{"type": "closing"}`` message and a close with code 1001 (going away); uploads in
+    flight end at their next piece of work with a 503; then this returns."""
     import threading
 
     import uvicorn
@@ -569,10 +748,12 @@ def serve(models: dict[str, Tagger], host: str = "127.0.0.1", port: int = 8000,
     class Server(uvicorn.Server):
         async def shutdown(self, sockets=None):
             await app.state.hub.close_all("server shutting down")
+            worker.close()  # uploads in flight end at their next piece with a 503
             await super().shutdown(sockets)
 
+    # what is left after the worker stopped is answers on their way out: seconds at most
     server = Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                   timeout_graceful_shutdown=10))
+                                   timeout_graceful_shutdown=SHUTDOWN_SECONDS))
     loop = threading.Thread(target=server.run, name="earmark-http", daemon=True)
 
     def stop(sig, frame):
