@@ -584,6 +584,22 @@ def cmd_stream(a) -> int:
     return _report_skipped(failed, len(files) + len(problems))
 
 
+# the limits of `earmark serve` that end a request or a connection early: ServeOptions' field
+# -> (type, its default, help); see README, "Serving"
+SERVE_LIMITS = {
+    "max_request_seconds": (float, 60.0, "wall time of one /v1/tag request, waiting included; "
+                                         "past it the answer is 503"),
+    "max_chunks": (int, 2000, "chunks one /v1/tag request may ask for (chunk=S); more: 422"),
+    "max_upload_minutes": (float, 30.0, "audio in one /v1/tag upload, read from its header; "
+                                        "more: 422"),
+    "max_uploads": (int, 4, "/v1/tag requests read and scored at once; the others wait their "
+                            "turn within their time"),
+    "max_unconfigured": (int, 8, "WebSocket connections yet to send their configuration; "
+                                 "more: 503"),
+    "config_seconds": (float, 5.0, "time a new WebSocket has to send its configuration"),
+}
+
+
 def cmd_serve(a) -> int:
     import os
 
@@ -601,10 +617,11 @@ def cmd_serve(a) -> int:
     if a.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(f"warning: serving on {a.host} without a token: anyone who reaches this port "
               "can use the models (set --token or EARMARK_SERVE_TOKEN)", file=sys.stderr)
+    limits = {k: getattr(a, k) for k in SERVE_LIMITS if getattr(a, k) is not None}
     options = ServeOptions(token=token, max_streams=a.max_streams,
                            max_upload_mb=a.max_upload_mb,
                            max_stream_minutes=a.max_stream_minutes, chunk_seconds=a.chunk,
-                           max_batch=a.max_batch)
+                           max_batch=a.max_batch, **limits)
     models = load_models(a.models, trust_checkpoint=a.trust_checkpoint)
     for name, tagger in models.items():
         print(f"serving {name}: {len(tagger.labels)} labels, {tagger.sample_rate} Hz",
@@ -856,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per chunk of full-context models (default 1; streaming "
                         "models use their own)")
     p.add_argument("--max-batch", type=int, default=64, help="stream chunks per model call")
+    for name, (kind, default, text) in SERVE_LIMITS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
+                       help=f"{text} (default {default:g})")
     _add_threads(p)
     p.add_argument("--log-level", default="info", help="uvicorn's log level",
                    choices=("critical", "error", "warning", "info", "debug"))

@@ -82,6 +82,56 @@ def test_sigterm_closes_open_streams_with_a_message_and_exits(tmp_path):
             proc.wait()
 
 
+@pytest.mark.timeout(240)
+def test_sigterm_under_load_exits_within_seconds_and_answers_the_upload(tmp_path):
+    """An upload that would take minutes is in the worker when SIGTERM comes: it ends at its
+    next piece with a 503, and the server exits within 5 s."""
+    import threading
+
+    from tests.serve.conftest import wav_bytes
+
+    torch.manual_seed(0)
+    model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=48, num_heads=3,
+                                 clip_seconds=1.0)
+    save_model_dir(model.eval(), tmp_path / "m", list(TONES))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "earmark", "serve", str(tmp_path / "m"),
+                             "--port", str(port), "--threads", "1", "--log-level", "warning",
+                             "--max-chunks", "1000000", "--max-request-seconds", "600"],
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    answer = {}
+
+    def upload():
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/tag?chunk=0.5&events=1",
+                                     data=wav_bytes(tone(1000.0, 1200.0)), method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                answer["status"] = r.status
+        except urllib.error.HTTPError as err:
+            answer["status"], answer["detail"] = err.code, json.load(err)["detail"]
+        except OSError as err:
+            answer["status"] = repr(err)
+
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        client = threading.Thread(target=upload, daemon=True)
+        client.start()
+        time.sleep(3.0)  # the 20-minute upload is read and being scored
+        assert client.is_alive(), answer
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - t0
+        client.join(timeout=30)
+        assert code == 0 and took <= 5.0, f"exit {code} after {took:.1f} s"
+        assert answer.get("status") == 503 and "shutting down" in answer["detail"], answer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # ---- the web page in a real browser ------------------------------------------------------------
 
 
