@@ -336,3 +336,22 @@ def test_the_command_lines_limits_are_serve_options_defaults():
     options = serve_app.ServeOptions()
     assert {k: getattr(options, k) for k in SERVE_LIMITS} == {
         k: default for k, (_, default, _) in SERVE_LIMITS.items()}
+
+
+def test_a_client_that_leaves_mid_upload_is_a_499_not_a_500(vit):
+    import urllib.request
+
+    app = serve_app.create_app({"vit": vit})
+    with RunningServer(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"POST /v1/tag HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+                      + b"\x00" * 1000)
+            time.sleep(0.3)
+        deadline, text = time.monotonic() + 5, ""
+        while time.monotonic() < deadline and 'status="499"' not in text:
+            time.sleep(0.1)
+            with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+                text = r.read().decode()
+        assert 'earmark_http_requests_total{path="/v1/tag",status="499"} 1.0' in text
+        assert 'status="500"' not in text

@@ -426,6 +426,8 @@ async def _tag_upload(request, m: ServedModel, options: ServeOptions,
                       params: dict) -> dict:
     """One /v1/tag request: wait for one of the ``--max-uploads`` turns, read the body, then
     score it in the worker piece by piece, all within ``deadline``."""
+    from starlette.requests import ClientDisconnect
+
     budget = (f"the request took longer than {options.max_request_seconds:g} s "
               "(--max-request-seconds); send a shorter file or try again later")
     try:
@@ -442,6 +444,8 @@ async def _tag_upload(request, m: ServedModel, options: ServeOptions,
         raise ServeError(503, budget) from None
     except ShuttingDown:
         raise ServeError(503, "server shutting down") from None
+    except ClientDisconnect:  # gone while sending the body
+        raise ServeError(499, "the client closed the connection before the answer") from None
     finally:
         uploads.release()
 
