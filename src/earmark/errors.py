@@ -28,6 +28,10 @@ class HeaderError(AudioError):
     the file's size suggests."""
 
 
+class TooLongError(HeaderError):
+    """Audio whose header says it is longer than the caller takes."""
+
+
 class DataError(EarmarkError, ValueError):
     """A data set, manifest or label file that does not have the expected layout."""
 

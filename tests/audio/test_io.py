@@ -176,6 +176,21 @@ def test_iter_blocks_concatenate_to_load_audio(write_wav, sample_rate, mono):
     torch.testing.assert_close(joined, whole, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("sample_rate, frames", [(16000, 36800), (22050, 36800), (8000, 16000),
+                                                 (8000, 4000)])
+def test_iter_array_blocks_concatenate_to_load_audio(write_wav, sample_rate, frames):
+    """Samples already in memory, blocked as a file's would be: the same wave. 16000 frames
+    at 8 kHz fill two reads exactly, 4000 fewer than one."""
+    rng = np.random.default_rng(1)
+    x = (0.3 * rng.standard_normal((frames, 2))).astype(np.float32)
+    whole, _ = load_audio(write_wav("mem.wav", data=x), sample_rate)
+    decoded, _ = sf.read(write_wav("mem2.wav", data=x), dtype="float32", always_2d=True)
+    blocks = list(io.iter_array_blocks(decoded, 16000, 0.5, sample_rate))
+    step = round(0.5 * sample_rate)
+    assert [b.shape[-1] for b in blocks[:-1]] == [step] * (len(blocks) - 1)
+    torch.testing.assert_close(torch.cat(blocks), whole, atol=1e-5, rtol=0)
+
+
 def test_iter_blocks_reports_nan_with_time(tmp_path):
     x = tone(2.0, 16000)
     x[20000] = np.nan  # 1.25 s

@@ -292,7 +292,7 @@ def test_release_hands_fragmented_free_memory_back():
     after = rss_mb()
     assert held - before > 200, "the allocation did not raise the resident set"
     assert after - before < 0.25 * (held - before), (before, held, after)
-    assert len(kept) == 60
+    del kept  # alive until here: the holes are what the allocator would keep
 
 
 def test_the_worker_releases_memory_after_its_last_upload(monkeypatch):

@@ -33,6 +33,7 @@ __all__ = [
     "AudioInfo",
     "audio_info",
     "find_audio_files",
+    "iter_array_blocks",
     "iter_blocks",
     "load_audio",
     "write_audio",
@@ -237,16 +238,14 @@ def iter_blocks(
 def _blocks(
     path: Path, block_out: int, sr_in: int, sr_out: int, channels: int, mono: bool
 ) -> Iterator[torch.Tensor]:
-    out_channels = 1 if mono else channels
-    stream = None
-    if sr_out != sr_in:
-        stream = soxr.ResampleStream(
-            sr_in, sr_out, out_channels, dtype="float32", quality=RESAMPLE_QUALITY
-        )
     # Input read per step: about one output block's worth.
     block_in = max(1, math.ceil(block_out * sr_in / sr_out))
-    pending: list[np.ndarray] = []  # resampled (frames, out_channels) not yet yielded
-    n_pending = 0
+    yield from _resampled(_reads(path, block_in, sr_in), block_in, block_out, sr_in, sr_out,
+                          channels, mono)
+
+
+def _reads(path: Path, block_in: int, sr_in: int) -> Iterator[np.ndarray]:
+    """A file's samples, ``block_in`` frames (frames, channels) at a time, checked."""
     start = 0
     with _open(path) as f:
         while True:
@@ -255,24 +254,64 @@ def _blocks(
                     x = f.read(block_in, dtype="float32", always_2d=True)  # (frames, channels)
             except (sf.SoundFileError, RuntimeError, OSError) as err:
                 raise _decode_error(path, err) from err
-            done = x.shape[0] < block_in
             if x.shape[0]:
                 check_samples(path, x, start, sr_in)
                 start += x.shape[0]
-            if mono:
-                x = x.mean(axis=1, keepdims=True, dtype=np.float32)
-            if stream is not None:
-                x = stream.resample_chunk(x, last=done)
-            if x.shape[0]:
-                pending.append(x)
-                n_pending += x.shape[0]
-            while n_pending >= block_out:
-                buf = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                yield _shape_out(buf[:block_out], mono)
-                rest = buf[block_out:]
-                pending, n_pending = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
-            if done:
-                break
+            yield x
+            if x.shape[0] < block_in:
+                return
+
+
+def iter_array_blocks(x: np.ndarray, sample_rate: int, block_seconds: float,
+                      sample_rate_out: int | None = None) -> Iterator[torch.Tensor]:
+    """Decoded samples ``x`` (frames, channels) as :func:`iter_blocks` gives a file's: mono
+    (N,) tensors of ``block_seconds`` at ``sample_rate_out`` (the last one shorter), mixed
+    down and resampled a block at a time with the same streaming resampler, so the blocks
+    joined equal the whole resampled at once.
+
+        >>> x = np.zeros((44100, 2), np.float32)
+        >>> [b.shape[0] for b in iter_array_blocks(x, 44100, 0.4, 16000)]
+        [6400, 6400, 3200]
+    """
+    sr_out = int(sample_rate_out or sample_rate)
+    block_out = max(1, int(round(block_seconds * sr_out)))
+    block_in = max(1, math.ceil(block_out * sample_rate / sr_out))
+    # an empty read ends the stream, as a file's short last read does
+    reads = [x[i:i + block_in] for i in range(0, x.shape[0], block_in)]
+    if not reads or reads[-1].shape[0] == block_in:
+        reads.append(x[:0])
+    yield from _resampled(iter(reads), block_in, block_out, sample_rate, sr_out, x.shape[1],
+                          True)
+
+
+def _resampled(reads: Iterator[np.ndarray], block_in: int, block_out: int, sr_in: int,
+               sr_out: int, channels: int, mono: bool) -> Iterator[torch.Tensor]:
+    """Blocks of ``block_out`` frames at ``sr_out`` from reads of ``block_in`` frames at
+    ``sr_in``; a shorter read is the last."""
+    out_channels = 1 if mono else channels
+    stream = None
+    if sr_out != sr_in:
+        stream = soxr.ResampleStream(
+            sr_in, sr_out, out_channels, dtype="float32", quality=RESAMPLE_QUALITY
+        )
+    pending: list[np.ndarray] = []  # resampled (frames, out_channels) not yet yielded
+    n_pending = 0
+    for x in reads:
+        done = x.shape[0] < block_in
+        if mono:
+            x = x.mean(axis=1, keepdims=True, dtype=np.float32)
+        if stream is not None:
+            x = stream.resample_chunk(x, last=done)
+        if x.shape[0]:
+            pending.append(x)
+            n_pending += x.shape[0]
+        while n_pending >= block_out:
+            buf = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            yield _shape_out(buf[:block_out], mono)
+            rest = buf[block_out:]
+            pending, n_pending = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+        if done:
+            break
     if n_pending:
         yield _shape_out(np.concatenate(pending), mono)
 

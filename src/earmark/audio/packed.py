@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from earmark.errors import AudioError, HeaderError
+from earmark.errors import AudioError, HeaderError, TooLongError
 
 TAR_SUFFIXES = (".tar",)
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -200,8 +200,8 @@ def check_header(name: str, sample_rate: int, channels: int, frames: int | None 
     if frames is not None and frames < 0:
         raise HeaderError(name, f"negative length ({frames} frames) in the header")
     if frames is not None and max_seconds is not None and frames > max_seconds * sample_rate:
-        raise HeaderError(name, f"{frames / sample_rate:.1f} s of audio, longer than the "
-                                f"{max_seconds:g} s taken")
+        raise TooLongError(name, f"{frames / sample_rate:.1f} s of audio, longer than the "
+                                 f"{max_seconds:g} s taken")
 
 
 def decode_bytes(data: bytes, name: str, max_seconds: float | None = None

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from earmark.audio.io import RESAMPLE_QUALITY, check_samples
+from earmark.audio.io import check_samples, iter_array_blocks
 from earmark.audio.packed import decode_bytes
-from earmark.errors import AudioError, EarmarkError, HeaderError
+from earmark.errors import AudioError, EarmarkError, HeaderError, TooLongError
 from earmark.infer.detect import detect_steps
 from earmark.infer.stream import (
     DEFAULT_CHUNK_SECONDS,
@@ -50,8 +50,8 @@ from earmark.steps import Steps
 FORMATS = {"pcm_s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 CONFIG_KEYS = {"sample_rate", "format", "top_k", "threshold", "release"}
 MIN_CHUNK_SECONDS = 0.1  # no /v1/tag chunk is shorter, whatever the model
-RESAMPLE_BLOCK_SECONDS = 60.0
-SHUTDOWN_SECONDS = 3  # uvicorn's wait for connections once the work has been dropped  # an upload is mixed down and resampled this much at a time
+RESAMPLE_BLOCK_SECONDS = 60.0  # an upload is mixed down and resampled this much at a time
+SHUTDOWN_SECONDS = 3  # uvicorn's wait for connections once the work has been dropped
 TIME_LIMIT = "stream time limit reached (--max-stream-minutes)"
 # WebSocket close codes (RFC 6455, 7.4.1)
 NORMAL, GOING_AWAY, UNSUPPORTED, BAD_DATA, POLICY = 1000, 1001, 1003, 1007, 1008
@@ -209,15 +209,6 @@ class Guard:
     def __init__(self, app, options: ServeOptions, metrics: Metrics):
         self.app, self.options, self.metrics = app, options, metrics
 
-    def authorized(self, headers, query) -> bool:
-        if self.options.token is None:
-            return True
-        given = query.get("token") or ""
-        auth = headers.get("authorization") or ""
-        if auth[:7].lower() == "bearer ":
-            given = auth[7:].strip()
-        return hmac.compare_digest(given.encode(), self.options.token.encode())
-
     async def __call__(self, scope, receive, send):
         from fastapi.responses import JSONResponse
         from starlette.datastructures import Headers, QueryParams
@@ -233,8 +224,9 @@ class Guard:
             await send(message)
 
         try:
-            if path.startswith(GUARDED) and not self.authorized(
-                    Headers(scope=scope), QueryParams(scope.get("query_string", b""))):
+            if path.startswith(GUARDED) and not authorized(
+                    self.options, Headers(scope=scope),
+                    QueryParams(scope.get("query_string", b""))):
                 denied = JSONResponse({"detail": "missing or wrong bearer token"},
                                       status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await denied(scope, receive, sent)
@@ -337,7 +329,7 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket, model: str | None = None):
         try:
-            if not _authorized(options, ws.headers, ws.query_params):
+            if not authorized(options, ws.headers, ws.query_params):
                 raise ServeError(401, "missing or wrong bearer token")
             m = lookup(model)
             if hub.closing:
@@ -387,8 +379,16 @@ def create_app(models: dict[str, Tagger], options: ServeOptions | None = None,
 GUARDED = ("/v1/", "/metrics")  # paths that need the token, when there is one
 
 
-def _authorized(options: ServeOptions, headers, query) -> bool:
-    return Guard(None, options, None).authorized(headers, query)
+def authorized(options: ServeOptions, headers, query) -> bool:
+    """Whether a request carries the server's token (``Authorization: Bearer TOKEN`` or
+    ``?token=``); always, when the server has none."""
+    if options.token is None:
+        return True
+    given = query.get("token") or ""
+    auth = headers.get("authorization") or ""
+    if auth[:7].lower() == "bearer ":
+        given = auth[7:].strip()
+    return hmac.compare_digest(given.encode(), options.token.encode())
 
 
 def _check_stream_slot(hub: StreamHub, options: ServeOptions) -> None:
@@ -513,9 +513,10 @@ def _upload_steps(m: ServedModel, data: bytes, name: str, options: ServeOptions,
     tagger = m.tagger
     try:
         x, sr = decode_bytes(data, name, max_seconds=options.max_upload_minutes * 60.0)
+    except TooLongError as err:
+        raise ServeError(422, f"{err} (--max-upload-minutes)") from None
     except HeaderError as err:
-        limit = " (--max-upload-minutes)" if "taken" in err.reason else ""
-        raise ServeError(422, f"{err}{limit}") from None
+        raise ServeError(422, str(err)) from None
     except AudioError as err:
         raise ServeError(415, str(err)) from None
     del data
@@ -549,20 +550,12 @@ def _upload_steps(m: ServedModel, data: bytes, name: str, options: ServeOptions,
 
 def _waveform_steps(x: np.ndarray, sr: int, rate: int) -> Steps[torch.Tensor]:
     """Decoded samples (frames, channels) -> mono float32 (N,) at ``rate``, as
-    :meth:`Tagger.waveform` makes it (the same samples: soxr's stream gives its one-shot
-    result), ``RESAMPLE_BLOCK_SECONDS`` at a time."""
-    import soxr
-
-    step = int(RESAMPLE_BLOCK_SECONDS * sr)
-    resampler = None if sr == rate else soxr.ResampleStream(sr, rate, 1, dtype="float32",
-                                                            quality=RESAMPLE_QUALITY)
-    pieces = []
-    for i in range(0, x.shape[0], step):
-        mono = x[i:i + step].mean(axis=1, dtype=np.float32)
-        last = i + step >= x.shape[0]
-        pieces.append(mono if resampler is None else resampler.resample_chunk(mono, last=last))
+    :meth:`Tagger.waveform` makes it, ``RESAMPLE_BLOCK_SECONDS`` at a time."""
+    blocks = []
+    for block in iter_array_blocks(x, sr, RESAMPLE_BLOCK_SECONDS, rate):
+        blocks.append(block)
         yield
-    return torch.from_numpy(np.concatenate(pieces))
+    return torch.cat(blocks)
 
 
 def _labels(pairs) -> list[dict]:
