@@ -253,3 +253,30 @@ def test_a_preset_with_changes_and_a_model_saves_it_in_full(tmp_path):
     assert loaded.model.frontend.config.normalize == "mean"
     wave = torch.randn(1, 16000)
     torch.testing.assert_close(loaded.model(wave), model(wave))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_front_end_in_pieces_equals_the_whole(name):
+    """What a server computes between other work: the STFT and mel bands a block of frames
+    at a time, the log over the whole (its top_db floor is per clip)."""
+    from earmark.steps import finish
+
+    fe = front_end(name)
+    wave = torch.from_numpy(_signal(6.3, fe.sample_rate).astype(np.float32)).repeat(2, 1)
+    steps = fe.steps(wave, block_frames=97)
+    pieces = 0
+    while True:
+        try:
+            next(steps)
+            pieces += 1
+        except StopIteration as done:
+            got = done.value
+            break
+    if PRESETS[name].resize is None:  # a resized spectrogram is one piece: resizing looks at all
+        assert pieces == -(-fe.num_frames(wave.shape[-1]) // 97)
+    torch.testing.assert_close(got, fe(wave), atol=0, rtol=0)
+    whole = fe.steps(wave, block_frames=10**6)  # fewer frames than a block: one piece
+    next(whole)
+    with pytest.raises(StopIteration):
+        next(whole)
+    torch.testing.assert_close(finish(fe.steps(wave, block_frames=10**6)), fe(wave))

@@ -100,3 +100,27 @@ def test_bad_input_names_the_file(model_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="neither a model directory"):
         earmark.load(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("name, kw", [("sat-tiny", {"chunk_seconds": 2.0, "depth": 1}),
+                                      ("vit-tiny", {"clip_seconds": 2.0, "depth": 1}),
+                                      ("htsat-tiny", {})])
+def test_score_steps_give_the_scores_in_bounded_pieces(name, kw):
+    """A server scores other work between these pieces: a long wave must come in many, and
+    give the scores Tagger.scores gives."""
+    from earmark.infer.tagger import Tagger
+
+    torch.manual_seed(0)
+    model = earmark.create_model(name, 3, **kw).eval()
+    tagger = Tagger(model, {"labels": ["a", "b", "c"]})
+    wave = torch.from_numpy(noise(33.3, sr=model.sample_rate)).float()
+    steps, pieces = tagger.score_steps(wave), 0
+    while True:
+        try:
+            next(steps)
+            pieces += 1
+        except StopIteration as done:
+            got = done.value
+            break
+    assert pieces >= 4
+    torch.testing.assert_close(got, tagger.scores(wave), atol=1e-6, rtol=0)

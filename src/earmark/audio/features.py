@@ -13,6 +13,7 @@ mel filter bank as buffers. The STFT is ``torch.stft``; the filter banks come fr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from earmark.steps import Steps
 
 __all__ = [
     "PRESETS",
@@ -257,13 +260,54 @@ def spectrogram(
         x, n_fft=n_fft, hop_length=hop_length, win_length=win_length, window=window,
         center=center, pad_mode=pad_mode, normalized=False, onesided=True, return_complex=True,
     )  # (B, freq, frames)
+    return _power(spec, power).reshape(*shape[:-1], *spec.shape[-2:])
+
+
+def _power(spec: torch.Tensor, power: float) -> torch.Tensor:
     if power == 2.0:
-        spec = spec.real.square() + spec.imag.square()
-    elif power == 1.0:
-        spec = spec.abs()
-    else:
-        spec = spec.abs().pow(power)
-    return spec.reshape(*shape[:-1], *spec.shape[-2:])
+        return spec.real.square() + spec.imag.square()
+    if power == 1.0:
+        return spec.abs()
+    return spec.abs().pow(power)
+
+
+def spectrogram_blocks(
+    wave: torch.Tensor,
+    window: torch.Tensor,
+    n_fft: int,
+    hop_length: int,
+    center: bool = True,
+    pad_mode: str = "reflect",
+    power: float = 2.0,
+    block_frames: int = 1000,
+) -> Iterator[torch.Tensor]:
+    """:func:`spectrogram` ``block_frames`` frames at a time, for a wave long enough to have
+    more than one block: the signal is padded once as :func:`spectrogram` pads it, and each
+    block's frames are the same samples through the same FFT, so the blocks joined along
+    time equal the whole.
+
+        >>> w, win = torch.randn(48000), torch.hann_window(400)
+        >>> whole = spectrogram(w, win, 512, 160)
+        >>> torch.allclose(torch.cat(list(spectrogram_blocks(w, win, 512, 160,
+        ...                                                  block_frames=100)), -1), whole)
+        True
+    """
+    win_length = window.shape[-1]
+    shape = wave.shape
+    x = wave.reshape(-1, shape[-1])
+    total = _stft_frames(shape[-1], n_fft, win_length, hop_length, center)
+    if center:  # as torch.stft pads
+        x = F.pad(x.unsqueeze(1), (n_fft // 2, n_fft // 2), mode=pad_mode).squeeze(1)
+    else:  # as spectrogram pads
+        x = F.pad(x, (0, n_fft - (n_fft - win_length) // 2 - win_length))
+    for t0 in range(0, total, block_frames):
+        t1 = min(total, t0 + block_frames)
+        spec = torch.stft(
+            x[:, t0 * hop_length:(t1 - 1) * hop_length + n_fft], n_fft=n_fft,
+            hop_length=hop_length, win_length=win_length, window=window, center=False,
+            normalized=False, onesided=True, return_complex=True,
+        )  # (B, freq, t1 - t0)
+        yield _power(spec, power).reshape(*shape[:-1], *spec.shape[-2:])
 
 
 def amplitude_to_db(
@@ -364,13 +408,46 @@ class FrontEnd(nn.Module):
         with torch.autocast(wave.device.type, enabled=False):
             x = spectrogram(wave, self.window.float(), c.n_fft, c.hop_length, c.center,
                             c.pad_mode, c.power)  # (..., freq, frames)
-            if self.mel_fb is not None:
-                x = torch.matmul(self.mel_fb.float(), x)  # (..., mel, frames)
-            x = compress(x, c)
-            if c.normalize is not None:
-                x = normalize_per_clip(x, c.normalize)
-            if c.resize is not None:
-                x = resize_spectrogram(x, c.resize)
+            return self._finish(self._mel(x))
+
+    def steps(self, wave: torch.Tensor, block_frames: int = 1000) -> Steps[torch.Tensor]:
+        """:meth:`forward` as a series of bounded pieces (see :mod:`earmark.steps`): the STFT
+        and mel bands ``block_frames`` frames at a time (:func:`spectrogram_blocks`), then
+        the log, normalisation and resizing, which look at the whole, in one piece. Equal to
+        :meth:`forward` up to float rounding."""
+        c = self.config
+        wave = wave.to(torch.float32)
+        if self.num_frames(wave.shape[-1]) <= block_frames or c.resize is not None:
+            x = self(wave)
+            yield
+            return x
+        blocks = spectrogram_blocks(wave, self.window.float(), c.n_fft, c.hop_length, c.center,
+                                    c.pad_mode, c.power, block_frames)
+        parts = []
+        while True:  # float32 piece by piece: autocast is never left off while others run
+            with torch.autocast(wave.device.type, enabled=False):
+                part = next(blocks, None)
+                if part is not None:
+                    parts.append(self._mel(part))
+            if part is None:
+                break
+            yield
+        with torch.autocast(wave.device.type, enabled=False):
+            return self._finish(torch.cat(parts, -1))
+
+    def _mel(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., freq, frames) power -> (..., mel, frames); as is without a filter bank."""
+        return x if self.mel_fb is None else torch.matmul(self.mel_fb.float(), x)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The steps that look at a whole spectrogram: log (its top_db floor is per clip),
+        per-clip normalisation, resizing."""
+        c = self.config
+        x = compress(x, c)
+        if c.normalize is not None:
+            x = normalize_per_clip(x, c.normalize)
+        if c.resize is not None:
+            x = resize_spectrogram(x, c.resize)
         return x
 
     def extra_repr(self) -> str:

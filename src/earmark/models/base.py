@@ -51,7 +51,8 @@ class AudioModel(nn.Module):
         """:meth:`forward` (in evaluation) as a series of bounded model calls that yields
         after each (see :mod:`earmark.steps`), so that a server can score other work between
         the pieces of a long input. The logits equal :meth:`forward`'s up to float rounding."""
-        return (yield from self.spectrogram_steps(self.frontend(wave)))
+        spec = yield from self.frontend.steps(wave)
+        return (yield from self.spectrogram_steps(spec))
 
     def spectrogram_steps(self, spec: torch.Tensor) -> Steps[torch.Tensor]:
         """:meth:`forward_spectrogram` in pieces; families that split long inputs (ViT, SAT)
