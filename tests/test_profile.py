@@ -163,9 +163,11 @@ def test_profile_lists_where_the_time_goes_by_operator(capsys):
     from earmark.profile import format_profile, profile_model
 
     model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
-    result = profile_model(model, seconds=0.5, repeats=2, threads=1, operators=4)
+    # a model this small spends about as long in its patch convolution, FFT, bmm and GELU as
+    # in its linear layers: which come first in the top 4 varies from run to run
+    result = profile_model(model, seconds=0.5, repeats=2, threads=1, operators=12)
     ops = result["operators"]
-    assert 0 < len(ops) <= 4
+    assert 0 < len(ops) <= 12
     assert [o["self_ms"] for o in ops] == sorted((o["self_ms"] for o in ops), reverse=True)
     assert 0 < sum(o["share"] for o in ops) <= 1 + 1e-9
     assert any("addmm" in o["name"] or "linear" in o["name"] for o in ops)
