@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from earmark.audio.clips import load_segment
 from earmark.cli import main
-from earmark.data.dataset import load_segment
 from earmark.data.manifest import Item, Manifest
 from earmark.data.shards import read_shard, write_shards
 from earmark.errors import DataError

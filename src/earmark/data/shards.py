@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from earmark.audio.clips import load_segment
 from earmark.audio.packed import (
     decode_bytes,
     fetch,
@@ -48,7 +49,6 @@ from earmark.audio.packed import (
     shard_record,
     split_member_name,
 )
-from earmark.data.dataset import load_segment
 from earmark.data.events import Event
 from earmark.data.manifest import Item, Manifest
 from earmark.errors import AudioError, DataError

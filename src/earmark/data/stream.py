@@ -44,6 +44,7 @@ import numpy as np
 import soxr
 import torch
 
+from earmark.audio.clips import FIT_MODES, fit_length
 from earmark.audio.io import RESAMPLE_QUALITY, check_samples
 from earmark.audio.packed import (
     decode_bytes,
@@ -53,7 +54,6 @@ from earmark.audio.packed import (
     member_path,
     split_member_name,
 )
-from earmark.data.dataset import FIT_MODES, fit_length
 from earmark.data.manifest import Manifest
 from earmark.data.sampler import balanced_weights, world
 from earmark.data.scores import grid, read_sidecar, sidecar

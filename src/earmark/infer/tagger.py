@@ -105,7 +105,7 @@ class Tagger:
         fit = getattr(self.model, "fit", None)
         n = int(round(self.model.clip_seconds * self.sample_rate))
         if fit and wave.shape[-1] < n:
-            from earmark.data.dataset import fit_length
+            from earmark.audio.clips import fit_length
 
             wave = fit_length(wave, n, fit)
         shortest = getattr(self.model, "min_samples", 0)  # e.g. one patch of frames

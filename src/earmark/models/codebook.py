@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from earmark.data.dataset import fit_length, load_segment
+from earmark.audio.clips import fit_length, load_segment
 from earmark.models.base import AudioModel
 from earmark.models.registry import register_model
 

@@ -140,8 +140,8 @@ def store_teacher_scores(teacher: str | Path, location: str, crop_seconds: float
     Returns the ``psl.json`` contents."""
     from tqdm.auto import tqdm
 
+    from earmark.audio.clips import fit_length
     from earmark.audio.packed import is_url
-    from earmark.data.dataset import fit_length
     from earmark.data.scores import INFO, crop_starts, grid, sidecar, write_sidecar
     from earmark.data.shards import read_shard, shard_paths
     from earmark.files import write_json
