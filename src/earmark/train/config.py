@@ -52,6 +52,35 @@ def option(default=MISSING, help: str = "", group: str = "training", *, factory=
     return field(default=default, metadata=meta)
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of the :class:`TrainConfig` field ``name``: its ``flag``, else
+    its name with dashes.
+
+        >>> option_flag("rir_dir"), option_flag("epochs"), option_flag("model_args")
+        ('--rir', '--epochs', '--model-arg')
+    """
+    meta = {f.name: f.metadata for f in fields(TrainConfig)}[name]
+    return meta["flag"] or "--" + name.replace("_", "-")
+
+
+def option_flags() -> dict[str, str]:
+    """Every flag that sets a :class:`TrainConfig` field -> the field: the ``--no-`` form of a
+    switch too.
+
+        >>> flags = option_flags()
+        >>> flags["--rir"], flags["--no-cache"], flags["--model-arg"]
+        ('rir_dir', 'cache', 'model_args')
+    """
+    out = {}
+    for f in fields(TrainConfig):
+        if f.metadata.get("cli") or f.metadata.get("flag"):
+            flag = option_flag(f.name)
+            out[flag] = f.name
+            if str(f.type).replace(" | None", "") == "bool":
+                out["--no-" + flag[2:]] = f.name
+    return out
+
+
 def _pair(low: float, high: float):
     return lambda: [low, high]
 
@@ -61,7 +90,7 @@ class TrainConfig:
     data: str = option(help="data SPEC, e.g. fsdd:DIR, esc50:DIR, synth:DIR", required=True)
     out: str = option("runs/run", "run directory to create", required=True)
     model: str = option("vit-tiny", "registry name (earmark profile --list)")
-    model_args: dict = option(factory=dict, cli=False)  # overrides for create_model (--model-arg)
+    model_args: dict = option(factory=dict, cli=False, flag="--model-arg")  # create_model's
     epochs: int = option(30, "training epochs")
     batch_size: int = option(32, "clips per step")
     lr: float = option(5e-4, "peak learning rate (AdamW)")
