@@ -174,10 +174,11 @@ def test_cv_group_options_give_clear_errors(trained, capsys, tmp_path):
     assert not (tmp_path / "cv").exists()  # nothing trained
 
 
-def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, tmp_path):
-    from earmark.cli import _select_split
+def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, tmp_path,
+                                                                monkeypatch):
+    import earmark.data.splits as splits
     from earmark.data.sources import from_spec
-    from earmark.data.splits import split_manifest
+    from earmark.data.splits import select_split, split_manifest
 
     def clips(*options):
         assert main(["eval", str(trained / "run"), "--json", "--no-progress", *options]) == 0
@@ -197,29 +198,24 @@ def test_eval_picks_the_items_the_run_trained_and_validated_on(trained, capsys, 
     assert saved["provenance"]["seed"] == 0
     for seed in (0, 7):
         expected = split_manifest(m, None, seed)[1]
-        assert _select_split(m, "valid", seed=seed).items == expected.items
-    assert _select_split(m, "valid", seed=0).items != _select_split(m, "valid", seed=7).items
+        assert select_split(m, "valid", seed=seed).items == expected.items
+    assert select_split(m, "valid", seed=0).items != select_split(m, "valid", seed=7).items
     assert clips("--data", spec, "--split", "valid") == len(split_manifest(m, None, 0)[1])
     assert clips("--data", spec, "--split", "train", "--seed", "7") == \
         len(split_manifest(m, None, 7)[0])
     # the seed eval uses by default is the one the model directory records from training
     import shutil
 
-    import earmark.cli as cli
-
     run7 = tmp_path / "run7"
     shutil.copytree(trained / "run" / "model", run7)
     saved["provenance"]["seed"] = 7
     (run7 / "config.json").write_text(json.dumps(saved))
     used = []
-    real = cli._select_split
-    cli._select_split = lambda *a: used.append(a[-1]) or real(*a)
-    try:
-        assert main(["eval", str(run7), "--data", spec, "--split", "valid", "--no-progress"]) == 0
-        assert main(["eval", str(run7), "--data", spec, "--split", "valid", "--seed", "3",
-                     "--no-progress"]) == 0
-    finally:
-        cli._select_split = real
+    monkeypatch.setattr(splits, "select_split",
+                        lambda *a: used.append(a[-1]) or select_split(*a))
+    assert main(["eval", str(run7), "--data", spec, "--split", "valid", "--no-progress"]) == 0
+    assert main(["eval", str(run7), "--data", spec, "--split", "valid", "--seed", "3",
+                 "--no-progress"]) == 0
     assert used == [7, 3]
 
 
@@ -289,23 +285,23 @@ def test_tag_per_chunk_writes_rows_as_it_goes_and_keeps_nothing_per_chunk(
     import numpy as np
     import soundfile as sf
 
-    import earmark.cli as cli
     import earmark.infer.stream as stream
+    from earmark.infer.writers import TagWriter
 
     produced, written_at = [0], []  # chunks scored so far; that count at each write
-    scores, write = stream.iter_chunk_scores, cli.TagWriter._print
+    scores, write = stream.iter_chunk_scores, TagWriter._write
 
     def counting(*args, **kw):
         for c in scores(*args, **kw):
             produced[0] += 1
             yield c
 
-    def recording(text, end="\n"):
+    def recording(self, text, end="\n"):
         written_at.append(produced[0])
-        write(text, end)
+        write(self, text, end)
 
     monkeypatch.setattr(stream, "iter_chunk_scores", counting)
-    monkeypatch.setattr(cli.TagWriter, "_print", staticmethod(recording))
+    monkeypatch.setattr(TagWriter, "_write", recording)
     model = str(trained / "run" / "model")
     rng = np.random.default_rng(0)
     peaks = {}
@@ -335,8 +331,10 @@ def test_progress_bars_only_on_a_terminal_or_when_asked(trained, capsys):
     assert "tag:" not in capsys.readouterr().err
     assert main(["tag", model, *clips, "--progress"]) == 0
     assert "tag: 100%" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as err:
         main(["tag", model, *clips, "--progress", "--no-progress"])
+    assert err.value.code == 2
+    assert "--no-progress: not allowed with argument --progress" in capsys.readouterr().err
 
 
 def test_every_subcommand_and_option_explains_itself():
@@ -379,6 +377,7 @@ def test_model_commands_take_threads_and_stream_defaults_to_one(trained, monkeyp
     import torch
 
     import earmark.cli as cli
+    from earmark.cli.use import cmd_tag
 
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices
@@ -390,7 +389,7 @@ def test_model_commands_take_threads_and_stream_defaults_to_one(trained, monkeyp
 
     def spy(a):
         seen.append(torch.get_num_threads())
-        return cli.cmd_tag(a)
+        return cmd_tag(a)
 
     commands["tag"].set_defaults(fn=spy)
     monkeypatch.setattr(cli, "build_parser", lambda: parser)

@@ -525,3 +525,11 @@ def _compare(what: str, ref: torch.Tensor, got: np.ndarray, atol: float) -> floa
     return diff
 
 
+
+
+def calibration_clips(tagger, manifest, limit: int = 64) -> list[torch.Tensor]:
+    """Clips to compare an int8 file's scores with float ones on (``clips`` of
+    :func:`export_onnx`): the first ``limit`` items of the test split of ``manifest`` (every
+    item where it has none), each read and fitted to the model's input length."""
+    items = manifest.split_or_all("test").items[:limit]
+    return [tagger.fit_wave(tagger.waveform(it.path)) for it in items]

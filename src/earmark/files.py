@@ -310,3 +310,23 @@ def dataclass_schema(cls: type) -> tuple[dict[str, Any], set[str]]:
                 if f.default is not dataclasses.MISSING
                 or f.default_factory is not dataclasses.MISSING}
     return {f.name: hints[f.name] for f in fields}, optional
+
+
+def display_names(paths: list) -> list[str]:
+    """Names of files in a table (an events TSV, a timeline): their paths relative to the
+    folder that holds them all, so ``a/x.wav`` and ``b/x.wav`` stay apart and the files of
+    one folder are their base names.
+
+        >>> display_names(["/data/a/x.wav", "/data/b/x.wav"])
+        ['a/x.wav', 'b/x.wav']
+        >>> display_names(["/data/a/x.wav", "/data/a/y.wav"])
+        ['x.wav', 'y.wav']
+    """
+    if not paths:
+        return []
+    absolute = [os.path.abspath(p) for p in paths]
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for p in absolute])
+    except ValueError:  # different drives
+        return [str(p) for p in paths]
+    return [os.path.relpath(p, root) for p in absolute]

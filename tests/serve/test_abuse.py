@@ -331,7 +331,7 @@ def test_with_a_token_health_says_only_ok_and_the_docs_are_not_public(make_clien
 
 
 def test_the_command_lines_limits_are_serve_options_defaults():
-    from earmark.cli import SERVE_LIMITS
+    from earmark.cli.use import SERVE_LIMITS
 
     options = serve_app.ServeOptions()
     assert {k: getattr(options, k) for k in SERVE_LIMITS} == {

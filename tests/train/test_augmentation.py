@@ -118,7 +118,7 @@ def no_training(monkeypatch) -> dict:
     return seen
 
 
-def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monkeypatch):
+def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monkeypatch, capsys):
     seen = no_training(monkeypatch)
     args = ["train", "--data", "synth:x", "--out", str(tmp_path / "r")]
     assert main(args + ["--speed", "0.4", "--speed-range", "0.9,1.1", "--noise", "1",
@@ -134,12 +134,16 @@ def test_train_options_and_the_robust_recipe_on_the_command_line(tmp_path, monke
     assert cfg.noise == 0.0 and cfg.rir_dir == str(tmp_path)
     assert all(getattr(cfg, k) == ROBUST[k] for k in ACOUSTIC if k != "noise")
     # abbreviations are refused rather than guessed
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as err:
         main(args + ["--epoch", "5"])
-    with pytest.raises(SystemExit):
+    assert err.value.code == 2 and "unrecognized arguments: --epoch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
         main(args + ["--speed-range", "1.2"])
-    with pytest.raises(SystemExit):
+    assert err.value.code == 2
+    assert "expected LOW,HIGH, got '1.2'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
         main(args + ["--speed-range", "1.2,0.9"])
+    assert err.value.code == 2 and "speed_range" in capsys.readouterr().err
 
 
 def test_recipe_yields_to_the_options_the_command_line_set(tmp_path, monkeypatch):
@@ -158,12 +162,13 @@ def test_recipe_yields_to_the_options_the_command_line_set(tmp_path, monkeypatch
 def test_every_train_setting_is_an_option_with_the_configs_default():
     from dataclasses import fields
 
-    from earmark.cli import _train_config, build_parser
+    from earmark.cli import build_parser
+    from earmark.cli.training import train_config
 
     # (progress bars: on a terminal by default, so asked for here as the config's default)
     a = build_parser().parse_args(["train", "--data", "synth:x", "--out", "r", "--progress"])
     a.argv = []
-    cfg = _train_config(a)
+    cfg = train_config(a)
     assert cfg == TrainConfig(data="synth:x", out="r")  # every default as the dataclass's
     ours = {f.name for f in fields(TrainConfig) if f.metadata.get("cli")}
     assert ours >= {"speed", "rir_dir", "cache_hours", "stage", "feature_views"}
@@ -174,6 +179,6 @@ def test_every_train_setting_is_an_option_with_the_configs_default():
                                    "0.5", "--no-balanced", "--rir", "rooms", "--vtlp-range",
                                    "0.8,1.2", "--stage", "mae", "--decoder-depth", "2"])
     a.argv = []
-    cfg = _train_config(a)
+    cfg = train_config(a)
     assert (cfg.cache_hours, cfg.balanced, cfg.rir_dir, cfg.vtlp_range, cfg.stage,
             cfg.decoder_depth) == (0.5, False, "rooms", [0.8, 1.2], "mae", 2)

@@ -76,16 +76,14 @@ def test_resume_names_the_settings_it_ignores():
 
 
 def test_resume_names_a_typed_model_arg_by_its_option():
-    from earmark.cli import _typed_train_fields, build_parser
+    from earmark.cli.training import typed_fields
 
     argv = ["train", "--data", "x", "--out", "r", "--model-arg", "depth=2", "--no-progress",
             "--resume"]
-    a = build_parser().parse_args(argv)
-    a.argv = argv
-    assert _typed_train_fields(a) == {"data", "out", "model_args", "progress", "resume"}
+    assert typed_fields(argv) == {"data", "out", "model_args", "progress"}
     saved = TrainConfig(data="x", out="r", model="vit-tiny", model_args={"depth": 1})
     given = TrainConfig(data="x", out="r", model="vit-tiny", model_args={"depth": 2})
-    assert resume_differences(saved, given, _typed_train_fields(a)) == [
+    assert resume_differences(saved, given, typed_fields(argv)) == [
         "--model-arg {'depth': 2} (the run has {'depth': 1})"]
 
 

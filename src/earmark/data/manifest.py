@@ -55,6 +55,13 @@ class Manifest:
     def split(self, name: str) -> Manifest:
         return self.subset(lambda it: it.split == name)
 
+    def split_or_all(self, name: str) -> Manifest:
+        """The items of split ``name``, or every item where that split is empty: the clips a
+        tool tunes or calibrates on (``valid`` or ``test``) when the data set has no such
+        split."""
+        part = self.split(name)
+        return part if len(part) else self
+
     def split_sizes(self) -> dict[str, int]:
         """Items per split, in the order of ``SPLITS``: ``{"train": 40, "valid": 5, "test": 5}``."""
         return {name: sum(it.split == name for it in self.items) for name in SPLITS}

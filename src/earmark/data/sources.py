@@ -61,3 +61,35 @@ def from_spec(spec: str) -> Manifest:
     if not Path(location).exists() and "{" not in location:  # braces: a pattern of shards
         raise DataError(location, "does not exist")
     return SOURCES[kind](location)
+
+
+def audio_inputs(inputs: list[str], errors: list | None = None) -> list:
+    """The audio that a list of command-line inputs names, in the order given: files, folders
+    (searched recursively), clips in packs or shards (``PACK#KEY``) and data SPECs
+    (``shards:DIR``, ``hdf5:pack.h5``: every clip of the set).
+
+    Paths that cannot be read and folders without audio are appended to ``errors`` as
+    :class:`~earmark.errors.AudioError` (raised at once without ``errors``), so a batch goes
+    on with the rest; a SPEC that cannot be read raises :class:`DataError`.
+
+        >>> import tempfile, numpy as np, soundfile as sf
+        >>> root = Path(tempfile.mkdtemp())
+        >>> sf.write(root / "a.wav", np.zeros(800), 8000)
+        >>> problems = []
+        >>> [Path(p).name for p in audio_inputs([str(root), str(root / "gone.wav")], problems)]
+        ['a.wav']
+        >>> len(problems)
+        1
+    """
+    from earmark.audio.io import find_audio_files
+    from earmark.audio.packed import member_of
+
+    files: list = []
+    for text in inputs:
+        if member_of(text) is not None:
+            files.append(text)
+        elif text.partition(":")[0] in sources() and not Path(text).exists():
+            files += [it.path for it in from_spec(text).items]
+        else:
+            files += find_audio_files([text], errors=errors)
+    return files

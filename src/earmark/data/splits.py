@@ -46,3 +46,43 @@ def group_split(manifest: Manifest, groups: str | tuple[str, ...], seed: int = 0
     rest, test = manifest.for_group(groups)
     train, valid = carve_validation(rest, seed)
     return train, valid, test
+
+
+def select_split(manifest: Manifest, split: str, fold: int | None = None,
+                 group: str | None = None, seed: int = 0) -> Manifest:
+    """The items ``earmark eval --split`` (and ``--fold``, ``--group``) name, as training
+    divides them: with a fold, ``train`` is every other fold and ``valid`` and ``test`` the
+    fold itself; without one, the validation items a run with ``seed`` set aside. ``all`` is
+    every item.
+
+    A manifest file without a split column has no test split: ``test`` is then every item.
+    An empty split is a :class:`DataError` naming the sizes of the others.
+
+        >>> from earmark.data.manifest import Item
+        >>> m = Manifest([Item(f"{i}.wav", ("a",), split="train", group=f"g{i % 2}")
+        ...               for i in range(20)], ["a"], name="toy")
+        >>> len(select_split(m, "train")), len(select_split(m, "valid"))
+        (18, 2)
+        >>> len(select_split(m, "all", group="g1"))
+        10
+        >>> select_split(m, "test")
+        Traceback (most recent call last):
+        earmark.errors.DataError: toy: split 'test' is empty (train: 20, valid: 0)
+    """
+    if group is not None:
+        manifest.require_groups([group])
+    if split == "all":
+        part = manifest
+    elif fold is not None:
+        part = manifest.for_fold(fold)[0 if split == "train" else 1]
+    elif split == "test" and not manifest.has_splits:
+        part = manifest
+    else:
+        if split == "test":
+            manifest.require_split("test")
+        part = dict(zip(("train", "valid", "test"), split_manifest(manifest, None, seed)))[split]
+    if group is not None:
+        part = part.subset(lambda it: it.group == group)
+        if not len(part):
+            raise DataError(manifest.name, f"group {group!r} has no items in split {split!r}")
+    return part
