@@ -1,9 +1,13 @@
 """earmark: efficient audio tagging.
 
     >>> import earmark
-    >>> model = earmark.create_model("vit-tiny", num_classes=10)
-    >>> tagger = earmark.load("runs/fsdd/model")          # doctest: +SKIP
-    >>> tagger.tag("dog.wav", top_k=3)                     # doctest: +SKIP
+    >>> model = earmark.create_model("vit-tiny", num_classes=3, depth=1)
+    >>> tagger = earmark.Tagger(model.eval(), {"labels": ["bark", "rain", "siren"]})
+    >>> sorted(label for label, score in tagger.tag("dog.wav", top_k=3))
+    ['bark', 'rain', 'siren']
+
+A trained model is a folder that ``earmark train`` writes (``runs/fsdd/model``); load it with
+``earmark.load("runs/fsdd/model")``.
 """
 
 from __future__ import annotations

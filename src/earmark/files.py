@@ -154,8 +154,19 @@ def atomic_path(path: str | Path, sync: bool = True) -> Iterator[Path]:
     """A temporary path to write ``path``'s new content to; renamed over ``path`` (after an
     fsync unless ``sync=False``) when the block ends, removed when it raises.
 
-    >>> with atomic_path("model.onnx") as tmp:  # doctest: +SKIP
-    ...     onnx.save_model(proto, str(tmp))
+    >>> with atomic_path("model.bin") as tmp:
+    ...     _ = tmp.write_bytes(b"weights")
+    >>> Path("model.bin").read_bytes()
+    b'weights'
+    >>> with atomic_path("model.bin") as tmp:
+    ...     _ = tmp.write_bytes(b"half a")
+    ...     raise OSError("disk full")
+    Traceback (most recent call last):
+    OSError: disk full
+    >>> Path("model.bin").read_bytes()  # the old content, and no temporary file beside it
+    b'weights'
+    >>> [p.name for p in Path(".").glob("*model.bin*")]
+    ['model.bin']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +186,10 @@ def atomic_path(path: str | Path, sync: bool = True) -> Iterator[Path]:
 def atomic_write(path: str | Path, mode: str = "w", **open_args) -> Iterator[IO]:
     """``open(path, mode)`` that replaces ``path`` only when the block ends without error.
 
-    >>> with atomic_write("labels.csv", newline="") as f:  # doctest: +SKIP
-    ...     f.write("index,mid,display_name\\n")
+    >>> with atomic_write("labels.csv", newline="") as f:
+    ...     _ = f.write("index,mid,display_name\\n")
+    >>> Path("labels.csv").read_text()
+    'index,mid,display_name\\n'
     """
     if "w" not in mode:
         raise ValueError(f"atomic_write writes a new file; mode {mode!r} has no 'w'")
@@ -198,8 +211,10 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically.
 
-    >>> write_json("metrics.json", {"accuracy": 0.99})  # doctest: +SKIP
+    >>> write_json("metrics.json", {"accuracy": 0.99})
     PosixPath('metrics.json')
+    >>> json.loads(Path("metrics.json").read_text())
+    {'accuracy': 0.99}
     """
     return write_text(path, json.dumps(data, indent=2) + "\n")
 

@@ -68,7 +68,7 @@ def load_segment(path: str, sample_rate: int, onset: float | None = None,
     Without onset and offset this is :func:`earmark.audio.io.load_audio`; with them only the
     segment is decoded, so a short event in an hour-long file costs a short read.
 
-    >>> load_segment("street.flac", 16000, onset=61.5, offset=63.0).shape  # doctest: +SKIP
+    >>> load_segment("street.flac", 16000, onset=61.5, offset=63.0).shape
     torch.Size([24000])
     """
     if onset is None and offset is None:

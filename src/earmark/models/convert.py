@@ -3,6 +3,19 @@
     >>> import earmark
     >>> earmark.convert("htsat-official", "HTSAT_AudioSet_Saved_1.ckpt", "models/htsat-audioset")
     ... # doctest: +SKIP
+    PosixPath('models/htsat-audioset')
+
+A file in the layout of the SAT repository's audio transformers converts the same way (here
+one made on the spot, of the ViT-T width and one block, with three classes):
+
+    >>> import torch
+    >>> torch.save({"model": earmark.create_model("vit-tiny", 3, depth=1).state_dict()},
+    ...            "audiotransformer_tiny.pt")
+    >>> earmark.convert("vit-official", "audiotransformer_tiny.pt", "models/vit",
+    ...                 labels=["dog", "rain", "siren"])
+    PosixPath('models/vit')
+    >>> earmark.load("models/vit").labels
+    ['dog', 'rain', 'siren']
 
 Each converter maps the foreign state dict onto an earmark model key by key, names exactly
 which foreign keys it drops and why, and refuses a checkpoint with any other missing or
