@@ -108,9 +108,26 @@ def candidate_names(ytid: str, start: str, end: str) -> list[str]:
 def load(csv_file: str) -> Manifest:
     """A multi-label manifest of the segments in ``csv_file`` that have a local audio file.
 
-    >>> m = load("audioset/balanced_train_segments.csv")  # doctest: +SKIP
-    >>> len(m.labels), m.meta["missing"]  # doctest: +SKIP
-    (527, 1210)
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / CLASS_INDEX).write_text("index,mid,display_name\\n"
+    ...                                     "0,/m/09x0r,Speech\\n1,/m/05tny_,Bark\\n")
+    >>> _ = (root / "balanced_train_segments.csv").write_text(
+    ...     "# YTID, start_seconds, end_seconds, positive_labels\\n"
+    ...     '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/m/05tny_"\\n'
+    ...     '--ZhevVpy1s, 50.000, 60.000, "/m/09x0r"\\n')
+    >>> (root / "audio").mkdir()
+    >>> (root / "audio" / "Y--PJHxphWEs_30.000_40.000.wav").touch()  # only the first was fetched
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     m = load(str(root / "balanced_train_segments.csv"))
+    >>> print(caught[0].message)  # doctest: +ELLIPSIS
+    /...: 1 of 2 segments have no local audio file and are skipped (e.g. --ZhevVpy1s)
+    >>> m.labels, m.meta["missing"]
+    (['Speech', 'Bark'], 1)
+    >>> Path(m.items[0].path).name, m.items[0].labels, m.items[0].split
+    ('Y--PJHxphWEs_30.000_40.000.wav', ('Speech', 'Bark'), 'train')
     """
     csv_path = Path(csv_file)
     if not csv_path.is_file():

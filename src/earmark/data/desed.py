@@ -92,10 +92,23 @@ def _float(text: str, table: Path, line: int) -> float:
 def load(root: str) -> Manifest:
     """A multi-label, clip-level manifest of DESED-style tables under ``root``.
 
-    >>> m = load("DESED/dataset")  # doctest: +SKIP
-    >>> item = m.split("valid").items[0]  # doctest: +SKIP
-    >>> item.labels, m.meta["events"][item.path][:1]  # doctest: +SKIP
-    (('Dog', 'Speech'), [(0.47, 1.34, 'Dog')])
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "metadata" / "validation").mkdir(parents=True)
+    >>> (root / "audio" / "validation" / "validation").mkdir(parents=True)
+    >>> _ = (root / "metadata" / "validation" / "validation.tsv").write_text(
+    ...     "filename\\tonset\\toffset\\tevent_label\\n"
+    ...     "a.wav\\t0.47\\t1.34\\tDog\\n"
+    ...     "a.wav\\t2.0\\t5.5\\tSpeech\\n"
+    ...     "b.wav\\t\\t\\t\\n")  # b.wav holds no event
+    >>> for name in ["a.wav", "b.wav"]:
+    ...     (root / "audio" / "validation" / "validation" / name).touch()  # only checked to exist
+    >>> m = load(str(root))
+    >>> m.split_sizes(), m.labels == LABELS
+    ({'train': 0, 'valid': 2, 'test': 0}, True)
+    >>> item = m.split("valid").items[0]
+    >>> item.labels, m.meta["events"][item.path]
+    (('Dog', 'Speech'), [(0.47, 1.34, 'Dog'), (2.0, 5.5, 'Speech')])
     """
     root_path = require_dir(root, "DESED folder")
     tables, table_dir = _tables(root_path)

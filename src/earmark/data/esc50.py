@@ -31,10 +31,25 @@ def split_of_fold(fold: int) -> str:
 def load(root: str) -> Manifest:
     """A manifest of ESC-50 under ``root``.
 
-    >>> m = load("ESC-50-master")  # doctest: +SKIP
-    >>> m.labels[:2], m.folds  # doctest: +SKIP
-    (['dog', 'rooster'], [1, 2, 3, 4, 5])
-    >>> train, test = m.for_fold(1)  # doctest: +SKIP
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "meta").mkdir()
+    >>> (root / "audio").mkdir()
+    >>> rows = ["filename,fold,target,category,esc10,src_file,take"]
+    >>> for fold in range(1, 6):  # a dog and a rooster clip in each fold
+    ...     for target, category in enumerate(["dog", "rooster"]):
+    ...         name = f"{fold}-{100 + target}-A-{target}.wav"
+    ...         rows.append(f"{name},{fold},{target},{category},{target == 0},{100 + target},A")
+    ...         (root / "audio" / name).touch()  # load() only checks that the clips exist
+    >>> _ = (root / "meta" / "esc50.csv").write_text("\\n".join(rows))
+    >>> m = load(str(root))
+    >>> m.labels, m.folds, m.split_sizes()
+    (['dog', 'rooster'], [1, 2, 3, 4, 5], {'train': 6, 'valid': 2, 'test': 2})
+    >>> m.meta["esc10"], m.items[0].group
+    (['dog'], '100')
+    >>> train, test = m.for_fold(1)
+    >>> len(train), len(test)
+    (8, 2)
     """
     root_path = Path(root)
     meta = require_file(root_path / "meta" / "esc50.csv", "ESC-50 metadata (meta/esc50.csv)")

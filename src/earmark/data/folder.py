@@ -36,9 +36,16 @@ def hash_split(relative_path: str) -> str:
 def load(root: str) -> Manifest:
     """A manifest of ``root/<class>/**/<audio>``, one single-label item per file.
 
-    >>> m = load("sounds/")  # doctest: +SKIP
-    >>> m.labels, len(m.split("train"))  # doctest: +SKIP
-    (['dog', 'rain'], 160)
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for label in ["dog", "rain"]:
+    ...     (root / label).mkdir()
+    ...     for i in range(10):
+    ...         (root / label / f"{i}.wav").touch()  # load() only lists the files
+    >>> m = load(str(root))
+    >>> m.labels, m.split_sizes()
+    (['dog', 'rain'], {'train': 17, 'valid': 1, 'test': 2})
     """
     root_path = require_dir(root, "class folders")
     classes = sorted(d.name for d in root_path.iterdir()

@@ -33,9 +33,16 @@ def split_of_take(take: int) -> str:
 def load(root: str) -> Manifest:
     """A manifest of the FSDD recordings under ``root``.
 
-    >>> m = load("../shared/data/fsdd")  # doctest: +SKIP
-    >>> len(m.split("test")), m.labels[:3]  # doctest: +SKIP
-    (250, ['0', '1', '2'])
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["0_george_0", "0_george_7", "0_george_12", "7_jackson_3"]:
+    ...     (root / f"{name}.wav").touch()  # load() only reads the names
+    >>> m = load(str(root))
+    >>> m.split_sizes(), m.labels[:3], m.meta["speakers"]
+    ({'train': 1, 'valid': 1, 'test': 2}, ['0', '1', '2'], ['george', 'jackson'])
+    >>> m.items[0].labels, m.items[0].group
+    (('0',), 'george')
     """
     root_path = require_dir(root, "FSDD folder")
     audio_dir = root_path / "recordings" if (root_path / "recordings").is_dir() else root_path

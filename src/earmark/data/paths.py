@@ -25,8 +25,13 @@ def audio_files(directory: str | Path) -> list[Path]:
     """Audio files under ``directory`` (recursively), sorted, skipping hidden files and folders
     (:func:`earmark.audio.io.find_audio_files` of one folder).
 
-    >>> audio_files("data/dog")  # doctest: +SKIP
-    [PosixPath('data/dog/a.wav'), PosixPath('data/dog/more/b.flac')]
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> (root / "dog" / "more").mkdir(parents=True)
+    >>> for name in ("dog/a.wav", "dog/more/b.flac", "dog/.hidden.wav", "dog/notes.txt"):
+    ...     (root / name).touch()
+    >>> [p.relative_to(root).as_posix() for p in audio_files(root / "dog")]
+    ['dog/a.wav', 'dog/more/b.flac']
     """
     return find_audio_files(directory, empty_folders=True)
 
@@ -93,8 +98,15 @@ def describe_missing(missing: list[str], total: int) -> str:
 def read_table(path: str | Path, columns: Iterable[str], delimiter: str = ",") -> list[dict]:
     """Rows of a CSV/TSV file with a header, as dicts; a :class:`DataError` if a column is absent.
 
-    >>> read_table("meta/esc50.csv", ["filename", "fold"])[0]["fold"]  # doctest: +SKIP
+    >>> import tempfile
+    >>> table = Path(tempfile.mkdtemp()) / "esc50.csv"
+    >>> _ = table.write_text("filename,fold,target\\n1-100-A-0.wav,1,0\\n")
+    >>> read_table(table, ["filename", "fold"])[0]["fold"]
     '1'
+    >>> read_table(table, ["category"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    earmark.errors.DataError: ...esc50.csv: missing column(s) category; the header has filename, fold, target
     """
     header, rows = read_rows(path, delimiter)
     absent = [c for c in columns if c not in header]
