@@ -1,6 +1,8 @@
 """earmark's modules import one way: from the bottom, errors and files; audio; models and data;
 infer; evaluate; train; export; cli. Every import a module runs counts (those inside
-functions too); imports for type checkers only (``if TYPE_CHECKING:``) do not."""
+functions too). Imports for type checkers only (``if TYPE_CHECKING:``) may name a module of
+the same layer or below, and count for circles too: where two modules need each other's
+types, one of them names a small Protocol instead."""
 
 from __future__ import annotations
 
@@ -32,14 +34,15 @@ def _type_checking_only(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def imports(path: Path, modules: set[str]) -> set[str]:
-    """The earmark modules ``path`` imports at run time."""
+def imports(path: Path, modules: set[str], type_checking: bool = False) -> set[str]:
+    """The earmark modules ``path`` imports at run time (and for type checkers too, with
+    ``type_checking``)."""
     name = module_name(path)
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if _type_checking_only(node):
+        if _type_checking_only(node) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -61,9 +64,9 @@ def imports(path: Path, modules: set[str]) -> set[str]:
     return {m for m in found if m in modules and m != name}
 
 
-def graph() -> dict[str, set[str]]:
+def graph(type_checking: bool = False) -> dict[str, set[str]]:
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {m: imports(p, set(files)) for m, p in files.items()}
+    return {m: imports(p, set(files), type_checking) for m, p in files.items()}
 
 
 def circles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -112,8 +115,22 @@ def test_no_circles_between_modules():
     assert not circles(graph())
 
 
+def test_no_circles_even_through_imports_for_type_checkers():
+    assert not circles(graph(type_checking=True))
+
+
+def test_no_import_for_type_checkers_runs_up_the_layers():
+    up = sorted(f"{m} -> {t}" for m, targets in graph(type_checking=True).items()
+                for t in targets if layer(t) > layer(m))
+    assert not up
+
+
 def test_the_checks_see_what_they_should():
     # the walk finds imports inside functions and relative ones, and the circle finder a circle
     edges = graph()
     assert "earmark.infer.tagger" in edges["earmark.cli.use"]  # imported inside a function
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    # a name imported only for type checkers is seen by the stricter walk alone
+    typed = graph(type_checking=True)
+    assert all(edges[m] <= typed[m] for m in edges)
+    assert any(edges[m] != typed[m] for m in edges)
