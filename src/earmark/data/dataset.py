@@ -1,11 +1,17 @@
 """A map-style dataset of fixed-length clips and their targets, for training and evaluation.
 
+    >>> import tempfile, numpy as np, soundfile as sf
+    >>> from pathlib import Path
     >>> from earmark.data.sources import from_spec
-    >>> ds = ClipDataset(from_spec("fsdd:data/fsdd").split("train"), 16000, 1.0, train=True)
-    ... # doctest: +SKIP
-    >>> wave, target = ds[0]  # doctest: +SKIP
-    >>> wave.shape, target.shape  # doctest: +SKIP
-    (torch.Size([16000]), torch.Size([10]))
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ["3_theo_10", "5_theo_11", "5_theo_0"]:  # FSDD names: digit_speaker_take
+    ...     sf.write(root / f"{name}.wav", np.zeros(4000), 8000)  # half a second at 8 kHz
+    >>> ds = ClipDataset(from_spec(f"fsdd:{root}").split("train"), 16000, 1.0, train=True)
+    >>> len(ds)
+    2
+    >>> wave, target = ds[0]  # resampled to 16 kHz and padded to one second
+    >>> wave.shape, target
+    (torch.Size([16000]), tensor([0., 0., 0., 1., 0., 0., 0., 0., 0., 0.]))
 
 Randomness (the crop position when ``train``) comes from a generator seeded with
 ``(seed, epoch, index)``: an item's clip depends on nothing else, so it is the same whatever
@@ -33,8 +39,21 @@ class ClipDataset(torch.utils.data.Dataset):
     ``train``, deterministically (centred) otherwise. Bad files raise
     :class:`earmark.errors.AudioError` naming the file.
 
-    >>> ds = ClipDataset(manifest, 16000, clip_seconds=1.0, train=True, seed=0)  # doctest: +SKIP
-    >>> ds.set_epoch(3)  # doctest: +SKIP
+    >>> import tempfile, soundfile as sf
+    >>> from earmark.data.manifest import Item
+    >>> path = f"{tempfile.mkdtemp()}/beep.wav"
+    >>> sf.write(path, np.sin(np.arange(24000) / 5), 16000)  # 1.5 s
+    >>> manifest = Manifest([Item(path, ("beep",))], ["beep"])
+    >>> ds = ClipDataset(manifest, 16000, clip_seconds=1.0, train=True, seed=0)
+    >>> ds.set_epoch(3)
+    >>> wave, target = ds[0]  # a random second of the file
+    >>> wave.shape, target
+    (torch.Size([16000]), tensor([1.]))
+    >>> torch.equal(ds[0][0], wave)  # the same crop for the same seed, epoch and index
+    True
+    >>> ds.set_epoch(4)
+    >>> torch.equal(ds[0][0], wave)
+    False
     """
 
     def __init__(self, manifest: Manifest, sample_rate: int, clip_seconds: float,

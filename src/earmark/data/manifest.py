@@ -75,8 +75,14 @@ class Manifest:
         """The items of split ``name``; a :class:`DataError` naming it and the sizes of the
         other splits when it has none.
 
-        >>> from_spec("manifest:train_only.csv").require_split("test")  # doctest: +SKIP
-        DataError: train_only: split 'test' is empty (train: 120, valid: 0)
+        >>> m = Manifest([Item("a.wav", ("dog",)), Item("b.wav", ("cat",), split="valid")],
+        ...              ["cat", "dog"], name="pets")
+        >>> m.require_split("valid").items[0].path
+        'b.wav'
+        >>> m.require_split("test")
+        Traceback (most recent call last):
+        ...
+        earmark.errors.DataError: pets: split 'test' is empty (train: 1, valid: 1)
         """
         part = self.split(name)
         if not len(part):
@@ -120,7 +126,12 @@ class Manifest:
         several) is held out, whatever its split; all other items, ungrouped ones included,
         train.
 
-        >>> train, test = fsdd.for_group("jackson")  # doctest: +SKIP
+        >>> m = Manifest([Item("a.wav", ("1",), group="george"),
+        ...               Item("b.wav", ("2",), group="jackson", split="test"),
+        ...               Item("c.wav", ("3",))], ["1", "2", "3"])
+        >>> train, test = m.for_group("jackson")
+        >>> [it.path for it in train], [it.path for it in test]
+        (['a.wav', 'c.wav'], ['b.wav'])
         """
         held = {group} if isinstance(group, str) else set(group)
         self.require_groups(held)
@@ -169,10 +180,12 @@ def group_folds(manifest: Manifest, k: int | None = None, seed: int = 0
     first, to the fold with the fewest items so far; ``seed`` orders groups of equal size, so
     the folds are the same on every machine for the same seed.
 
-    >>> group_folds(m)  # doctest: +SKIP
-    {'george': ('george',), 'jackson': ('jackson',), ...}
-    >>> group_folds(m, k=2, seed=0)  # doctest: +SKIP
-    {'fold-1': ('jackson', 'nicolas', 'yweweler'), 'fold-2': ('george', 'lucas', 'theo')}
+    >>> speakers = ["george", "george", "jackson", "jackson", "jackson", "lucas", "theo"]
+    >>> m = Manifest([Item(f"{i}.wav", ("7",), group=s) for i, s in enumerate(speakers)], ["7"])
+    >>> group_folds(m)
+    {'george': ('george',), 'jackson': ('jackson',), 'lucas': ('lucas',), 'theo': ('theo',)}
+    >>> group_folds(m, k=2, seed=0)
+    {'fold-1': ('jackson', 'theo'), 'fold-2': ('george', 'lucas')}
     """
     sizes = manifest.group_sizes()
     if not sizes:

@@ -52,8 +52,25 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
     ``RandomSampler`` (useful when Lightning wraps the sampler for distributed training and
     calls ``set_epoch`` on its wrapper only).
 
-    >>> sampler = BalancedSampler(manifest, num_samples=20_000, seed=0)  # doctest: +SKIP
-    >>> loader = DataLoader(ClipDataset(manifest, 32000, 10.0), sampler=sampler)  # doctest: +SKIP
+    >>> from earmark.data.manifest import Item
+    >>> manifest = Manifest([Item("dog1.wav", ("dog",)), Item("dog2.wav", ("dog",)),
+    ...                      Item("dog3.wav", ("dog",)), Item("owl.wav", ("owl",))], ["dog", "owl"])
+    >>> sampler = BalancedSampler(manifest, num_samples=8, seed=0)
+    >>> sampler.weights
+    tensor([0.3333, 0.3333, 0.3333, 1.0000])
+    >>> list(sampler)  # epoch 0: the one owl clip (3) is drawn as often as the three dogs
+    [3, 1, 3, 3, 1, 3, 3, 2]
+    >>> sampler.set_epoch(0)
+    >>> list(sampler)
+    [3, 1, 3, 3, 1, 3, 3, 2]
+
+    In training, it is the DataLoader's sampler:
+
+    >>> from earmark.data.dataset import ClipDataset
+    >>> loader = torch.utils.data.DataLoader(ClipDataset(manifest, 32000, 10.0), sampler=sampler,
+    ...                                      batch_size=4)
+    >>> len(loader)
+    2
     """
 
     def __init__(self, data: Manifest | torch.Tensor, num_samples: int | None = None,
