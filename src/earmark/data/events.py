@@ -93,9 +93,16 @@ def read_events(path: str | Path) -> dict[str, list[Event]]:
     row with too many or too few fields, a non-numeric or negative time, an offset before its
     onset, or a weak (label without times) row.
 
-        >>> events = read_events("metadata/eval/public.tsv")  # doctest: +SKIP
-        >>> events["Y5J603SAj7QM_210.000_220.000.wav"][0]  # doctest: +SKIP
+        >>> import tempfile
+        >>> table = Path(tempfile.mkdtemp()) / "public.tsv"
+        >>> _ = table.write_text("filename\\tonset\\toffset\\tevent_label\\n"
+        ...                      "Y5J603SAj7QM_210.000_220.000.wav\\t0.0\\t10.0\\tFrying\\n"
+        ...                      "quiet.wav\\n")
+        >>> events = read_events(table)
+        >>> events["Y5J603SAj7QM_210.000_220.000.wav"][0]
         Event(onset=0.0, offset=10.0, label='Frying', score=None)
+        >>> events["quiet.wav"]
+        []
     """
     path = Path(path)
     lines = _lines(path)
@@ -144,8 +151,13 @@ def read_events(path: str | Path) -> dict[str, list[Event]]:
 def read_durations(path: str | Path) -> dict[str, float]:
     """``{filename: seconds}`` from a ``filename duration`` TSV (DESED's ``*_durations.tsv``).
 
-        >>> read_durations("metadata/eval/public_durations.tsv")["Y5J603SAj7QM_210.000_220.000.wav"]  # doctest: +SKIP
-        10.0
+        >>> import tempfile
+        >>> table = Path(tempfile.mkdtemp()) / "public_durations.tsv"
+        >>> _ = table.write_text("filename\\tduration\\n"
+        ...                      "Y5J603SAj7QM_210.000_220.000.wav\\t10.0\\n"
+        ...                      "quiet.wav\\t9.5\\n")
+        >>> read_durations(table)
+        {'Y5J603SAj7QM_210.000_220.000.wav': 10.0, 'quiet.wav': 9.5}
     """
     path = Path(path)
     lines = _lines(path)
@@ -177,8 +189,15 @@ def write_events(path: str | Path, events: Events, score: bool = False,
     DESED's own tables leave such files out. Written atomically: a crash leaves the old file
     or none, never half of one.
 
-        >>> write_events("pred.tsv", {"a.wav": [Event(0.5, 2.0, "Dog", 0.8)]})  # doctest: +SKIP
-        PosixPath('pred.tsv')
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "pred.tsv"
+        >>> write_events(path, {"a.wav": [Event(0.5, 2.0, "Dog", 0.8)], "b.wav": []},
+        ...              score=True) == path
+        True
+        >>> print(path.read_text())  # doctest: +NORMALIZE_WHITESPACE
+        filename  onset  offset  event_label  score
+        a.wav     0.500  2.000   Dog          0.8000
+        b.wav
     """
     path = Path(path)
     rows = ["\t".join(COLUMNS + (("score",) if score else ()))]
@@ -202,8 +221,16 @@ def read_predictions(path: str | Path) -> dict[float, dict[str, list[Event]]]:
     That is the DCASE baseline's layout (``predictions_th_0.50.tsv``, ...); other files in the
     folder are ignored.
 
-        >>> sorted(read_predictions("exp/predictions_dtc0.7_gtc0.7_cttc0.3"))  # doctest: +SKIP
-        [0.01, 0.03, ..., 0.99]
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for threshold in ["0.30", "0.50", "0.70"]:
+        ...     _ = write_events(folder / f"predictions_th_{threshold}.tsv",
+        ...                      {"a.wav": [Event(0.5, 2.0, "Dog")]})
+        >>> tables = read_predictions(folder)
+        >>> list(tables)
+        [0.3, 0.5, 0.7]
+        >>> tables[0.5]
+        {'a.wav': [Event(onset=0.5, offset=2.0, label='Dog', score=None)]}
     """
     path = Path(path)
     if not path.is_dir():

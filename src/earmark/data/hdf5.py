@@ -20,9 +20,21 @@ PATH and in its parent folder; without it the labels are the indices themselves 
 inside the packs (``pack.h5#17``, ``pack.h5#Yabc.wav``, see :mod:`earmark.audio.packed`), so
 training, evaluation and ``earmark shard`` read the packs directly.
 
-    >>> m = load("hdf5/balanced_train.h5")  # doctest: +SKIP
-    >>> m.items[0].path, len(m.labels)  # doctest: +SKIP
-    ('/data/hdf5/balanced_train.h5#0', 527)
+    >>> import tempfile, h5py
+    >>> root = Path(tempfile.mkdtemp())
+    >>> with h5py.File(root / "balanced_train.h5", "w") as f:  # a pack of two clips, 3 classes
+    ...     f["audio_name"] = [b"Yabc.wav", b"Ydef.wav"]
+    ...     f["waveform"] = np.zeros((2, 3200), dtype=np.int16)
+    ...     f["target"] = np.array([[1, 0, 1], [0, 1, 0]], dtype=bool)
+    >>> _ = (root / "class_labels_indices.csv").write_text(
+    ...     "index,mid,display_name\\n0,/m/09x0r,Speech\\n1,/m/05tny_,Bark\\n2,/m/0bt9lr,Dog\\n")
+    >>> m = load(str(root / "balanced_train.h5"))
+    >>> m.labels, m.multi_label, m.meta["layout"]
+    (['Speech', 'Bark', 'Dog'], True, 'panns')
+    >>> m.items[0].path  # doctest: +ELLIPSIS
+    '/.../balanced_train.h5#0'
+    >>> m.items[0].labels, m.items[0].split
+    (('Speech', 'Dog'), 'train')
 """
 
 from __future__ import annotations

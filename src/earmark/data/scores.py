@@ -15,8 +15,26 @@ length and hop, and the sidecars written. Training with ``--stage psl --teacher-
 then draws a crop of the grid for each clip and learns its stored scores instead of running the
 teacher every step.
 
-    >>> info = read_info("shards/audioset")  # doctest: +SKIP
-    >>> keys, offsets, scores = read_sidecar(sidecar("shards/audioset/shard-000000.tar"))  # doctest: +SKIP
+    >>> import tempfile
+    >>> shards = Path(tempfile.mkdtemp())
+    >>> _ = (shards / INFO).write_text(json.dumps(
+    ...     {"teacher": "runs/teacher", "labels": ["dog", "owl"], "multi_label": True,
+    ...      "crop_seconds": 2.0, "hop_seconds": 1.0, "sample_rate": 16000}))
+    >>> info = read_info(shards)
+    >>> info["labels"], grid(info, 16000)
+    (['dog', 'owl'], (32000, 16000))
+
+    A sidecar of two clips, the first with three crops and the second with one:
+
+    >>> path = write_sidecar(sidecar(shards / "shard-000000.tar"), ["000000000", "000000001"],
+    ...                      [np.full((3, 2), 0.5), np.full((1, 2), 0.25)])
+    >>> path.name
+    'shard-000000.psl.npz'
+    >>> keys, offsets, scores = read_sidecar(path)
+    >>> keys.tolist(), offsets.tolist(), scores.shape, scores.dtype
+    (['000000000', '000000001'], [0, 3, 4], (4, 2), dtype('float16'))
+    >>> scores[offsets[1]:offsets[2]]  # the second clip's crop
+    array([[0.25, 0.25]], dtype=float16)
 """
 
 from __future__ import annotations

@@ -437,9 +437,14 @@ def synthesize(out_dir: str | Path, clips_per_class: int = 30, clip_seconds: flo
     The same arguments give byte-identical files. ``progress(done, total)`` is called after
     each audio file. Returns ``out_dir``.
 
-        >>> root = synthesize("/tmp/synth", clips_per_class=3, soundscapes=2)  # doctest: +SKIP
-        >>> load(str(root)).labels[:3]                                          # doctest: +SKIP
-        ['siren', 'alarm', 'engine']
+        >>> import tempfile
+        >>> root = synthesize(Path(tempfile.mkdtemp()) / "synth", clips_per_class=3,
+        ...                   clip_seconds=0.25, soundscapes=2, soundscape_seconds=2)
+        >>> sorted(p.name for p in root.iterdir())
+        ['clips', 'clips.csv', 'soundscapes', 'soundscapes.csv', 'soundscapes.tsv', 'synth.json']
+        >>> m = load(str(root))
+        >>> m.labels[:3], len(m), m.split_sizes()
+        (['siren', 'alarm', 'engine'], 24, {'train': 8, 'valid': 8, 'test': 8})
     """
     _check_rate(sample_rate)
     if clips_per_class < 0 or soundscapes < 0:
@@ -554,9 +559,14 @@ def load(root: str) -> Manifest:
     absolute; splits and folds as written. ``root`` may also name ``DIR/soundscapes.csv``,
     which gives :func:`load_soundscapes` instead.
 
-        >>> m = load("data/synth")                  # doctest: +SKIP
-        >>> m.labels[0], m.items[0].labels, m.multi_label   # doctest: +SKIP
+        >>> import tempfile
+        >>> root = synthesize(Path(tempfile.mkdtemp()), clips_per_class=1, clip_seconds=0.25,
+        ...                   soundscapes=0)
+        >>> m = load(str(root))
+        >>> m.labels[0], m.items[0].labels, m.multi_label
         ('siren', ('siren',), False)
+        >>> Path(m.items[0].path).relative_to(root).as_posix()
+        'clips/siren/siren_0000.wav'
     """
     if Path(root).name == "soundscapes.csv":
         return load_soundscapes(root)
@@ -574,9 +584,14 @@ def load_soundscapes(root: str | Path) -> Manifest:
     ``meta["events"]`` maps each absolute soundscape path to its ``(onset, offset, label)``
     events from ``soundscapes.tsv``.
 
-        >>> m = load_soundscapes("data/synth")       # doctest: +SKIP
-        >>> m.meta["events"][m.items[0].path][0]    # doctest: +SKIP
-        (1.234, 3.5, 'siren')
+        >>> import tempfile
+        >>> root = synthesize(Path(tempfile.mkdtemp()), clips_per_class=0, soundscapes=1,
+        ...                   soundscape_seconds=2)
+        >>> m = load_soundscapes(root)
+        >>> m.items[0].labels, m.multi_label
+        (('alarm', 'bark', 'rain', 'siren'), True)
+        >>> m.meta["events"][m.items[0].path]
+        [(0.0, 2.0, 'alarm'), (0.0, 2.0, 'rain'), (0.0, 2.0, 'siren'), (0.513, 1.392, 'bark')]
     """
     base = _root_of(root)
     manifest_path = _require(base / "soundscapes.csv")
