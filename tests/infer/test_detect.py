@@ -9,7 +9,7 @@ import torch
 
 from earmark.data.desed import LABELS as DESED_LABELS
 from earmark.data.events import Event, write_events
-from earmark.infer.detect import (
+from earmark.infer.events import (
     HTSAT_DESED_THRESHOLDS,
     DetectionConfig,
     chunks_to_events,

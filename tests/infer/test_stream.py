@@ -14,7 +14,8 @@ import torch
 import earmark
 from earmark.audio.io import load_audio
 from earmark.errors import AudioError, EarmarkError
-from earmark.infer.stream import ChunkResult, StreamSession, format_result, stream_file, stream_mic
+from earmark.infer.chunks import ChunkResult, score_chunks
+from earmark.infer.stream import StreamSession, format_result, stream_file, stream_mic
 from earmark.infer.tagger import Tagger
 
 SR = 16000
@@ -301,7 +302,7 @@ def test_a_tagger_traces_its_chunk_step_once(sat, write_wav):
         session = tagger.stream()
         session.push(noise(1.0))
         assert len(traced) == 1  # one shape, one trace, for every file and stream
-        assert session._step is tagger.chunk_step(session.chunk_samples)  # the stream's too
+        assert session.chunk_step is tagger.chunk_step(session.chunk_samples)  # the stream's
         for x, y in zip(a1, a2):
             torch.testing.assert_close(x.scores, y.scores)
         # and the traced step scores as the model does, chunk by chunk through the cache
@@ -317,8 +318,6 @@ def test_a_tagger_traces_its_chunk_step_once(sat, write_wav):
 
 @pytest.mark.parametrize("which", ["sat", "vit"])
 def test_chunks_of_many_streams_scored_together_equal_each_stream_alone(which, request):
-    from earmark.infer.stream import score_chunks
-
     tagger = request.getfixturevalue(which)
     clips = [noise(2.5, seed=s, amp=0.05 * (s + 1)) for s in range(4)]
     alone = [push_in_blocks(tagger.stream(), x, 1600) for x in clips]
@@ -327,11 +326,14 @@ def test_chunks_of_many_streams_scored_together_equal_each_stream_alone(which, r
     for i in range(0, 40000, 1600):  # every stream's block of the moment in one call
         pending = [p for s, x in zip(sessions, clips) for p in s.feed(x[i:i + 1600])]
         pending += [p for s in sessions for p in s.finish()] if i + 1600 >= len(clips[0]) else []
-        for r, p in zip(score_chunks(pending), pending):
+        scored = score_chunks(pending)
+        for r, p in zip(scored.results, pending):
             together[sessions.index(p.session)].append(r)
+        for s in sessions:
+            s.take(scored)  # each streaming session goes on from its new cache
     for a, b in zip(alone, together):
         assert_same_results(a, b, atol=1e-5)
     # several chunks of one session in one call are scored in order, each with its cache
     session = tagger.stream()
-    assert_same_results(score_chunks(session.feed(clips[0]) + session.finish()), alone[0],
-                        atol=1e-5)
+    assert_same_results(session.take(score_chunks(session.feed(clips[0]) + session.finish())),
+                        alone[0], atol=1e-5)

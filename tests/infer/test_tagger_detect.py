@@ -5,7 +5,7 @@ import torch
 import earmark
 from earmark.audio import io as audio_io
 from earmark.cli import main
-from earmark.infer.detect import DetectionConfig
+from earmark.infer.events import DetectionConfig
 from earmark.models.directory import save_model_dir
 
 LABELS = ["dog", "siren", "rain"]

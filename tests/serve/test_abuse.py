@@ -130,7 +130,7 @@ def test_a_stream_chunk_is_scored_between_the_pieces_of_a_long_upload(sat):
         while len(pieces) < 5:  # the upload is under way
             await asyncio.sleep(0.005)
         t0 = time.monotonic()
-        results = await worker.score(pending)
+        results = session.take(await worker.score(pending))
         waited = time.monotonic() - t0
         return results, waited, len(pieces), await job
 

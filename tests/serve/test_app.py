@@ -333,7 +333,8 @@ def test_chunks_due_together_are_scored_in_one_batch(sat):
     finally:
         worker.close()
     assert worker.largest == 6 and worker.batches == 2  # max_batch 6: rounds of 6 and 2
-    for [r], a in zip(got, alone):
+    for scored, a in zip(got, alone):
+        [r] = scored.results
         torch.testing.assert_close(r.scores, a.scores, atol=1e-5, rtol=0)
 
 

@@ -1,552 +1,52 @@
-"""Sound event detection: frame (or chunk) scores -> timed events, and DESED TSV output.
+"""Sound event detection with a model: :func:`detect` runs a scorer over audio and turns
+its frame or chunk scores into events; :func:`tune_detection` tunes per-class thresholds
+on strongly labelled files. The steps on arrays (label map, median filter, thresholds,
+hysteresis, runs -> events) are in :mod:`earmark.infer.events`.
 
-Pure functions on arrays; no model is needed. Any model that yields frame scores ``(T, C)``
-at a known frame rate (HTS-AT's event presence map), or chunk scores from
-:meth:`earmark.infer.tagger.Tagger.chunk_scores`, goes through the same steps:
-
-1. ``label_map`` (optional): model labels -> detection labels, several sources combined by
-   their maximum (e.g. the eight AudioSet speech classes -> DESED ``Speech``);
-2. a median filter along time, per class (in seconds);
-3. binarisation by a per-class threshold (``score >= threshold`` is active), optionally with
-   hysteresis: a run above the low threshold is kept if it reaches the high one;
-4. runs of active frames become events, frame ``i`` covering ``[i * hop, (i + 1) * hop)``;
-   gaps shorter than ``min_gap`` are bridged, events shorter than ``min_duration`` dropped.
-
-An event's score is the **maximum** of its class score (after mapping and filtering) over
-its frames. Thresholds are tuned per class on a validation split with
-:func:`tune_thresholds`.
-
-    >>> import numpy as np
-    >>> scores = np.zeros((10, 2)); scores[2:5, 0] = 0.9; scores[6:9, 1] = 0.7
-    >>> events = frames_to_events(scores, ["dog", "cat"], frame_seconds=0.1,
-    ...                           config=DetectionConfig(threshold=0.5))
-    >>> [(e.onset, e.offset, e.label) for e in events]
-    [(0.2, 0.5, 'dog'), (0.6, 0.9, 'cat')]
-    >>> write_events_tsv({"a.wav": events}, "events.tsv")  # doctest: +SKIP
+    >>> import earmark
+    >>> import torch
+    >>> from earmark.infer.tagger import Tagger
+    >>> model = earmark.create_model("vit-tiny", 2, depth=1, embed_dim=32, num_heads=2)
+    >>> tagger = Tagger(model, {"labels": ["dog", "rain"]})
+    >>> wave = 0.1 * torch.randn(3 * tagger.sample_rate)
+    >>> events = detect(tagger, wave, threshold=0.0, chunk_seconds=1.0)  # every chunk active
+    >>> sorted((e.onset, e.offset, e.label) for e in events)
+    [(0.0, 3.0, 'dog'), (0.0, 3.0, 'rain')]
 """
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from scipy import ndimage
 
 from earmark.audio import io as audio_io
 from earmark.audio.io import audio_info, iter_blocks
-from earmark.data.events import Event
 from earmark.errors import ModelError
-from earmark.infer.stream import iter_chunk_scores
+from earmark.infer.chunks import chunk_scores, iter_chunk_scores
+from earmark.infer.events import (
+    DetectionConfig,
+    chunks_to_events,
+    desed_label_map,
+    frames_to_events,
+    tune_thresholds,
+)
+from earmark.infer.scorer import Scorer
 from earmark.steps import Steps, finish
 
-if TYPE_CHECKING:
-    from earmark.infer.tagger import Tagger
+# DetectionConfig and desed_label_map live in earmark.infer.events; named here too for code
+# that still imports them from this module
+__all__ = ["DetectionConfig", "desed_label_map", "detect", "detect_steps", "tune_detection"]
 
-__all__ = [
-    "DEFAULT_THRESHOLD",
-    "DESED_HEADER",
-    "HTSAT_DESED_AUDIOSET_INDICES",
-    "HTSAT_DESED_THRESHOLDS",
-    "THRESHOLD_CANDIDATES",
-    "DetectionConfig",
-    "chunks_to_events",
-    "desed_label_map",
-    "frames_to_events",
-    "kernel_frames",
-    "map_scores",
-    "median_filter",
-    "tune_thresholds",
-]
 
-# Used for a class that a threshold dict does not name.
-DEFAULT_THRESHOLD = 0.5
-
-DESED_HEADER = ("filename", "onset", "offset", "event_label")
-
-# How HTS-AT maps its 527 AudioSet outputs onto DESED's ten classes, as AudioSet class
-# indices (rows of class_labels_indices.csv), and its per-class thresholds on the
-# token-semantic ("tscam") output. Facts from the official code,
-# RetroCirce/HTS-Audio-Transformer: config.py (fl_audioset_mapping, fl_class_num) and
-# fl_evaluate.py (thres); it marks a frame active when any mapped class exceeds the DESED
-# class's threshold, i.e. the maximum over the mapped classes, as map_scores does.
-HTSAT_DESED_AUDIOSET_INDICES: dict[str, tuple[int, ...]] = {
-    "Speech": (0, 1, 2, 3, 4, 5, 6, 7),
-    "Frying": (366, 367, 368),
-    "Dishes": (364,),
-    "Running_water": (288, 289, 290, 291, 292, 293, 294, 295, 296, 297),
-    "Blender": (369,),
-    "Electric_shaver_toothbrush": (382,),
-    "Alarm_bell_ringing": (310, *range(388, 403)),
-    "Cat": (81, 82, 83, 84, 85),
-    "Dog": (74, 75, 76, 77, 78, 79),
-    "Vacuum_cleaner": (377,),
-}
-HTSAT_DESED_THRESHOLDS: dict[str, float] = {
-    "Speech": 0.275, "Frying": 0.2, "Dishes": 0.2, "Running_water": 0.23, "Blender": 0.48,
-    "Electric_shaver_toothbrush": 0.2, "Alarm_bell_ringing": 0.18, "Cat": 0.51, "Dog": 0.39,
-    "Vacuum_cleaner": 0.14,
-}
-
-# Collars of the event-based F1 used by tune_thresholds (the DCASE task 4 convention).
-ONSET_COLLAR = 0.2
-OFFSET_COLLAR = 0.2
-OFFSET_COLLAR_RATE = 0.2
-
-# Thresholds tune_thresholds tries by default: 0.05, 0.10, ..., 0.95.
-THRESHOLD_CANDIDATES = tuple(round(0.05 * i, 2) for i in range(1, 20))
-
-_EPS = 1e-9  # seconds; keeps e.g. 3 * 0.1 s from counting as shorter than 0.3 s
-
-
-@dataclass
-class DetectionConfig:
-    """How frame scores become events. Per-class values are dicts keyed by detection label.
-
-    - ``threshold``: one float for all classes, or ``label -> float`` (others get
-      :data:`DEFAULT_THRESHOLD`); a frame is active when ``score >= threshold``.
-    - ``median_filter``: kernel in seconds (float or ``label -> float``; 0 = off), rounded
-      to an odd number of frames.
-    - ``min_duration``: events shorter than this (seconds) are dropped.
-    - ``min_gap``: gaps shorter than this (seconds) between two events of one class are
-      bridged.
-    - ``label_map``: model label -> detection label; unmapped labels are dropped, several
-      labels mapped to one combine by their maximum.
-    - ``hysteresis``: a low threshold; a run of frames at or above it becomes an event when
-      it reaches the class threshold somewhere (``None`` = off).
-
-    >>> cfg = DetectionConfig(threshold={"Dog": 0.4}, median_filter=0.3, min_duration=0.1)
-    >>> DetectionConfig.from_dict(cfg.to_dict()) == cfg
-    True
-    """
-
-    threshold: float | dict[str, float] = DEFAULT_THRESHOLD
-    median_filter: float | dict[str, float] = 0.0
-    min_duration: float = 0.0
-    min_gap: float = 0.0
-    label_map: dict[str, str] | None = None
-    hysteresis: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("min_duration", "min_gap"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        for name, value in _per_class_items(self.median_filter):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"median_filter{name} must be a finite number >= 0 seconds, "
-                                 f"got {value}")
-        for name, value in _per_class_items(self.threshold):
-            if not np.isfinite(value):
-                raise ValueError(f"threshold{name} must be finite, got {value}")
-        if self.hysteresis is not None and not np.isfinite(self.hysteresis):
-            raise ValueError(f"hysteresis must be finite or None, got {self.hysteresis}")
-
-    def threshold_of(self, label: str) -> float:
-        """The threshold of one detection label."""
-        return _per_class(self.threshold, label, DEFAULT_THRESHOLD)
-
-    def median_seconds_of(self, label: str) -> float:
-        """The median filter of one detection label, in seconds (0 = off)."""
-        return _per_class(self.median_filter, label, 0.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy (dicts copied, so editing it leaves the config unchanged)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = dict(value) if isinstance(value, dict) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DetectionConfig:
-        """Inverse of :meth:`to_dict`; ``thresholds`` is accepted for ``threshold``."""
-        data = dict(data)
-        if "thresholds" in data:
-            if "threshold" in data:
-                raise ValueError("give either 'threshold' or 'thresholds', not both")
-            data["threshold"] = data.pop("thresholds")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown detection settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def _check_keys(self, labels: Sequence[str]) -> None:
-        """Warn about per-class keys that name no detection label (likely a typo)."""
-        for name in ("threshold", "median_filter"):
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                unknown = sorted(set(value) - set(labels))
-                if unknown:
-                    warnings.warn(f"{name} names labels that are not detected: {unknown}",
-                                  stacklevel=4)
-
-
-def _per_class_items(value: float | Mapping[str, float]) -> list[tuple[str, float]]:
-    if isinstance(value, Mapping):
-        return [(f"[{k!r}]", float(v)) for k, v in value.items()]
-    return [("", float(value))]
-
-
-def _per_class(value: float | Mapping[str, float], label: str, default: float) -> float:
-    if isinstance(value, Mapping):
-        return float(value.get(label, default))
-    return float(value)
-
-
-def _as_scores(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # torch.Tensor on any device or dtype
-        x = x.detach().cpu().float().numpy()
-    s = np.asarray(x, dtype=np.float64)
-    if s.ndim != 2:
-        raise ValueError(f"frame scores must be (T, C), got shape {s.shape}")
-    if not np.isfinite(s).all():
-        raise ValueError("frame scores contain NaN or inf")
-    return s
-
-
-def _check_labels(scores: np.ndarray, labels: Sequence[str]) -> list[str]:
-    labels = list(labels)
-    if len(labels) != scores.shape[1]:
-        raise ValueError(f"{len(labels)} labels for {scores.shape[1]} score columns")
-    return labels
-
-
-def _check_frame_seconds(frame_seconds: float) -> float:
-    frame_seconds = float(frame_seconds)
-    if not np.isfinite(frame_seconds) or frame_seconds <= 0:
-        raise ValueError(f"frame_seconds must be positive, got {frame_seconds}")
-    return frame_seconds
-
-
-# ---- score transforms ------------------------------------------------------------------------
-
-
-def map_scores(frame_scores: Any, labels: Sequence[str],
-               label_map: Mapping[str, str] | None) -> tuple[np.ndarray, list[str]]:
-    """Combine model classes into detection classes by their maximum.
-
-    Labels absent from ``label_map`` are dropped; detection labels come in the order of
-    their first appearance among the map's values, skipping those whose sources are all
-    absent from ``labels``. ``label_map=None`` returns the scores unchanged.
-
-    >>> s = np.array([[0.2, 0.7, 0.9]])
-    >>> map_scores(s, ["bark", "growl", "meow"], {"bark": "Dog", "growl": "Dog"})
-    (array([[0.7]]), ['Dog'])
-    """
-    scores = _as_scores(frame_scores)
-    labels = _check_labels(scores, labels)
-    if label_map is None:
-        return scores, labels
-    columns: dict[str, list[int]] = {target: [] for target in label_map.values()}
-    for i, label in enumerate(labels):
-        if label in label_map:
-            columns[label_map[label]].append(i)
-    columns = {target: idx for target, idx in columns.items() if idx}
-    if not columns:
-        raise ValueError("label_map names none of the model's labels "
-                         f"(first labels: {labels[:5]})")
-    # (T, C') from the maximum over each target's source columns
-    out = np.stack([scores[:, idx].max(axis=1) for idx in columns.values()], axis=1)
-    return out, list(columns)
-
-
-def median_filter(scores: Any, kernel_frames: int | Sequence[int]) -> np.ndarray:
-    """Median filter along time (axis 0), one odd kernel size per class (1 = unchanged).
-
-    Edges repeat the first and last frame, so a filter never invents silence at the ends.
-
-    >>> median_filter(np.array([[0.], [1.], [0.], [0.]]), 3).ravel()
-    array([0., 0., 0., 0.])
-    """
-    s = _as_scores(scores)
-    sizes = ([int(kernel_frames)] * s.shape[1] if np.isscalar(kernel_frames)
-             else [int(k) for k in kernel_frames])
-    if len(sizes) != s.shape[1]:
-        raise ValueError(f"{len(sizes)} kernel sizes for {s.shape[1]} classes")
-    bad = sorted({k for k in sizes if k < 1 or k % 2 == 0})
-    if bad:
-        raise ValueError(f"median kernel sizes must be odd and >= 1, got {bad}")
-    out = s.copy()
-    sizes_arr = np.array(sizes)
-    for k in np.unique(sizes_arr):
-        if k == 1 or s.shape[0] == 0:
-            continue
-        cols = np.flatnonzero(sizes_arr == k)
-        out[:, cols] = ndimage.median_filter(s[:, cols], size=(int(k), 1), mode="nearest")
-    return out
-
-
-def kernel_frames(seconds: float, frame_seconds: float) -> int:
-    """A kernel of ``seconds`` as an odd number of frames (0 s -> 1, i.e. off).
-
-    >>> kernel_frames(0.45, 0.1)
-    5
-    """
-    n = int(round(seconds / _check_frame_seconds(frame_seconds)))
-    return max(1, n if n % 2 else n + 1)
-
-
-# ---- frames -> events ------------------------------------------------------------------------
-
-
-def _prepare(frame_scores: Any, labels: Sequence[str], frame_seconds: float,
-             config: DetectionConfig) -> tuple[np.ndarray, list[str]]:
-    """Mapped and median-filtered scores ``(T, C')`` with their labels."""
-    scores, labels = map_scores(frame_scores, labels, config.label_map)
-    config._check_keys(labels)
-    kernels = [kernel_frames(config.median_seconds_of(lab), frame_seconds) for lab in labels]
-    return median_filter(scores, kernels), labels
-
-
-def _runs(active: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` start and end (exclusive) frames of the runs of True in a 1-D mask."""
-    edges = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
-    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
-
-
-def _class_runs(score: np.ndarray, high: float, low: float | None, frame_seconds: float,
-                min_gap: float, min_duration: float) -> np.ndarray:
-    """Event runs ``(N, 2)`` in frames for one class's scores ``(T,)``."""
-    if low is None or low >= high:
-        runs = _runs(score >= high)
-    else:
-        runs = _runs(score >= low)
-        keep = [score[a:b].max() >= high for a, b in runs]
-        runs = runs[np.array(keep, dtype=bool)] if len(runs) else runs
-    if len(runs) > 1 and min_gap > 0:
-        merged = [list(runs[0])]
-        for a, b in runs[1:]:
-            if (a - merged[-1][1]) * frame_seconds < min_gap - _EPS:
-                merged[-1][1] = b
-            else:
-                merged.append([a, b])
-        runs = np.array(merged)
-    if len(runs) and min_duration > 0:
-        runs = runs[(runs[:, 1] - runs[:, 0]) * frame_seconds >= min_duration - _EPS]
-    return runs
-
-
-def _events(scores: np.ndarray, labels: list[str], frame_seconds: float,
-            config: DetectionConfig, offset_seconds: float = 0.0,
-            duration: float | None = None,
-            thresholds: Sequence[float] | None = None) -> list[Event]:
-    end_limit = np.inf if duration is None else offset_seconds + duration
-    events = []
-    for c, label in enumerate(labels):
-        high = config.threshold_of(label) if thresholds is None else thresholds[c]
-        runs = _class_runs(scores[:, c], high, config.hysteresis, frame_seconds,
-                           config.min_gap, config.min_duration)
-        for a, b in runs:
-            # rounded to the microsecond, so 6 * 0.1 s reads 0.6 s
-            onset = round(offset_seconds + a * frame_seconds, 6)
-            offset = round(min(offset_seconds + b * frame_seconds, end_limit), 6)
-            events.append(Event(float(onset), float(offset), label,
-                                float(scores[a:b, c].max())))
-    events.sort(key=lambda e: (e.onset, e.label))
-    return events
-
-
-def frames_to_events(frame_scores: Any, labels: Sequence[str], frame_seconds: float,
-                     config: DetectionConfig | None = None, offset_seconds: float = 0.0,
-                     duration: float | None = None) -> list[Event]:
-    """Events from frame scores ``(T, C)``, frame ``i`` covering ``[i, i + 1) * frame_seconds``.
-
-    Times are in seconds from the start of the file; ``offset_seconds`` shifts them (the
-    start of a block of a long file) and ``duration``, when given, clips the last offset
-    (a final frame or chunk that is shorter than the rest). Events come sorted by onset,
-    then label; each carries the maximum of its class score over its frames.
-
-    >>> s = np.zeros((6, 1)); s[1:3, 0] = 0.8
-    >>> frames_to_events(s, ["dog"], 0.5, DetectionConfig(threshold=0.5), offset_seconds=10)
-    [Event(onset=10.5, offset=11.5, label='dog', score=0.8)]
-    """
-    config = config or DetectionConfig()
-    frame_seconds = _check_frame_seconds(frame_seconds)
-    scores, labels = _prepare(frame_scores, labels, frame_seconds, config)
-    return _events(scores, labels, frame_seconds, config, offset_seconds, duration)
-
-
-def chunks_to_events(chunks: Sequence[Any], labels: Sequence[str],
-                     config: DetectionConfig | None = None) -> list[Event]:
-    """Events from consecutive chunk scores, e.g. :meth:`Tagger.chunk_scores` output.
-
-    Each chunk has ``start``, ``end`` (seconds) and ``scores`` ``(C,)``; chunks are equally
-    long except the last, which may be shorter.
-
-    >>> from types import SimpleNamespace as C
-    >>> chunks = [C(start=0.0, end=1.0, scores=[0.9]), C(start=1.0, end=1.4, scores=[0.8])]
-    >>> chunks_to_events(chunks, ["dog"])
-    [Event(onset=0.0, offset=1.4, label='dog', score=0.9)]
-    """
-    if not chunks:
-        return []
-    rows = []
-    for chunk in chunks:
-        s = chunk.scores
-        if hasattr(s, "detach"):
-            s = s.detach().cpu().float().numpy()
-        rows.append(np.asarray(s, dtype=np.float64).reshape(-1))
-    start = float(chunks[0].start)
-    return frames_to_events(np.stack(rows), labels, float(chunks[0].end) - start, config,
-                            offset_seconds=start, duration=float(chunks[-1].end) - start)
-
-
-# ---- HTS-AT on DESED -------------------------------------------------------------------------
-
-
-def desed_label_map(audioset_labels: Sequence[str]) -> dict[str, str]:
-    """HTS-AT's AudioSet -> DESED ``label_map`` for a model with the 527 AudioSet labels.
-
-    Use it with :data:`HTSAT_DESED_THRESHOLDS` to follow the paper's DESED evaluation.
-
-    >>> names = [f"class {i}" for i in range(527)]
-    >>> desed_label_map(names)["class 74"]
-    'Dog'
-    """
-    labels = list(audioset_labels)
-    if len(labels) != 527:
-        raise ValueError(f"expected the 527 AudioSet labels, got {len(labels)}")
-    return {labels[i]: target for target, idx in HTSAT_DESED_AUDIOSET_INDICES.items()
-            for i in idx}
-
-
-# ---- threshold tuning ------------------------------------------------------------------------
-
-
-def _triplet(event: Any) -> tuple[float, float, str]:
-    if isinstance(event, Event):
-        return float(event.onset), float(event.offset), str(event.label)
-    onset, offset, label = event[:3]
-    return float(onset), float(offset), str(label)
-
-
-def _matched(pred: list[tuple[float, float]], truth: list[tuple[float, float]]) -> int:
-    """How many truth events a prediction matches within the onset and offset collars.
-
-    Greedy in onset order: each truth event takes the first unused prediction in collar.
-    """
-    used = [False] * len(pred)
-    hits = 0
-    for t_on, t_off in sorted(truth):
-        off_collar = max(OFFSET_COLLAR, OFFSET_COLLAR_RATE * (t_off - t_on))
-        for j, (p_on, p_off) in enumerate(pred):
-            if (not used[j] and abs(p_on - t_on) <= ONSET_COLLAR + _EPS
-                    and abs(p_off - t_off) <= off_collar + _EPS):
-                used[j] = True
-                hits += 1
-                break
-    return hits
-
-
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    # A class that is absent and never predicted scores 1: predicting nothing was right.
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 1.0)
-
-
-def _truth_frames(truth: Iterable[Any], labels: list[str], n_frames: int,
-                  frame_seconds: float) -> np.ndarray:
-    """``(T, C)`` bool: a frame is positive when its centre lies inside a truth event."""
-    out = np.zeros((n_frames, len(labels)), dtype=bool)
-    column = {label: c for c, label in enumerate(labels)}
-    centres = (np.arange(n_frames) + 0.5) * frame_seconds
-    for onset, offset, label in map(_triplet, truth):
-        if label in column:
-            out[(centres >= onset) & (centres < offset), column[label]] = True
-    return out
-
-
-def tune_thresholds(frame_scores_list: Sequence[Any], truth_events_list: Sequence[Iterable[Any]],
-                    labels: Sequence[str], frame_seconds: float,
-                    candidates: Sequence[float] | np.ndarray = THRESHOLD_CANDIDATES,
-                    metric: str = "event_f1",
-                    config: DetectionConfig | None = None) -> dict[str, float]:
-    """Per-class thresholds that maximise a per-class F1 on a validation split.
-
-    ``frame_scores_list[i]`` is one file's ``(T_i, C)`` scores and ``truth_events_list[i]``
-    its reference events (:class:`Event` or ``(onset, offset, label)``), in detection labels
-    (after ``config.label_map``). The rest of ``config`` (median filter, hysteresis, ...)
-    applies while tuning.
-
-    - ``event_f1``: events from :func:`frames_to_events` matched to the truth with a 200 ms
-      onset collar and an offset collar of ``max(200 ms, 20 % of the truth event)``, the
-      DCASE task 4 convention (a simple greedy matcher, not sed_eval's).
-    - ``frame_f1``: frames after mapping, median filter and threshold against truth frames
-      (a frame is positive when its centre lies in a truth event); faster, and blind to
-      ``min_duration``, ``min_gap`` and ``hysteresis``.
-
-    Ties go to the middle of the best candidates, away from the edges of the plateau.
-
-    >>> s = np.array([[0.3], [0.6], [0.6], [0.3]])
-    >>> t = tune_thresholds([s], [[(0.1, 0.3, "dog")]], ["dog"], 0.1, metric="frame_f1")
-    >>> 0.3 < t["dog"] <= 0.6
-    True
-    """
-    if metric not in ("event_f1", "frame_f1"):
-        raise ValueError(f"metric must be 'event_f1' or 'frame_f1', got {metric!r}")
-    if len(frame_scores_list) != len(truth_events_list):
-        raise ValueError(f"{len(frame_scores_list)} score arrays but "
-                         f"{len(truth_events_list)} truth lists")
-    if not len(frame_scores_list):
-        raise ValueError("tune_thresholds needs at least one file")
-    cands = np.sort(np.asarray(candidates, dtype=np.float64).reshape(-1))
-    if cands.size == 0:
-        raise ValueError("no threshold candidates")
-    config = config or DetectionConfig()
-    frame_seconds = _check_frame_seconds(frame_seconds)
-    prepared = [_prepare(s, labels, frame_seconds, config) for s in frame_scores_list]
-    out_labels = prepared[0][1]
-    truths = [list(map(_triplet, t)) for t in truth_events_list]
-    n_cls, n_cand = len(out_labels), cands.size
-    tp = np.zeros((n_cand, n_cls))
-    fp = np.zeros((n_cand, n_cls))
-    fn = np.zeros((n_cand, n_cls))
-
-    for (scores, _), truth in zip(prepared, truths):
-        if metric == "frame_f1":
-            positive = _truth_frames(truth, out_labels, scores.shape[0], frame_seconds)
-            active = scores[None] >= cands[:, None, None]  # (K, T, C)
-            tp += (active & positive).sum(axis=1)
-            fp += (active & ~positive).sum(axis=1)
-            fn += (~active & positive).sum(axis=1)
-            continue
-        ref = {label: [(on, off) for on, off, lab in truth if lab == label]
-               for label in out_labels}
-        for k, th in enumerate(cands):
-            events = _events(scores, out_labels, frame_seconds, config,
-                             thresholds=[th] * n_cls)
-            for c, label in enumerate(out_labels):
-                pred = [(e.onset, e.offset) for e in events if e.label == label]
-                hits = _matched(pred, ref[label])
-                tp[k, c] += hits
-                fp[k, c] += len(pred) - hits
-                fn[k, c] += len(ref[label]) - hits
-
-    f1 = _f1(tp, fp, fn)  # (K, C)
-    chosen = {}
-    for c, label in enumerate(out_labels):
-        best = np.flatnonzero(np.isclose(f1[:, c], f1[:, c].max()))
-        chosen[label] = float(cands[best[len(best) // 2]])
-    return chosen
-
-
-# ---- with a tagger ---------------------------------------------------------------------------
-
-
-def detect(tagger: Tagger, audio, sample_rate: int | None = None, threshold=None, config=None,
+def detect(tagger: Scorer, audio, sample_rate: int | None = None, threshold=None, config=None,
            chunk_seconds: float | None = None) -> list:
     """Sound events ``[Event(onset, offset, label, score)]`` sorted by onset.
 
     Models with frame outputs (HTS-AT) detect from their frame scores; others from the
     scores of consecutive chunks (``chunk_seconds``, by default the model's clip length).
-    ``config`` is a :class:`earmark.infer.detect.DetectionConfig` (thresholds, median
+    ``config`` is a :class:`earmark.infer.events.DetectionConfig` (thresholds, median
     filter, minimum length, gap merging, label map); by default the one saved with the
     model, if any. ``threshold`` overrides its thresholds. Long files are read block by
     block.
@@ -554,7 +54,7 @@ def detect(tagger: Tagger, audio, sample_rate: int | None = None, threshold=None
     return finish(detect_steps(tagger, audio, sample_rate, threshold, config, chunk_seconds))
 
 
-def detect_steps(tagger: Tagger, audio, sample_rate: int | None = None, threshold=None,
+def detect_steps(tagger: Scorer, audio, sample_rate: int | None = None, threshold=None,
                  config=None, chunk_seconds: float | None = None,
                  block_seconds: float | None = None) -> Steps[list]:
     """:func:`detect` as a series of bounded model calls (see :mod:`earmark.steps`),
@@ -569,8 +69,7 @@ def detect_steps(tagger: Tagger, audio, sample_rate: int | None = None, threshol
         config = replace(config, threshold=threshold)
     if not tagger.has_frames or chunk_seconds is not None:
         chunks = []
-        for c in iter_chunk_scores(tagger, audio, chunk_seconds or tagger.model.clip_seconds,
-                                   sample_rate):
+        for c in iter_chunk_scores(tagger, audio, _chunk(tagger, chunk_seconds), sample_rate):
             chunks.append(c)
             yield
         return chunks_to_events(chunks, tagger.labels, config)
@@ -593,7 +92,7 @@ def detect_steps(tagger: Tagger, audio, sample_rate: int | None = None, threshol
     return events
 
 
-def tune_detection(tagger: Tagger, manifest, config=None, metric: str = "event_f1",
+def tune_detection(tagger: Scorer, manifest, config=None, metric: str = "event_f1",
                    chunk_seconds: float | None = None):
     """Per-class thresholds tuned on strongly labelled files (``manifest.meta["events"]``,
     as the ``desed`` and synth soundscape sources give); returns a DetectionConfig.
@@ -609,7 +108,7 @@ def tune_detection(tagger: Tagger, manifest, config=None, metric: str = "event_f
         if tagger.has_frames and chunk_seconds is None:
             frames, hop = tagger.frame_scores(item.path)
         else:
-            chunks = tagger.chunk_scores(item.path, chunk_seconds or tagger.model.clip_seconds)
+            chunks = chunk_scores(tagger, item.path, _chunk(tagger, chunk_seconds))
             frames = torch.stack([c.scores for c in chunks])
             hop = chunks[0].end - chunks[0].start
         scores.append(frames.numpy())
@@ -619,6 +118,12 @@ def tune_detection(tagger: Tagger, manifest, config=None, metric: str = "event_f
     thresholds = tune_thresholds(scores, truths, tagger.labels, hop, metric=metric,
                                  config=config)
     return replace(config, threshold=thresholds)
+
+
+def _chunk(scorer: Scorer, chunk_seconds: float | None) -> float:
+    """The chunk a model without frames detects in: ``chunk_seconds``, else its clip length
+    (one score per clip-long piece, as it was trained)."""
+    return chunk_seconds or scorer.model.clip_seconds
 
 
 def _join_at(events: list, boundary: float) -> list:

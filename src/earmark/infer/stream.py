@@ -27,43 +27,31 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from earmark.audio.io import RESAMPLE_QUALITY, iter_blocks
 from earmark.errors import AudioError, EarmarkError
+from earmark.infer.chunks import (
+    ChunkResult,
+    PendingChunk,
+    ScoredChunks,
+    iter_chunk_scores,
+    score_chunks,
+)
+from earmark.infer.scorer import Scorer
 
-if TYPE_CHECKING:
-    from earmark.infer.tagger import Tagger
+# iter_chunk_scores lives in earmark.infer.chunks; named here too for code that still
+# imports it from this module
+__all__ = ["MAX_WINDOW_SECONDS", "StreamSession", "iter_chunk_scores", "stream_file",
+           "stream_mic"]
 
 # Sliding windows longer than this cost more than the clip models were trained on (10 s).
 MAX_WINDOW_SECONDS = 10.0
-# Chunk length of full-context models when none is given.
-DEFAULT_CHUNK_SECONDS = 1.0
 STREAM_NAME = "<stream>"  # how AudioError names a live stream
-
-
-@dataclass
-class ChunkResult:
-    """The scores of one chunk of a stream.
-
-    ``start``/``end`` are seconds from the start of the stream (``end`` is where the audio
-    ended for a zero-padded last chunk). ``window`` is the span of the stream whose samples
-    went into this model call: the chunk itself for a streaming model (which also carries
-    its cache of the previous chunk), the sliding window for a full-context model.
-    """
-
-    start: float
-    end: float
-    scores: torch.Tensor  # (C,) probabilities
-    labels: list[tuple[str, float]]  # top-k (label, score), best first
-    latency_ms: float  # wall time of the model call(s), front end included
-    window: tuple[float, float] | None = None
 
 
 class StreamSession:
@@ -79,20 +67,20 @@ class StreamSession:
         >>> results = session.push(block) + session.flush()        # doctest: +SKIP
     """
 
-    def __init__(self, tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 3,
+    def __init__(self, tagger: Scorer, chunk_seconds: float | None = None, top_k: int = 3,
                  tail: str = "pad", sample_rate: int | None = None,
                  window_seconds: float | None = None, fast: bool = True,
                  compile: bool = False):
         model = tagger.model
         self.fast = fast  # streaming models: run chunks through a traced step (same numbers)
         self.compile = compile  # or a torch.compile'd one (faster, compiles for ~30 s first)
-        self._step = None
+        self.chunk_step = None  # the traced step of a streaming model (None: its own)
         self.tagger = tagger
         self.streaming = model.is_streaming
         self.sample_rate = int(tagger.sample_rate)  # the model's rate; the clock counts at it
         self.input_rate = int(sample_rate or self.sample_rate)
         if chunk_seconds is None:
-            chunk_seconds = model.chunk_seconds if self.streaming else DEFAULT_CHUNK_SECONDS
+            chunk_seconds = tagger.chunk_seconds
         if not chunk_seconds > 0:
             raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
         if tail not in ("pad", "drop"):
@@ -135,10 +123,10 @@ class StreamSession:
             self._chunk = torch.zeros(self.chunk_samples)  # (N,) the chunk being filled
             with torch.no_grad():
                 self.cache = self.tagger.primed_cache()
-                if self._step is None and self.fast:
+                if self.chunk_step is None and self.fast:
                     # same numbers, less per-op overhead: a traced and frozen chunk step,
                     # traced once per tagger
-                    self._step = self.tagger.chunk_step(self.chunk_samples, self.compile)
+                    self.chunk_step = self.tagger.chunk_step(self.chunk_samples, self.compile)
         else:
             # ring buffer of the last window_samples samples; _pos is where the next one goes
             self._ring = torch.zeros(self.window_samples)
@@ -161,20 +149,21 @@ class StreamSession:
 
     def push(self, samples) -> list[ChunkResult]:
         """Add a block of samples; returns the results of the chunks it completed, in order."""
-        return score_chunks(self.feed(samples))
+        return self.take(score_chunks(self.feed(samples)))
 
     def flush(self) -> list[ChunkResult]:
         """End the stream: the tail shorter than a chunk is zero-padded to a chunk and scored
         (``tail="pad"``) or dropped (``"drop"``). The session then starts afresh, as after
         :meth:`reset`."""
-        out = score_chunks(self.finish())
+        out = self.take(score_chunks(self.finish()))
         self.reset()
         return out
 
     def feed(self, samples) -> list[PendingChunk]:
         """Like :meth:`push`, but the chunks completed are returned unscored: pass them to
-        :func:`score_chunks` (in order), alone or together with other streams' chunks, which
-        is how a server scores many streams in one batch."""
+        :func:`~earmark.infer.chunks.score_chunks` (in order), alone or together with other
+        streams' chunks, which is how a server scores many streams in one batch, then hand
+        what it returns to :meth:`take`."""
         x = self._as_array(samples)
         if not np.isfinite(x).all():
             raise AudioError(STREAM_NAME,
@@ -183,10 +172,19 @@ class StreamSession:
             x = self._resampler.resample_chunk(x)
         return self._consume(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
 
+    def take(self, scored: ScoredChunks) -> list[ChunkResult]:
+        """Take this session's cache from a :func:`~earmark.infer.chunks.score_chunks` call
+        over chunks :meth:`feed` or :meth:`finish` gave (a streaming model's next chunk
+        goes on from it); returns the call's results. Nothing changes for a full-context
+        model, or when the call held none of this session's chunks."""
+        if self in scored.caches:
+            self.cache = scored.caches[self]
+        return scored.results
+
     def finish(self) -> list[PendingChunk]:
         """Like :meth:`flush`, unscored and without the reset: the resampler's last samples
-        and the padded tail as chunks for :func:`score_chunks`; call :meth:`reset` once they
-        are scored."""
+        and the padded tail as chunks for :func:`~earmark.infer.chunks.score_chunks`; call
+        :meth:`reset` once they are scored."""
         out: list[PendingChunk] = []
         if self._resampler is not None:
             rest = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
@@ -195,7 +193,7 @@ class StreamSession:
         if self._fill and self.tail == "pad":
             real = self._fill
             self._write(torch.zeros(self.chunk_samples - real))
-            out.append(self._take(real))
+            out.append(self._complete(real))
         elif self._fill:
             self._fill = 0  # dropped
         return out
@@ -220,7 +218,7 @@ class StreamSession:
             self._write(x[i:i + take])
             i += take
             if self._fill == self.chunk_samples:
-                out.append(self._take(self.chunk_samples))
+                out.append(self._complete(self.chunk_samples))
         return out
 
     def _write(self, piece: torch.Tensor) -> None:
@@ -250,85 +248,13 @@ class StreamSession:
 
     # ---- scores out --------------------------------------------------------------------------
 
-    def _take(self, real: int) -> PendingChunk:
+    def _complete(self, real: int) -> PendingChunk:
         """The full chunk just completed, to be scored; ``real`` of its samples are audio."""
         first = self._chunks * self.chunk_samples  # sample index of the chunk's start
         wave = self._chunk.clone() if self.streaming else self._window()
         self._chunks += 1
         self._fill = 0
         return PendingChunk(self, wave, first, real)
-
-
-@dataclass
-class PendingChunk:
-    """A completed chunk of a :class:`StreamSession` that waits for its model call."""
-
-    session: StreamSession
-    wave: torch.Tensor  # (N,) the chunk (streaming models) or the window, oldest first
-    first: int  # sample index of the chunk's start in the stream
-    real: int  # samples of the chunk that are audio, not padding
-
-    def result(self, scores: torch.Tensor, latency_ms: float) -> ChunkResult:
-        s = self.session
-        sr, first = s.sample_rate, self.first
-        last = first + s.chunk_samples
-        window = ((last - self.wave.shape[0]) / sr, last / sr)  # a streaming chunk: first
-        return ChunkResult(first / sr, (first + self.real) / sr, scores,
-                           s.tagger.top(scores, s.top_k), latency_ms, window)
-
-
-def score_chunks(pending: list[PendingChunk]) -> list[ChunkResult]:
-    """Score chunks of one or many streams, batching what can share a model call.
-
-    Chunks of one session are scored in the order given, each with the cache the one before
-    it left (a session must not appear in two concurrent calls). Chunks of different sessions
-    of one tagger go through the model together: a streaming model's chunks with their caches
-    stacked, a full-context model's windows of equal length. The scores equal those of one
-    call per chunk up to float rounding; each result's ``latency_ms`` is its batch's time.
-    """
-    results: list[ChunkResult | None] = [None] * len(pending)
-    todo = list(enumerate(pending))
-    while todo:
-        # one round: at most one chunk per session, the earliest it has left
-        batch, later, seen = [], [], set()
-        for i, p in todo:
-            (later if id(p.session) in seen else batch).append((i, p))
-            seen.add(id(p.session))
-        groups: dict[tuple, list[tuple[int, PendingChunk]]] = {}
-        for i, p in batch:
-            key = (id(p.session.tagger), p.wave.shape[0])  # the tagger decides streaming
-            groups.setdefault(key, []).append((i, p))
-        for group in groups.values():
-            t0 = time.perf_counter()
-            scores = _score_group([p for _, p in group])
-            latency = (time.perf_counter() - t0) * 1000.0
-            for (i, p), row in zip(group, scores):
-                results[i] = p.result(row, latency)
-        todo = later
-    return results  # type: ignore[return-value]
-
-
-def _score_group(group: list[PendingChunk]) -> list[torch.Tensor]:
-    """Model call(s) for chunks of distinct sessions of one tagger, one kind, one length."""
-    session = group[0].session
-    tagger, model = session.tagger, session.tagger.model
-    with torch.inference_mode():
-        if not session.streaming:
-            return list(tagger.score_batch(torch.stack([p.wave for p in group])))
-        waves = torch.stack([p.wave for p in group]).to(tagger.device)  # (B, N)
-        if len(group) == 1:
-            step = session._step or model.forward_chunk
-            logits, cache = step(waves, session.cache)
-            caches = [cache]
-        else:  # stacked caches through the eager step (a trace holds one batch size)
-            from earmark.models.sat import ChunkCache
-
-            logits, cache = model.forward_chunk(waves, ChunkCache.cat(
-                [p.session.cache for p in group]))
-            caches = cache.split()
-        for p, c in zip(group, caches):
-            p.session.cache = c
-        return list(model.activation(logits).float().cpu())
 
 
 # ---- helpers for the command line -------------------------------------------------------------
@@ -356,7 +282,7 @@ def _sink(out: Callable[[str], object] | None, collect: bool):
     return handle, lambda: results if collect else count[0]
 
 
-def stream_file(tagger: Tagger, path: str | Path, chunk_seconds: float | None = None,
+def stream_file(tagger: Scorer, path: str | Path, chunk_seconds: float | None = None,
                 realtime: bool = False, top_k: int = 3, block_seconds: float = 0.1,
                 out: Callable[[str], object] | None = print, collect: bool = True,
                 tail: str = "pad", compile: bool = False) -> list[ChunkResult] | int:
@@ -392,7 +318,7 @@ def _import_sounddevice():
     return sounddevice
 
 
-def stream_mic(tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 3,
+def stream_mic(tagger: Scorer, chunk_seconds: float | None = None, top_k: int = 3,
                device: int | str | None = None, seconds: float | None = None,
                out: Callable[[str], object] | None = print, block_seconds: float = 0.1,
                collect: bool = False) -> list[ChunkResult] | int:
@@ -427,44 +353,3 @@ def stream_mic(tagger: Tagger, chunk_seconds: float | None = None, top_k: int = 
         pass
     handle(session.flush())
     return result()
-
-
-@dataclass
-class ChunkScores:
-    start: float  # seconds
-    end: float
-    scores: torch.Tensor  # (C,)
-
-
-def chunk_scores(tagger: Tagger, audio, chunk_seconds: float,
-                 sample_rate: int | None = None) -> list[ChunkScores]:
-    """Scores of consecutive ``chunk_seconds`` pieces (the last one may be shorter)."""
-    return list(iter_chunk_scores(tagger, audio, chunk_seconds, sample_rate))
-
-
-def iter_chunk_scores(tagger: Tagger, audio, chunk_seconds: float,
-                      sample_rate: int | None = None) -> Iterator[ChunkScores]:
-    """:func:`chunk_scores` one chunk at a time: a file is read block by block and each
-    chunk's scores are yielded as soon as they exist, so memory does not grow with the
-    length of the audio."""
-    if chunk_seconds <= 0:
-        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
-    if isinstance(audio, (str, Path)):
-        blocks = iter_blocks(audio, chunk_seconds, sample_rate=tagger.sample_rate)
-    else:
-        n = max(1, int(round(chunk_seconds * tagger.sample_rate)))
-        blocks = tagger.waveform(audio, sample_rate).split(n)
-    if tagger.model.is_streaming and abs(chunk_seconds - tagger.model.chunk_seconds) < 1e-9:
-        # a streaming model scores its chunks through its cache, as it would live
-        session = StreamSession(tagger, chunk_seconds)
-        for block in blocks:
-            for r in session.push(block):
-                yield ChunkScores(r.start, r.end, r.scores)
-        for r in session.flush():
-            yield ChunkScores(r.start, r.end, r.scores)
-        return
-    start = 0.0
-    for block in blocks:
-        dur = block.shape[-1] / tagger.sample_rate
-        yield ChunkScores(start, start + dur, tagger.score_wave(block))
-        start += dur

@@ -18,8 +18,30 @@ from earmark.audio import io as audio_io
 from earmark.audio.io import audio_info, iter_blocks, load_audio
 from earmark.errors import AudioError, ModelError
 from earmark.files import write_json
+from earmark.infer.chunks import ChunkScores, chunk_scores
+from earmark.infer.stream import StreamSession
 from earmark.models.directory import CONFIG, load_model
 from earmark.steps import Steps, finish
+
+# The chunk length of a full-context model's stream when none is given; a streaming model
+# streams in its own chunk.
+DEFAULT_CHUNK_SECONDS = 1.0
+
+
+def default_chunk_seconds(model) -> float:
+    """The chunk length a model streams in when none is given: a streaming model's own
+    chunk (SAT: the 1 or 2 s it was trained on), else :data:`DEFAULT_CHUNK_SECONDS` (a
+    full-context model scores its sliding window once per chunk).
+
+        >>> import earmark
+        >>> default_chunk_seconds(earmark.create_model("sat-tiny", 3, chunk_seconds=2.0))
+        2.0
+        >>> default_chunk_seconds(earmark.create_model("vit-tiny", 3))
+        1.0
+    """
+    if model.is_streaming:
+        return float(model.chunk_seconds)
+    return DEFAULT_CHUNK_SECONDS
 
 
 class Tagger:
@@ -63,6 +85,13 @@ class Tagger:
     @property
     def sample_rate(self) -> int:
         return self.model.sample_rate
+
+    @property
+    def chunk_seconds(self) -> float:
+        """The chunk length of this model's streams when none is given (see
+        :func:`default_chunk_seconds`): what :meth:`stream`, ``earmark stream`` and
+        ``earmark serve`` use, and what a streaming model exports as."""
+        return default_chunk_seconds(self.model)
 
     @property
     def multi_label(self) -> bool:
@@ -233,14 +262,12 @@ class Tagger:
         return path
 
     def chunk_scores(self, audio, chunk_seconds: float,
-                     sample_rate: int | None = None) -> list:
+                     sample_rate: int | None = None) -> list[ChunkScores]:
         """Scores of consecutive ``chunk_seconds`` pieces: see
-        :func:`earmark.infer.stream.chunk_scores`."""
-        from earmark.infer.stream import chunk_scores
-
+        :func:`earmark.infer.chunks.chunk_scores`."""
         return chunk_scores(self, audio, chunk_seconds, sample_rate)
 
-    def stream(self, chunk_seconds: float | None = None, **kw) -> StreamSession:  # noqa: F821
+    def stream(self, chunk_seconds: float | None = None, **kw) -> StreamSession:
         """An online tagging session (:class:`earmark.infer.stream.StreamSession`): push
         blocks of samples, get one result per chunk. ``kw``: ``top_k``, ``tail`` ("pad" or
         "drop"), ``sample_rate``, ``window_seconds``.
@@ -248,8 +275,6 @@ class Tagger:
             >>> session = tagger.stream(chunk_seconds=1.0)            # doctest: +SKIP
             >>> results = session.push(block) + session.flush()       # doctest: +SKIP
         """
-        from earmark.infer.stream import StreamSession
-
         return StreamSession(self, chunk_seconds, **kw)
 
 

@@ -35,13 +35,9 @@ import torch
 from earmark.audio.io import check_samples, iter_array_blocks
 from earmark.audio.packed import decode_bytes
 from earmark.errors import AudioError, EarmarkError, HeaderError, TooLongError
+from earmark.infer.chunks import iter_chunk_scores, score_chunks
 from earmark.infer.detect import detect_steps
-from earmark.infer.stream import (
-    DEFAULT_CHUNK_SECONDS,
-    StreamSession,
-    iter_chunk_scores,
-    score_chunks,
-)
+from earmark.infer.stream import StreamSession
 from earmark.infer.tagger import Tagger
 from earmark.serve.batcher import DeadlineExceeded, InferenceWorker, ShuttingDown
 from earmark.serve.events import EventTracker
@@ -406,16 +402,18 @@ def warm_up(m: ServedModel) -> None:
     silence = np.zeros(int(round(m.chunk_seconds * m.tagger.sample_rate)), np.float32)
     sessions = [StreamSession(m.tagger, m.chunk_seconds) for _ in range(2)]
     for _ in range(3):
-        score_chunks(sessions[0].feed(silence))
-        score_chunks([p for s in sessions for p in s.feed(silence)])
+        sessions[0].take(score_chunks(sessions[0].feed(silence)))
+        scored = score_chunks([p for s in sessions for p in s.feed(silence)])
+        for s in sessions:
+            s.take(scored)
     m.tagger.scores(silence)
 
 
 def _chunk_seconds(tagger: Tagger, options: ServeOptions) -> float:
-    model = tagger.model
-    if model.is_streaming:
-        return float(model.chunk_seconds)
-    return float(options.chunk_seconds or DEFAULT_CHUNK_SECONDS)
+    """``--chunk`` for a full-context model; a streaming model streams in its own chunk."""
+    if options.chunk_seconds and not tagger.model.is_streaming:
+        return float(options.chunk_seconds)
+    return tagger.chunk_seconds
 
 
 # ---- /v1/tag ----------------------------------------------------------------------------------
@@ -678,11 +676,11 @@ async def _run_stream(ws, m: ServedModel, session: StreamSession, st: _StreamSta
                 pending = session.feed(x)
             except AudioError as err:
                 raise ServeError(400, err.reason, BAD_DATA) from None
-            await _send_results(ws, m, st.tracker, await worker.score(pending), received,
-                                metrics)
+            results = session.take(await worker.score(pending))
+            await _send_results(ws, m, st.tracker, results, received, metrics)
         else:
             _expect_flush(msg.get("text"))
-            results = await worker.score(session.finish())
+            results = session.take(await worker.score(session.finish()))
             await _send_results(ws, m, st.tracker, results, received, metrics)
             end = results[-1].end if results else session.time
             for e in st.tracker.close(end):

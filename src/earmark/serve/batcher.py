@@ -3,7 +3,7 @@
 Streams that started together complete their chunks at the same moment; scoring them one
 after another would make the last wait for all the others. :class:`InferenceWorker` takes
 every chunk waiting when the model becomes free and scores them in one call per model
-(:func:`earmark.infer.stream.score_chunks`), so the wait is one batch, not one chunk per
+(:func:`earmark.infer.chunks.score_chunks`), so the wait is one batch, not one chunk per
 stream ahead of it.
 
 Whole-file jobs (``/v1/tag``) are generators that yield after each bounded piece of work
@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
-from earmark.infer.stream import ChunkResult, PendingChunk, score_chunks
+from earmark.infer.chunks import PendingChunk, ScoredChunks, score_chunks
 from earmark.serve import memory
 
 
@@ -69,10 +69,11 @@ class InferenceWorker:
 
     # ---- handing work over (from the event loop) ------------------------------------------------
 
-    async def score(self, pending: list[PendingChunk]) -> list[ChunkResult]:
-        """Results of one session's chunks, in order."""
+    async def score(self, pending: list[PendingChunk]) -> ScoredChunks:
+        """One session's chunks scored: their results in order, and the session's new cache
+        for :meth:`~earmark.infer.stream.StreamSession.take`."""
         if not pending:
-            return []
+            return ScoredChunks([])
         return await self._submit(pending=pending)
 
     async def call(self, fn: Callable, *args):
@@ -171,7 +172,7 @@ class InferenceWorker:
     def _score(self, jobs: list[_Job]) -> None:
         pending = [p for j in jobs for p in j.pending]
         try:
-            results = score_chunks(pending)
+            scored = score_chunks(pending)
         except Exception as err:  # noqa: BLE001 - handed to each waiting stream
             for j in jobs:
                 _hand_back(j, None, err)
@@ -181,7 +182,7 @@ class InferenceWorker:
         i = 0
         for j in jobs:
             n = len(j.pending)
-            _hand_back(j, results[i:i + n], None)
+            _hand_back(j, ScoredChunks(scored.results[i:i + n], scored.caches), None)
             i += n
 
     def _step(self, job: _Job) -> bool:

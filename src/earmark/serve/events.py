@@ -18,12 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from earmark.infer.events import Hysteresis
+
 # release level when none is given, as a fraction of the threshold
 DEFAULT_RELEASE_RATIO = 0.6
 
 
 class EventTracker:
-    """Per-label hysteresis over consecutive chunks.
+    """Per-label hysteresis over consecutive chunks (:class:`earmark.infer.events.Hysteresis`,
+    the rule offline detection uses, one chunk per step).
 
     ``update(start, end, scores)`` takes one chunk's scores (one per label) and returns the
     messages it causes: ``{"type": "onset", "label", "time": start, "score"}`` when a label
@@ -44,29 +49,28 @@ class EventTracker:
         self.labels = list(labels)
         self.threshold = float(threshold)
         self.release = float(release)
-        self.open: dict[int, float] = {}  # label index -> peak score of its open event
+        self._levels = Hysteresis(self.threshold, self.release)
+        self._peak = np.full(len(self.labels), -np.inf)  # (C,) peak of each open event
 
     def update(self, start: float, end: float, scores: Sequence[float]) -> list[dict]:
         if len(scores) != len(self.labels):
             raise ValueError(f"{len(scores)} scores for {len(self.labels)} labels")
-        out = []
-        for i, score in enumerate(float(s) for s in scores):
-            if i in self.open:
-                if score < self.release:
-                    out.append(self._message("offset", i, start, self.open.pop(i)))
-                else:
-                    self.open[i] = max(self.open[i], score)
-            elif score >= self.threshold:
-                self.open[i] = score
-                out.append(self._message("onset", i, start, score))
-        return out
+        s = np.array([float(x) for x in scores])
+        changes = self._levels.step(s)
+        # one chunk: a label turns on or off, never both; messages in label order
+        out = sorted([(i, self._message("offset", i, start, self._peak[i]))
+                      for i in changes.offsets[:, 0]]
+                     + [(i, self._message("onset", i, start, s[i]))
+                        for i in changes.onsets[:, 0]], key=lambda m: m[0])
+        self._peak = np.where(self._levels.on, np.maximum(self._peak, s), -np.inf)
+        return [m for _, m in out]
 
     def close(self, time: float) -> list[dict]:
         """Offsets at ``time`` for every event still open (the stream ended)."""
-        out = [self._message("offset", i, time, peak) for i, peak in sorted(self.open.items())]
-        self.open.clear()
+        out = [self._message("offset", i, time, self._peak[i])
+               for i in sorted(self._levels.close()[:, 0])]
+        self._peak[:] = -np.inf
         return out
-
     def _message(self, kind: str, i: int, time: float, score: float) -> dict:
         return {"type": kind, "label": self.labels[i], "time": round(float(time), 6),
                 "score": round(float(score), 6)}
