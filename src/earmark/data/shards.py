@@ -18,9 +18,16 @@ then its record ``shard-NNNNNN.json`` is written; a killed run leaves only compl
 and running the same command again continues after the last recorded one (it refuses when
 the data set's items changed in between).
 
+    >>> import tempfile
     >>> from earmark.data.sources import from_spec
-    >>> write_shards(from_spec("esc50:ESC-50"), "shards/esc50")   # doctest: +SKIP
-    {'shards': [...], 'clips': 2000, 'hours': 2.78, ...}
+    >>> from earmark.data.synth import synthesize
+    >>> root = synthesize(Path(tempfile.mkdtemp()), clips_per_class=2, clip_seconds=0.25,
+    ...                   soundscapes=0)  # 16 clips of 8 classes
+    >>> index = write_shards(from_spec(f"synth:{root}"), root / "shards")
+    >>> index["clips"], index["hours"], index["sample_rate"], index["clips_per_class"]["bark"]
+    (16, 0.001111, 16000, 2)
+    >>> sorted(p.name for p in (root / "shards").iterdir())
+    ['index.json', 'shard-000000.json', 'shard-000000.tar']
 """
 
 from __future__ import annotations
@@ -324,9 +331,21 @@ def load(location: str) -> Manifest:
     fold and group their metadata holds; strong events in ``meta["events"]``;
     ``meta["shards"]`` lists each shard's path and clips per split (what streaming splits by).
 
-    >>> m = load("shards/esc50")  # doctest: +SKIP
-    >>> m.items[0].path  # doctest: +SKIP
-    '/data/shards/esc50/shard-000000.tar#000000000'
+    >>> import tempfile
+    >>> from earmark.data.manifest import Item, Manifest
+    >>> root = Path(tempfile.mkdtemp())
+    >>> sf.write(root / "a.wav", np.zeros(8000), 16000)
+    >>> sf.write(root / "b.wav", np.zeros(4000), 16000)
+    >>> clips = Manifest([Item(str(root / "a.wav"), ("dog",), group="park"),
+    ...                   Item(str(root / "b.wav"), ("owl",), split="test")], ["dog", "owl"])
+    >>> _ = write_shards(clips, root / "shards")
+    >>> m = load(str(root / "shards"))
+    >>> m.items[1].path  # doctest: +ELLIPSIS
+    '/.../shards/shard-000000.tar#000000001'
+    >>> m.items[0].group, m.items[1].labels, m.items[1].split
+    ('park', ('owl',), 'test')
+    >>> m.meta["shards"][0]["clips"], m.meta["shards"][0]["splits"]
+    (2, {'train': 1, 'test': 1})
     """
     paths = shard_paths(location)
     root = paths[0].rsplit("/", 1)[0]  # the folder (or URL folder) of the first shard

@@ -28,10 +28,21 @@ The rank and world size are torch.distributed's when it is initialised in the pr
 iterates or that started the DataLoader worker, else the ``RANK`` and ``WORLD_SIZE``
 environment variables (torchrun sets them), else a single process.
 
-    >>> from earmark.data.shards import load
-    >>> m = load("shards/audioset")  # doctest: +SKIP
-    >>> ds = ShardStream(m.split("train"), 32000, 10.0, batch_size=32, balanced=True)  # doctest: +SKIP
-    >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=4)  # doctest: +SKIP
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from earmark.data.shards import load, write_shards
+    >>> from earmark.data.synth import load as load_synth, synthesize
+    >>> root = synthesize(Path(tempfile.mkdtemp()), clips_per_class=2, clip_seconds=0.25,
+    ...                   soundscapes=0)  # 8 training clips, one per class
+    >>> _ = write_shards(load_synth(str(root)), root / "shards")
+    >>> m = load(str(root / "shards"))
+    >>> ds = ShardStream(m.split("train"), 16000, 0.25, batch_size=4, balanced=True)
+    >>> loader = torch.utils.data.DataLoader(ds, batch_size=4)  # num_workers=4 in training
+    >>> len(ds), len(loader)
+    (8, 2)
+    >>> waves, targets = next(iter(loader))
+    >>> waves.shape, targets.shape
+    (torch.Size([4, 4000]), torch.Size([4, 8]))
 """
 
 from __future__ import annotations
