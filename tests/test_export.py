@@ -153,6 +153,17 @@ def test_metadata_round_trip(vit, sat):
     assert m.eval() is m and m.to("cpu") is m
 
 
+def test_an_onnx_tagger_streams_in_the_chunk_its_pytorch_model_does(vit, tmp_path):
+    # a clip graph: a full-context model's 1 s; a stream graph: the chunk it was exported in
+    assert load_onnx(vit[1]).chunk_seconds == earmark.load(vit[0]).chunk_seconds == 1.0
+    torch.manual_seed(0)
+    model = earmark.create_model("sat-tiny", 3, depth=1, embed_dim=48, num_heads=3,
+                                 chunk_seconds=2.0).eval()
+    tagger = load_onnx(export_onnx(model, tmp_path / "sat2.onnx", check=False, labels=LABELS))
+    assert tagger.chunk_seconds == 2.0 and tagger.stream().chunk_samples == 32000
+    assert onnx_metadata(tmp_path / "sat2.onnx")["export"]["chunk_samples"] == 32000
+
+
 def test_inputs_outside_the_graph_range(vit):
     _, path = vit
     model = OnnxModel(path)

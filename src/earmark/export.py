@@ -89,6 +89,7 @@ from earmark.infer.onnx import (
     open_session,
     run_session,
 )
+from earmark.infer.tagger import default_chunk_seconds
 from earmark.models.base import AudioModel
 from earmark.models.sat import ChunkStep, StreamingAudioViT
 from earmark.models.vit import AudioViT
@@ -299,7 +300,7 @@ def _resolve(model_or_dir, labels: list[str] | None) -> tuple[nn.Module, dict]:
 
 def _export_stream(model: StreamingAudioViT, name: str, chunk_seconds: float | None
                    ) -> tuple[Any, dict, dict[str, np.ndarray]]:
-    seconds = chunk_seconds or model.chunk_seconds
+    seconds = chunk_seconds or default_chunk_seconds(model)  # what its streams use
     n = int(round(seconds * model.sample_rate))
     primed = model.prime_cache(1)
     args = (torch.zeros(1, n), primed.h0, primed.keys, primed.values)

@@ -337,3 +337,31 @@ def test_chunks_of_many_streams_scored_together_equal_each_stream_alone(which, r
     session = tagger.stream()
     assert_same_results(session.take(score_chunks(session.feed(clips[0]) + session.finish())),
                         alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name, kw, chunk", [
+    ("sat-tiny", {"chunk_seconds": 2.0}, 2.0),  # a streaming model: its own chunk
+    ("vit-tiny", {"clip_seconds": 2.0}, 1.0),  # a full-context model: 1 s, not its clip
+])
+def test_a_stream_without_a_chunk_length_uses_the_models_default(name, kw, chunk):
+    model = earmark.create_model(name, 3, depth=1, embed_dim=48, num_heads=3, **kw).eval()
+    tagger = Tagger(model, {"labels": ["a", "b", "c"]})
+    assert tagger.chunk_seconds == chunk
+    session = tagger.stream()
+    assert session.chunk_seconds == chunk
+    results = session.push(noise(2 * chunk)) + session.flush()
+    assert spans(results) == [(0.0, chunk), (chunk, 2 * chunk)]
+
+
+def test_scoring_leaves_a_session_as_it_was_until_it_takes_its_cache(sat):
+    session = sat.stream()
+    primed = session.cache
+    scored = score_chunks(session.feed(noise(2.0)))
+    assert session.cache is primed  # nothing was written into the session
+    assert len(scored.results) == 2 and scored.caches[session] is not primed
+    assert session.take(scored) is scored.results
+    assert session.cache is scored.caches[session]
+    # the next chunk goes on from that cache, as one push of all the audio does
+    later = session.take(score_chunks(session.feed(noise(1.0, seed=3))))
+    whole = sat.stream().push(np.concatenate([noise(2.0), noise(1.0, seed=3)]))
+    assert_same_results(scored.results + later, whole, atol=1e-5)

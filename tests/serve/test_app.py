@@ -72,6 +72,12 @@ def test_models_describes_every_served_model(make_client, sat, vit):
                                                      "streams": 0}
 
 
+def test_chunk_option_sets_full_context_models_chunk_only(make_client, sat, vit):
+    # --chunk is for full-context models; a streaming model keeps the chunk it was made for
+    models = make_client(chunk_seconds=0.5).get("/v1/models").json()["models"]
+    assert {m["name"]: m["chunk_seconds"] for m in models} == {"sat": 1.0, "vit": 0.5}
+
+
 @pytest.mark.parametrize("name", ["sat", "vit"])
 def test_tag_gives_what_the_tagger_gives_on_the_same_file(make_client, name, request, tmp_path):
     tagger = request.getfixturevalue(name)
