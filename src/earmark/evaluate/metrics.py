@@ -11,7 +11,18 @@ torch tensors are accepted wherever numpy arrays are.
     >>> top_k_accuracy(scores, targets, k=1)
     0.6666666666666666
     >>> m = evaluate(scores, targets, labels=["dog", "cat"], multi_label=False)
-    >>> print(format_table(m))  # doctest: +SKIP
+    >>> print(format_table(m))
+    single-label, 3 clips, 2 classes
+      accuracy        0.6667
+      top-2 accuracy  1.0000
+      mAP             1.0000
+      mAUC            1.0000
+      d-prime         -
+    <BLANKLINE>
+    label  support      AP     AUC  recall
+    -----  -------  ------  ------  ------
+    dog          1  1.0000  1.0000  1.0000
+    cat          2  1.0000  1.0000  0.5000
 """
 
 from __future__ import annotations

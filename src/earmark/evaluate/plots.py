@@ -4,9 +4,17 @@ Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so plotti
 no display, leaves the user's pyplot backend and figure list untouched, and is safe in
 worker processes. Files are written atomically: a crash never leaves a half-written PNG.
 
+    >>> import tempfile
     >>> from earmark.evaluate import metrics, plots
-    >>> m = metrics.evaluate(scores, targets, labels, multi_label=False)  # doctest: +SKIP
-    >>> plots.plot_confusion_matrix(m["confusion_matrix"], labels, "cm.png")  # doctest: +SKIP
+    >>> labels = ["dog", "cat"]
+    >>> m = metrics.evaluate([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], [0, 1, 1], labels,
+    ...                      multi_label=False)
+    >>> m["confusion_matrix"]
+    [[1, 0], [1, 1]]
+    >>> path = plots.plot_confusion_matrix(m["confusion_matrix"], labels,
+    ...                                    Path(tempfile.mkdtemp()) / "cm.png")
+    >>> path.name, path.read_bytes()[1:4]
+    ('cm.png', b'PNG')
 """
 
 from __future__ import annotations
@@ -52,8 +60,12 @@ def plot_confusion_matrix(cm: Any, labels: Sequence[str], path: str | Path,
     :func:`earmark.evaluate.metrics.confusion_matrix` returns). Colour shows the fraction
     of each true class, so rare classes are as visible as common ones.
 
-        >>> plot_confusion_matrix([[5, 1], [0, 6]], ["dog", "cat"], "cm.png")  # doctest: +SKIP
-        PosixPath('cm.png')
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "cm.png"
+        >>> plot_confusion_matrix([[5, 1], [0, 6]], ["dog", "cat"], path) == path
+        True
+        >>> path.read_bytes()[1:4]
+        b'PNG'
     """
     cm = _as_array(cm).astype(np.int64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -92,8 +104,12 @@ def plot_per_class_ap(per_class_ap: Any, labels: Sequence[str], path: str | Path
     Classes whose AP is undefined (NaN or ``None``: no positive clip) are left out; the title
     gives the mAP over all defined classes, not only the ones shown.
 
-        >>> plot_per_class_ap([0.9, 0.4, None], ["dog", "cat", "owl"], "ap.png")  # doctest: +SKIP
-        PosixPath('ap.png')
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "ap.png"
+        >>> plot_per_class_ap([0.9, 0.4, None], ["dog", "cat", "owl"], path) == path
+        True
+        >>> path.read_bytes()[1:4]
+        b'PNG'
     """
     values = _as_array(per_class_ap)
     ap = np.array([np.nan if v is None else float(v) for v in values.ravel()], dtype=np.float64)

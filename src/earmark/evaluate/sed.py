@@ -522,8 +522,28 @@ def run_sed_eval(truth: str | Path, pred: str | Path, meta: str | Path | None = 
     or ``"latest offset"``), ``event_based``, ``segment_based``, ``intersection_based``,
     ``psds``, ``ignored_pred_files`` (prediction files that are not in the evaluation).
 
-        >>> result = run_sed_eval("public.tsv", "predictions/", "public_durations.tsv")  # doctest: +SKIP
-        >>> print(format_sed_table(result))  # doctest: +SKIP
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> truth = {"a.wav": [Event(1.0, 4.0, "Dog"), Event(5.0, 8.0, "Speech")]}
+        >>> _ = write_events(root / "public.tsv", truth)
+        >>> _ = (root / "public_durations.tsv").write_text(
+        ...     "filename\\tduration\\na.wav\\t10.0\\nb.wav\\t10.0\\n")  # b.wav: no event
+        >>> (root / "predictions").mkdir()
+        >>> for th in ["0.30", "0.50", "0.70"]:  # one table per decision threshold
+        ...     pred = {"a.wav": [Event(1.1, 4.2, "Dog"), Event(5.1, 7.5, "Speech")],
+        ...             "b.wav": [Event(6.0, 7.0, "Dog")] if th == "0.30" else []}
+        ...     _ = write_events(root / "predictions" / f"predictions_th_{th}.tsv", pred)
+        >>> result = run_sed_eval(root / "public.tsv", root / "predictions",
+        ...                       root / "public_durations.tsv")
+        >>> result["files"], result["classes"], result["threshold"], result["durations_from"]
+        (2, ['Dog', 'Speech'], 0.5, 'meta')
+        >>> result["event_based"]["macro"]["f1"], round(result["psds"]["dcase2021-1"]["psds"], 3)
+        (1.0, 1.0)
+        >>> print(format_sed_table(result))  # doctest: +ELLIPSIS
+        sound event detection: 2 files, 2 classes, detections at threshold 0.5
+        ...
+        PSDS dcase2021-1: 1.000  (dtc 0.7, gtc 0.7, cttc 0.3, alpha_ct 0, alpha_st 1, ...)
+        PSDS dcase2021-2: 1.000  (dtc 0.1, gtc 0.1, cttc 0.3, alpha_ct 0.5, alpha_st 1, ...)
     """
     unknown = [s for s in psds_scenarios if s not in PSDS_SCENARIOS]
     if unknown:
@@ -589,7 +609,26 @@ def format_sed_table(result: Mapping[str, Any]) -> str:
     F1, precision and recall are in percent, error rates as ratios; ``-`` marks an undefined
     value. PSDS lines follow when the result has them.
 
-        >>> print(format_sed_table(run_sed_eval("truth.tsv", "pred.tsv")))  # doctest: +SKIP
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = write_events(root / "truth.tsv", {"a.wav": [Event(1.0, 4.0, "Dog"),
+        ...                                               Event(5.0, 8.0, "Speech")]})
+        >>> _ = write_events(root / "pred.tsv", {"a.wav": [Event(1.1, 4.2, "Dog"),
+        ...                                              Event(6.0, 9.0, "Speech")]})
+        >>> print(format_sed_table(run_sed_eval(root / "truth.tsv", root / "pred.tsv")))
+        sound event detection: 1 files, 2 classes
+          event: onset collar 200 ms, offset collar max(200 ms, 20 % of the event)
+          intersection (psds_eval F1): dtc 0.5, gtc 0.5, cttc 0.3
+          segment: 1 s segments
+          F1, P, R in %; ER is a ratio
+        <BLANKLINE>
+        class    ev F1    ev P    ev R  ev ER  int F1  seg F1  seg P   seg R  seg ER  n_ref
+        ------  ------  ------  ------  -----  ------  ------  -----  ------  ------  -----
+        Dog     100.00  100.00  100.00  0.000  100.00   85.71  75.00  100.00   0.333      1
+        Speech    0.00    0.00    0.00  2.000  100.00   66.67  66.67   66.67   0.667      1
+        ------  ------  ------  ------  -----  ------  ------  -----  ------  ------  -----
+        macro    50.00   50.00   50.00  1.000  100.00   76.19  70.83   83.33   0.500
+        micro    50.00   50.00   50.00  1.000       -   76.92  71.43   83.33   0.500      2
     """
     ev, seg = result["event_based"], result["segment_based"]
     inter = result.get("intersection_based") or {"class_wise": {}, "macro": {}, "params": {}}
