@@ -12,9 +12,11 @@ from earmark.data.events import Event, write_events
 from earmark.infer.events import (
     HTSAT_DESED_THRESHOLDS,
     DetectionConfig,
+    Hysteresis,
     chunks_to_events,
     desed_label_map,
     frames_to_events,
+    hysteresis_runs,
     kernel_frames,
     map_scores,
     median_filter,
@@ -139,6 +141,29 @@ def test_hysteresis_extends_events_to_the_low_threshold():
     hyst = frames_to_events(s, ["dog"], HOP, DetectionConfig(threshold=0.7, hysteresis=0.3))
     # the second run stays under 0.7 everywhere, so it is not an event
     assert triples(hyst) == [(0.1, 0.5, "dog")]
+
+
+def test_hysteresis_fed_in_any_blocks_finds_the_runs_of_the_whole_array():
+    rng = np.random.default_rng(0)
+    s = np.round(rng.random((200, 4)), 1)  # (T, C)
+    high, low = [0.7, 0.5, 0.9, 0.6], 0.4
+    whole = hysteresis_runs(s, high, low)
+    levels, done, onsets, i = Hysteresis(high, low), [], [], 0
+    while i < len(s):  # blocks of 1 to 9 frames, as chunks of a stream arrive
+        n = int(rng.integers(1, 10))
+        changes = levels.step(s[i:i + n])
+        done.append(changes.offsets)
+        onsets.append(changes.onsets)
+        i += n
+    done = np.concatenate([*done, levels.close()])
+    onsets = np.concatenate(onsets)
+    for c in range(4):
+        assert len(whole[c])  # every class has events to compare
+        assert done[done[:, 0] == c, 1:].tolist() == whole[c].tolist()
+        # an onset when the run reaches high; offline events begin where the run began
+        ons = onsets[onsets[:, 0] == c]
+        assert ons[:, 1].tolist() == whole[c][:, 0].tolist()
+        assert all(s[t, c] >= high[c] > s[a:t, c].max(initial=0) for _, a, t in ons)
 
 
 def test_chunks_to_events_clips_the_short_last_chunk():

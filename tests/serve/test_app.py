@@ -386,6 +386,23 @@ def test_hysteresis_gives_one_onset_and_one_offset_per_sound():
         EventTracker(["a"], threshold=0.5, release=0.7)
 
 
+def test_stream_events_follow_the_offline_detectors_hysteresis():
+    from earmark.infer.events import DetectionConfig, frames_to_events
+
+    # the same scores, one per 1 s chunk, live and offline: events end at the same chunks
+    # with the same peaks; live onsets come where the score reached the threshold, offline
+    # ones where the run above the release level began
+    scores = [0.1, 0.35, 0.55, 0.45, 0.6, 0.2, 0.4, 0.1, 0.7, 0.9]
+    tracker = EventTracker(["dog"], threshold=0.5, release=0.3)
+    live = [m for i, s in enumerate(scores) for m in tracker.update(i, i + 1, [s])]
+    live += tracker.close(len(scores))
+    offline = frames_to_events(np.array(scores)[:, None], ["dog"], 1.0,
+                               DetectionConfig(threshold=0.5, hysteresis=0.3))
+    assert [(e.onset, e.offset, e.score) for e in offline] == [(1, 5, 0.6), (8, 10, 0.9)]
+    assert [(m["type"], m["time"], m["score"]) for m in live] == [
+        ("onset", 2, 0.55), ("offset", 5, 0.6), ("onset", 8, 0.7), ("offset", 10, 0.9)]
+
+
 def test_json_messages_are_plain_json(make_client, sat):
     # every message a client gets parses with a strict JSON parser (no NaN, no numpy types)
     with make_client({"sat": sat}).websocket_connect("/v1/stream") as ws:
