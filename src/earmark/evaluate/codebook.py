@@ -6,13 +6,28 @@ per class; :func:`render_code` sends a code's centroid back through its family's
 which gives the slice of log-mel the code stands for; :func:`plot_code` and
 :func:`plot_class_codes` draw those as PNG.
 
-    >>> import earmark
-    >>> from earmark.data.sources import from_spec
-    >>> tagger = earmark.load("runs/cb")  # doctest: +SKIP
-    >>> stats = code_statistics(tagger.model, from_spec("fsdd:data/fsdd").split("test"))
-    ... # doctest: +SKIP
-    >>> stats["classes"]["7"]["patch"][0]  # doctest: +SKIP
-    {'code': 41, 'share': 0.093, 'lift': 2.4}
+A trained model comes from ``earmark.load("runs/cb").model``; an untrained one shows the calls
+(its code books are still all zero, so every slice gets code 0):
+
+    >>> import tempfile, soundfile as sf
+    >>> from earmark.data.manifest import Item
+    >>> root = Path(tempfile.mkdtemp())
+    >>> sf.write(root / "dog.wav", np.random.default_rng(0).normal(0, 0.1, 32000), 16000)  # 2 s
+    >>> sf.write(root / "owl.wav", 0.1 * np.sin(np.arange(16000) / 3), 16000)  # 1 s
+    >>> clips = Manifest([Item(str(root / "dog.wav"), ("dog",)),
+    ...                   Item(str(root / "owl.wav"), ("owl",))], ["dog", "owl"])
+    >>> model = CodebookTagger(2, codebook_size=16, hidden=32, ae_hidden=64, ae_layers=1)
+    >>> stats = code_statistics(model, clips)
+    >>> stats["chunks"], stats["classes"]["dog"]["chunks"], stats["failed"]
+    (3, 2, [])
+    >>> stats["classes"]["dog"]["patch"]
+    [{'code': 0, 'share': 1.0, 'lift': 1.0}]
+    >>> print(format_statistics(stats).splitlines()[2])
+      patch         0 (100.0%, x1.0)
+    >>> render_code(model, "band", 0).shape  # (mel bins, frames)
+    (8, 100)
+    >>> plot_class_codes(model, stats, "band", root / "band.png").name
+    'band.png'
 """
 
 from __future__ import annotations
