@@ -215,11 +215,6 @@ class StreamingAudioViT(AudioViT):
         was_training = self.training
         self.eval()
         if compile:
-            import torch._inductor.config as inductor_config
-
-            # freezing folds the weights into the graph and pre-packs them for oneDNN; inductor
-            # reads it whenever it (re)compiles, so it stays on for the process
-            inductor_config.freezing = True
             with torch.no_grad(), warnings.catch_warnings():  # compile now, not mid-stream
                 # inductor's first import defines classes with the deprecated
                 # torch.jit.script_method, and it falls back to eager code for the complex
@@ -227,7 +222,11 @@ class StreamingAudioViT(AudioViT):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 warnings.filterwarnings("ignore", "Torchinductor does not support code "
                                         "generation for complex operators")
-                run = torch.compile(ChunkStep(self).eval(), dynamic=False)
+                # freezing folds the weights into the graph and pre-packs them for oneDNN;
+                # as an option of this function it holds for each of its (re)compilations
+                # and leaves inductor's process-wide config alone
+                run = torch.compile(ChunkStep(self).eval(), dynamic=False,
+                                    options={"freezing": True})
                 run(wave, cache.h0, cache.keys, cache.values)
         else:
             with torch.no_grad(), warnings.catch_warnings():
