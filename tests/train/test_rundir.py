@@ -114,3 +114,62 @@ def test_train_twice_into_one_directory_needs_overwrite_and_resume_says_what_it_
     err = capsys.readouterr().err
     assert "ignoring --lr 0.5" in err
     assert json.loads((run / "train_config.json").read_text())["lr"] != 0.5
+
+
+def _train_options() -> dict:
+    """The option strings ``earmark train`` accepts -> their actions."""
+    from earmark.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    return commands["train"]._option_string_actions
+
+
+def test_resume_names_every_ignored_setting_by_an_option_train_accepts():
+    from dataclasses import fields
+
+    from earmark.train.rundir import RESUME_TAKES
+
+    options = _train_options()
+    saved = TrainConfig(data="x", out="r")
+    for f in fields(TrainConfig):
+        if f.name in RESUME_TAKES:
+            continue
+        given = TrainConfig(data="x", out="r")
+        setattr(given, f.name, "another value")
+        [message] = resume_differences(saved, given, {f.name})
+        flag = message.split()[0]
+        assert flag in options, f"{f.name}: {message}"
+        # the option sets this very field (--model-arg collects into model_args)
+        assert options[flag].dest in (f.name, "model_arg", "fold"), f"{f.name}: {message}"
+
+
+def test_resume_names_the_room_impulse_responses_by_their_option():
+    saved = TrainConfig(data="x", out="r", rir_dir="rooms")
+    given = TrainConfig(data="x", out="r", rir_dir="halls")
+    assert resume_differences(saved, given, {"rir_dir"}) == [
+        "--rir 'halls' (the run has 'rooms')"]
+    assert _train_options()["--rir"].dest == "rir_dir"
+
+
+def test_every_option_the_training_code_names_exists():
+    """Messages and docs in earmark.train name options a user can type: each ``--option``
+    in their strings is one that some earmark subcommand accepts."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import earmark.train
+    from earmark.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    accepted = {flag for p in commands.values() for flag in p._option_string_actions}
+    named = {}
+    for path in Path(earmark.train.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for flag in re.findall(r"(?<![\w-])--[a-z](?:[a-z0-9-]*[a-z0-9])?(?![\w-])",
+                                          node.value):
+                    named.setdefault(flag, path.name)
+    # the walk reads the parts of f-strings and docstrings
+    assert {"--clip-seconds", "--stages-from", "--rir"} <= set(named)
+    assert not {flag: where for flag, where in named.items() if flag not in accepted}

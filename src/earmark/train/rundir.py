@@ -1,7 +1,12 @@
 """One training per run directory: a lock, and no silent reuse of a directory that holds a run.
 
-    >>> with run_lock("runs/digits"):              # doctest: +SKIP
-    ...     train(...)
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> with run_lock(run):  # train(...) here; a second run_lock(run) raises RunDirError
+    ...     (run / LOCK).is_file()
+    True
+    >>> (run / LOCK).exists()  # released when the block ends
+    False
 
 The lock is a file ``.earmark-lock`` in the run directory, created exclusively, holding the
 owner's pid, host and start time. A lock left by a process that died (same host, pid gone) is
@@ -23,6 +28,7 @@ from pathlib import Path
 
 from earmark.errors import EarmarkError
 from earmark.files import process_alive
+from earmark.train.config import option_flag
 
 LOCK = ".earmark-lock"
 # what a run writes into its directory: the parts --overwrite clears (nothing else is touched)
@@ -30,7 +36,6 @@ RUN_ENTRIES = ("checkpoints", "logs", "model", "stages", "train_config.json", "c
                "metrics.json", "test_metrics.json", "init.json", "cv_metrics.json")
 # settings a resumed run takes from the command line, not from the saved run
 RESUME_TAKES = ("epochs", "progress", "out")
-CLI_SPELLINGS = {"model_args": "model-arg"}  # fields whose option is not their name
 
 
 class RunDirError(EarmarkError):
@@ -120,13 +125,20 @@ def prepare_run_dir(out: str | Path, resume: bool = False, overwrite: bool = Fal
 
 def resume_differences(saved, given, typed: set[str]) -> list[str]:
     """Settings the user typed (``typed``: TrainConfig field names) whose values in ``given``
-    differ from the saved run's: a resumed run keeps the saved ones and says so."""
+    differ from the saved run's: a resumed run keeps the saved ones and says so, naming each
+    by the option that sets it (:func:`~earmark.train.config.option_flag`).
+
+        >>> from earmark.train.config import TrainConfig
+        >>> saved = TrainConfig(data="fsdd:a", out="r", rir_dir="rooms")
+        >>> given = TrainConfig(data="fsdd:a", out="r", rir_dir="halls", lr=0.1)
+        >>> resume_differences(saved, given, {"rir_dir", "lr"})
+        ['--lr 0.1 (the run has 0.0005)', "--rir 'halls' (the run has 'rooms')"]
+    """
     out = []
     for f in fields(given):
         if f.name in RESUME_TAKES or f.name not in typed:
             continue
         new, old = getattr(given, f.name), getattr(saved, f.name)
         if new != old:
-            option = CLI_SPELLINGS.get(f.name, f.name.replace("_", "-"))
-            out.append(f"--{option} {new!r} (the run has {old!r})")
+            out.append(f"{option_flag(f.name)} {new!r} (the run has {old!r})")
     return out
