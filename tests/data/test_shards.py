@@ -116,3 +116,18 @@ def test_wav_shards_hold_the_same_samples_and_read_like_flac(clips, tmp_path):
         assert torch.equal(load_audio(a.path)[0], load_audio(b.path)[0])  # both 16-bit
     with pytest.raises(ValueError, match="audio_format"):
         write_shards(clips, tmp_path / "mp3", audio_format="mp3")
+
+
+def test_strong_labels_of_soundscapes_travel_in_the_shards(tmp_path):
+    from earmark.data.shards import load
+    from earmark.data.synth import load_soundscapes, synthesize
+
+    data = synthesize(tmp_path / "synth", clips_per_class=0, soundscapes=2,
+                      soundscape_seconds=2, seed=0)
+    scapes = load_soundscapes(data)
+    index = write_shards(scapes, tmp_path / "shards")
+    assert index["clips"] == 2 and not index["failed"]
+    back = load(str(tmp_path / "shards"))
+    for item, original in zip(back.items, scapes.items):
+        events = [(e.onset, e.offset, e.label) for e in back.meta["events"][item.path]]
+        assert events == [tuple(e) for e in scapes.meta["events"][original.path]]

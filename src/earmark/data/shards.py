@@ -103,7 +103,10 @@ def _sample(job: tuple[int, Item, int, list | None, str]
     if item.onset is not None or item.offset is not None:
         meta["onset"], meta["offset"] = item.onset, item.offset
     if events is not None:
-        meta["events"] = [[e.onset, e.offset, e.label] for e in events]
+        # Event objects (a manifest read from shards) or (onset, offset, label) tuples (desed,
+        # synth soundscapes)
+        meta["events"] = [[e.onset, e.offset, e.label] if isinstance(e, Event) else list(e[:3])
+                          for e in events]
     return i, buf.getvalue(), meta
 
 
