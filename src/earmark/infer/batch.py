@@ -1,8 +1,16 @@
 """Tagging many files at full speed: decoding in background threads, clips scored in batches.
 
+    >>> import earmark
     >>> from earmark.infer.batch import tag_files
-    >>> for path, result in tag_files(tagger, files, top_k=3):       # doctest: +SKIP
-    ...     print(path, result)            # [(label, score), ...] or the AudioError
+    >>> from earmark.infer.tagger import Tagger
+    >>> model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+    >>> tagger = Tagger(model, {"labels": ["dog", "rain", "siren"]})
+    >>> for path, result in tag_files(tagger, ["dog.wav", "missing.wav", "extra.wav"], top_k=2):
+    ...     print(path, [label for label, _ in result] if isinstance(result, list) else result)
+    ...                                             # doctest: +ELLIPSIS
+    dog.wav [...]
+    missing.wav missing.wav: ...
+    extra.wav [...]
 
 Files are taken in windows of a few batches: every file of a window is decoded (and
 resampled) by a pool of threads (libsndfile and soxr work outside the GIL), each clip is

@@ -62,8 +62,14 @@ def onnx_metadata(path: str | Path) -> dict[str, Any]:
     """The earmark metadata of an exported file: ``config`` (config.json), ``export``
     (graph contract), ``check`` (None when unchecked); the primed cache is left out.
 
-        >>> onnx_metadata("m.onnx")["config"]["labels"][:2]         # doctest: +SKIP
-        ['dog', 'rooster']
+        >>> import earmark
+        >>> from earmark.export import export_onnx
+        >>> model = earmark.create_model("vit-tiny", 2, depth=1, embed_dim=32, num_heads=2)
+        >>> path = export_onnx(model, "m.onnx", chunk_seconds=1.0, check=False,
+        ...                    labels=["dog", "rooster"])
+        >>> meta = onnx_metadata(path)
+        >>> meta["config"]["labels"], meta["export"]["kind"], meta["export"]["max_samples"]
+        (['dog', 'rooster'], 'clip', 16000)
     """
     path = Path(path)
     if not path.is_file():
@@ -90,9 +96,15 @@ class OnnxModel:
     caches as :class:`~earmark.models.sat.ChunkCache`. See the module docstring for where
     it differs from PyTorch.
 
-        >>> m = OnnxModel("sat.onnx")                                # doctest: +SKIP
-        >>> cache = m.prime_cache()                                  # doctest: +SKIP
-        >>> logits, cache = m.forward_chunk(torch.zeros(1, 16000), cache)  # doctest: +SKIP
+        >>> import earmark
+        >>> from earmark.export import export_onnx
+        >>> sat = earmark.create_model("sat-tiny", 3, depth=1, embed_dim=48, num_heads=3,
+        ...                            chunk_seconds=1.0)
+        >>> m = OnnxModel(export_onnx(sat, "sat.onnx", check=False))
+        >>> cache = m.prime_cache()
+        >>> logits, cache = m.forward_chunk(torch.zeros(1, 16000), cache)
+        >>> tuple(logits.shape), m.chunk_samples
+        ((1, 3), 16000)
     """
 
     def __init__(self, path: str | Path, providers: list[str] | None = None):

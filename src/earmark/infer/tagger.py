@@ -1,9 +1,14 @@
 """Tagging with a saved model: ``earmark.load(path)`` returns a :class:`Tagger`.
 
     >>> import earmark
-    >>> tagger = earmark.load("runs/fsdd/model")                 # doctest: +SKIP
-    >>> tagger.tag("recording.wav", top_k=3)                     # doctest: +SKIP
-    [('7', 0.97), ('1', 0.01), ('9', 0.004)]
+    >>> from earmark.models.directory import save_model_dir
+    >>> model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+    >>> save_model_dir(model, "model", ["dog", "rain", "siren"])
+    PosixPath('model')
+    >>> tagger = earmark.load("model")
+    >>> top = tagger.tag("dog.wav", top_k=2)                     # [(label, score)], best first
+    >>> len(top), top[0][1] >= top[1][1]
+    (2, True)
 """
 
 from __future__ import annotations
@@ -272,8 +277,13 @@ class Tagger:
         blocks of samples, get one result per chunk. ``kw``: ``top_k``, ``tail`` ("pad" or
         "drop"), ``sample_rate``, ``window_seconds``.
 
-            >>> session = tagger.stream(chunk_seconds=1.0)            # doctest: +SKIP
-            >>> results = session.push(block) + session.flush()       # doctest: +SKIP
+            >>> import earmark
+            >>> model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+            >>> tagger = Tagger(model, {"labels": ["dog", "rain", "siren"]})
+            >>> session = tagger.stream(chunk_seconds=1.0)
+            >>> block = torch.zeros(24000)                           # 1.5 s at 16 kHz
+            >>> [(r.start, r.end) for r in session.push(block) + session.flush()]
+            [(0.0, 1.0), (1.0, 1.5)]
         """
         return StreamSession(self, chunk_seconds, **kw)
 
@@ -296,9 +306,15 @@ def load(path: str | Path, device: str | torch.device = "cpu",
 def load_onnx(path: str | Path, providers: list[str] | None = None) -> Tagger:
     """A :class:`Tagger` over an exported file (:class:`~earmark.infer.onnx.OnnxModel`).
 
-        >>> tagger = load_onnx("esc50.onnx")                          # doctest: +SKIP
-        >>> tagger.tag("dog.wav", top_k=1)                            # doctest: +SKIP
-        [('dog', 0.93)]
+        >>> import earmark
+        >>> from earmark.export import export_onnx
+        >>> model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+        >>> path = export_onnx(model, "esc50.onnx", chunk_seconds=1.0, check=False,
+        ...                    labels=["dog", "rain", "siren"])
+        >>> tagger = load_onnx(path)
+        >>> [(label, score)] = tagger.tag("dog.wav", top_k=1)
+        >>> label in tagger.labels and 0 <= score <= 1
+        True
     """
     from earmark.infer.onnx import OnnxModel
 

@@ -1,7 +1,15 @@
 """``earmark serve``: taggers over HTTP and WebSocket (FastAPI + uvicorn, extra ``serve``).
 
+    >>> import earmark
+    >>> from earmark.models.directory import save_model_dir
     >>> from earmark.serve import create_app, load_models
-    >>> app = create_app(load_models(["runs/fsdd/model"]))      # doctest: +SKIP
+    >>> model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+    >>> save_model_dir(model, "fsdd/model", ["dog", "rain", "siren"])
+    PosixPath('fsdd/model')
+    >>> models = load_models(["fsdd/model"])                     # named after the run: fsdd
+    >>> app = create_app(models)                                 # then: uvicorn.run(app)
+    >>> sorted(models), models["fsdd"].labels
+    (['fsdd'], ['dog', 'rain', 'siren'])
 
 Endpoints (see README, "Serving"):
 
