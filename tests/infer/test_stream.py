@@ -15,7 +15,7 @@ import earmark
 from earmark.audio.io import load_audio
 from earmark.errors import AudioError, EarmarkError
 from earmark.infer.chunks import ChunkResult, score_chunks
-from earmark.infer.stream import StreamSession, format_result, stream_file, stream_mic
+from earmark.infer.stream import StreamSession, stream_file, stream_mic
 from earmark.infer.tagger import Tagger
 
 SR = 16000
@@ -185,27 +185,19 @@ def test_memory_stays_flat_on_a_long_stream(sat, vit):
         assert len(sizes) == 1 and sizes.pop() < buffer + 50_000  # samples + cache
 
 
-def test_stream_file_prints_a_line_per_chunk(sat, write_wav):
+def test_stream_file_hands_over_each_result_as_it_comes_and_prints_nothing(sat, write_wav,
+                                                                           capsys):
     x = noise(3.5, seed=9)
     path = write_wav("street.wav", data=x)
-    lines: list[str] = []
-    results = stream_file(sat, path, out=lines.append)
-    assert len(lines) == len(results) == 4
-    pattern = r"\[ {3}(\d\.\d\d)- {3}(\d\.\d\d) s\](  [a-z]+ \d\.\d\d){3}  \(\d+\.\d ms\)"
-    for line, r in zip(lines, results):
-        m = re.fullmatch(pattern, line)
-        assert m, line
-        assert (float(m[1]), float(m[2])) == (r.start, r.end)
+    seen: list[ChunkResult] = []
+    results = stream_file(sat, path, on_result=seen.append)
+    assert seen == results and len(results) == 4
+    assert all(len(r.labels) == 3 for r in results)  # top_k
     assert spans(results)[-1] == (3.0, 3.5)
     wave, _ = load_audio(path)  # the file as stored (16-bit), pushed all at once
     assert_same_results(results, push_in_blocks(sat.stream(), wave, len(wave)))
-    assert stream_file(sat, path, out=None, collect=False, tail="drop") == 3
-
-
-def test_format_result_lines_up_columns():
-    r = ChunkResult(2.0, 4.0, torch.tensor([0.91, 0.12]), [("Speech", 0.91), ("Music", 0.12)],
-                    3.4)
-    assert format_result(r) == "[   2.00-   4.00 s]  Speech 0.91  Music 0.12  (3.4 ms)"
+    assert stream_file(sat, path, collect=False, tail="drop") == 3
+    assert capsys.readouterr().out == ""
 
 
 def test_bad_blocks_are_refused(sat):
@@ -260,9 +252,9 @@ def test_mic_records_at_the_device_rate_and_tags(sat, monkeypatch):
         query_devices=lambda device, kind: {"default_samplerate": float(rate)},
         InputStream=FakeInputStream)
     monkeypatch.setitem(sys.modules, "sounddevice", fake)
-    lines: list[str] = []
-    results = stream_mic(sat, seconds=2.5, out=lines.append, collect=True)
-    assert len(lines) == 3 and spans(results) == [(0.0, 1.0), (1.0, 2.0), (2.0, 2.5)]
+    seen: list[ChunkResult] = []
+    results = stream_mic(sat, seconds=2.5, on_result=seen.append, collect=True)
+    assert seen == results and spans(results) == [(0.0, 1.0), (1.0, 2.0), (2.0, 2.5)]
     expected = push_in_blocks(sat.stream(sample_rate=rate), signal, len(signal))
     assert_same_results(results, expected, atol=0)
 

@@ -5,12 +5,21 @@ chunk being filled, the model's cache or the sliding window, the resampler, the 
 one tagger can serve several streams and :meth:`StreamSession.reset` starts afresh.
 
     >>> import earmark
-    >>> tagger = earmark.load("runs/audioset/model")            # doctest: +SKIP
-    >>> session = tagger.stream(chunk_seconds=1.0)               # doctest: +SKIP
-    >>> for block in microphone_blocks():                        # doctest: +SKIP
+    >>> from earmark.infer.tagger import Tagger
+    >>> model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+    >>> tagger = Tagger(model, {"labels": ["dog", "rain", "siren"]})
+    >>> session = tagger.stream(chunk_seconds=1.0)
+    >>> wave, _ = earmark.load_audio("dog.wav")     # 5 s; a microphone gives blocks as they come
+    >>> for block in wave.split(4000):              # blocks of 0.25 s
     ...     for r in session.push(block):
-    ...         print(r.start, r.end, r.labels)
-    >>> session.flush()                                          # doctest: +SKIP
+    ...         print(r.start, r.end, len(r.labels))          # r.labels: the top 3, best first
+    0.0 1.0 3
+    1.0 2.0 3
+    2.0 3.0 3
+    3.0 4.0 3
+    4.0 5.0 3
+    >>> session.flush()                             # no samples left over
+    []
 
 Two kinds of model:
 
@@ -63,8 +72,15 @@ class StreamSession:
     :class:`ChunkResult` per chunk completed. Memory is bounded: the session keeps at most
     one chunk (streaming models) or one window (full-context models) of samples.
 
-        >>> session = tagger.stream(chunk_seconds=2.0, top_k=3)    # doctest: +SKIP
-        >>> results = session.push(block) + session.flush()        # doctest: +SKIP
+        >>> import earmark
+        >>> from earmark.infer.tagger import Tagger
+        >>> sat = earmark.create_model("sat-tiny", 3, depth=1, embed_dim=48, num_heads=3,
+        ...                            chunk_seconds=1.0)
+        >>> session = StreamSession(Tagger(sat, {"labels": ["dog", "rain", "siren"]}), top_k=2)
+        >>> results = session.push(torch.zeros(8000)) + session.push(torch.zeros(16000))
+        >>> results += session.flush()                  # the last 0.5 s, zero-padded
+        >>> [(r.start, r.end, len(r.labels)) for r in results]   # SAT: its own 1 s chunks
+        [(0.0, 1.0, 2), (1.0, 1.5, 2)]
     """
 
     def __init__(self, tagger: Scorer, chunk_seconds: float | None = None, top_k: int = 3,
@@ -257,24 +273,19 @@ class StreamSession:
         return PendingChunk(self, wave, first, real)
 
 
-# ---- helpers for the command line -------------------------------------------------------------
+# ---- files and the microphone -----------------------------------------------------------------
 
 
-def format_result(result: ChunkResult) -> str:
-    """One line per chunk: ``[   2.00-   4.00 s]  Speech 0.91  Music 0.12  (3.4 ms)``."""
-    labels = "  ".join(f"{label} {score:.2f}" for label, score in result.labels)
-    return f"[{result.start:7.2f}-{result.end:7.2f} s]  {labels}  ({result.latency_ms:.1f} ms)"
-
-
-def _sink(out: Callable[[str], object] | None, collect: bool):
-    """A handler of results that prints them and keeps them (``collect``) or only counts."""
+def _sink(on_result: Callable[[ChunkResult], object] | None, collect: bool):
+    """A handler of results that passes each to ``on_result`` and keeps them (``collect``)
+    or only counts them."""
     results: list[ChunkResult] = []
     count = [0]
 
     def handle(batch: list[ChunkResult]) -> None:
         for r in batch:
-            if out is not None:
-                out(format_result(r))
+            if on_result is not None:
+                on_result(r)
             if collect:
                 results.append(r)
             count[0] += 1
@@ -284,19 +295,29 @@ def _sink(out: Callable[[str], object] | None, collect: bool):
 
 def stream_file(tagger: Scorer, path: str | Path, chunk_seconds: float | None = None,
                 realtime: bool = False, top_k: int = 3, block_seconds: float = 0.1,
-                out: Callable[[str], object] | None = print, collect: bool = True,
-                tail: str = "pad", compile: bool = False) -> list[ChunkResult] | int:
+                on_result: Callable[[ChunkResult], object] | None = None,
+                collect: bool = True, tail: str = "pad", compile: bool = False
+                ) -> list[ChunkResult] | int:
     """Tag a sound file as if it arrived live, read block by block in bounded memory.
 
-    Prints one line per chunk with ``out`` (None: silent). ``realtime`` paces the blocks at
-    the speed of the audio. Returns the results, or only their number when ``collect`` is
-    False (hour-long files).
+    ``on_result`` is called with each :class:`ChunkResult` as soon as it exists; nothing is
+    printed. ``realtime`` paces the blocks at the speed of the audio. Returns the results,
+    or only their number when ``collect`` is False (hour-long files).
 
-        >>> stream_file(tagger, "street.wav", chunk_seconds=2.0)   # doctest: +SKIP
-        [   0.00-   2.00 s]  Traffic 0.81  Speech 0.33  Horn 0.05  (4.1 ms)
+        >>> import earmark
+        >>> from earmark.infer.tagger import Tagger
+        >>> model = earmark.create_model("vit-tiny", 3, depth=1, embed_dim=32, num_heads=2)
+        >>> tagger = Tagger(model, {"labels": ["dog", "rain", "siren"]})
+        >>> results = stream_file(tagger, "dog.wav", chunk_seconds=2.0,
+        ...                       on_result=lambda r: print(r.start, r.end, len(r.labels)))
+        0.0 2.0 3
+        2.0 4.0 3
+        4.0 5.0 3
+        >>> stream_file(tagger, "dog.wav", chunk_seconds=2.0, collect=False)   # a count
+        3
     """
     session = StreamSession(tagger, chunk_seconds, top_k=top_k, tail=tail, compile=compile)
-    handle, result = _sink(out, collect)
+    handle, result = _sink(on_result, collect)
     t0, pushed = time.perf_counter(), 0.0
     for block in iter_blocks(path, block_seconds, sample_rate=tagger.sample_rate):
         if realtime:
@@ -320,20 +341,21 @@ def _import_sounddevice():
 
 def stream_mic(tagger: Scorer, chunk_seconds: float | None = None, top_k: int = 3,
                device: int | str | None = None, seconds: float | None = None,
-               out: Callable[[str], object] | None = print, block_seconds: float = 0.1,
-               collect: bool = False) -> list[ChunkResult] | int:
+               on_result: Callable[[ChunkResult], object] | None = None,
+               block_seconds: float = 0.1, collect: bool = False) -> list[ChunkResult] | int:
     """Tag the microphone live until ``seconds`` have been recorded or Ctrl-C.
 
-    Records at the input device's own rate (the session resamples), prints one line per
-    chunk and returns the number of chunks (the results when ``collect``). Needs the
-    optional ``sounddevice`` package: ``pip install 'earmark[mic]'``.
+    Records at the input device's own rate (the session resamples), calls ``on_result``
+    with each :class:`ChunkResult` as it comes and returns the number of chunks (the
+    results when ``collect``); nothing is printed. Needs the optional ``sounddevice``
+    package: ``pip install 'earmark[mic]'``.
 
-        >>> stream_mic(tagger, seconds=10)                        # doctest: +SKIP
+        >>> stream_mic(tagger, seconds=10, on_result=print)      # doctest: +SKIP
     """
     sd = _import_sounddevice()
     rate = int(sd.query_devices(device, "input")["default_samplerate"])
     session = StreamSession(tagger, chunk_seconds, top_k=top_k, sample_rate=rate)
-    handle, result = _sink(out, collect)
+    handle, result = _sink(on_result, collect)
     frames = max(1, round(block_seconds * rate))
     total = None if seconds is None else round(seconds * rate)
     got, warned = 0, False
