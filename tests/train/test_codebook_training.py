@@ -63,7 +63,7 @@ def test_stages_run_in_order_and_losses_fall(run):
 
 
 def test_head_trains_with_dropout_and_masking(data, tmp_path):
-    from earmark.train.run import prepare_run
+    from earmark.train.stages import prepare_run
 
     cfg = config(f"synth:{data}", tmp_path / "modes", model_args=dict(TINY, mask_prob=0.5))
     setup = prepare_run(cfg)

@@ -87,14 +87,18 @@ def config(shards, out, **kw):
 
 
 @pytest.mark.timeout(240)
-def test_training_streams_shards_on_one_and_on_two_uneven_ranks(tmp_path):
+def test_training_streams_shards_on_one_and_on_two_uneven_ranks(tmp_path, capfd):
     shards = numbered_shards(tmp_path, 40, 5)  # 36 clips: 32 train (valid carved out), 4 test
     one = train(config(shards, tmp_path / "one"))
     assert (tmp_path / "one" / "model" / "model.safetensors").is_file()
     assert one["epochs"] == 2 and "accuracy" in one["test"]
+    capfd.readouterr()
     # uneven shards on two ranks finish (a rank short of batches would leave DDP waiting)
     two = train(config(shards, tmp_path / "two", devices=2, num_workers=1))
     assert two["world_size"] == 2 and two["epochs"] == 2
+    # without progress bars the first rank alone writes a line per epoch
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("epoch ")]
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert two["steps"] < one["steps"]  # each rank streams about half the clips
     # the two ranks validated a share each, every validation clip once: the logged score is
     # the last weights' score on the whole validation set, computed here in one process
@@ -102,7 +106,7 @@ def test_training_streams_shards_on_one_and_on_two_uneven_ranks(tmp_path):
 
     from earmark.evaluate.metrics import mean_average_precision
     from earmark.models.directory import load_checkpoint
-    from earmark.train.run import prepare_run
+    from earmark.train.stages import prepare_run
 
     setup = prepare_run(config(shards, tmp_path / "check", devices=2))
     valid = setup.valid_loader.dataset

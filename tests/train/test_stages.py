@@ -14,7 +14,9 @@ from earmark.cli import build_parser, main
 from earmark.errors import DataError, ModelError
 from earmark.train.config import TrainConfig
 from earmark.train.mae import PLACEHOLDER_LABEL, MAEDecoder, masked_reconstruction
-from earmark.train.run import init_weights, prepare_run, train
+from earmark.train.run import train
+from earmark.train.stages import prepare_run
+from earmark.train.weights import init_weights
 
 TINY = {"depth": 1, "embed_dim": 48, "num_heads": 3}
 HEAD = {"outputlayer.1.weight", "outputlayer.1.bias"}
@@ -252,19 +254,19 @@ def test_psl_needs_labels_the_teacher_knows(data):
 
 
 def test_cli_accepts_the_stage_options_and_rejects_bad_ones(capsys, tmp_path):
-    from earmark.cli import _train_config
+    from earmark.cli.training import train_config
 
     a = build_parser().parse_args(["train", "--data", "synth:x", "--out", "o", "--stage", "psl",
                                    "--teacher", "t", "--init", "i", "--model", "sat-tiny",
                                    "--time-patch-out", "0.25", "--drop-path-rate", "0.1"])
     a.argv = []
-    cfg = _train_config(a)
+    cfg = train_config(a)
     assert (cfg.stage, cfg.teacher, cfg.init) == ("psl", "t", "i")
     assert cfg.regularisers() == {"time_patch_out": 0.25, "drop_path_rate": 0.1}
     a = build_parser().parse_args(["cv", "--data", "synth:x", "--out", "o", "--stage", "mae",
                                    "--mask-ratio", "0.5", "--decoder-depth", "2"])
     a.argv = []
-    assert (_train_config(a).mask_ratio, _train_config(a).decoder_depth) == (0.5, 2)
+    assert (train_config(a).mask_ratio, train_config(a).decoder_depth) == (0.5, 2)
     with pytest.raises(SystemExit) as err:
         main(["train", "--data", "synth:x", "--out", str(tmp_path), "--stage", "nope"])
     assert err.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err

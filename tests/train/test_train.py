@@ -63,6 +63,25 @@ def test_train_writes_a_run_directory_and_the_loss_falls(synth_dir, tmp_path):
         assert len(tags) == 3 and tags[0][1] >= tags[1][1]
 
 
+def test_without_progress_bars_each_epoch_prints_one_line_on_stderr(synth_dir, tmp_path,
+                                                                   capfd):
+    import re
+
+    train(config(synth_dir, tmp_path / "run", epochs=3))
+    out, err = capfd.readouterr()
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    number = r"-?\d+\.\d{4}"
+    for k, line in enumerate(lines, 1):  # the metrics the bar would show, then the epoch's time
+        assert re.fullmatch(rf"epoch {k}/3  train/loss {number}  val/loss {number}  "
+                            rf"val/accuracy {number}  \d+\.\d s", line), line
+    assert len(lines) == 3
+    assert not re.search(r"^epoch \d", out, re.M)  # stdout stays the command's own
+    # with progress bars, the bars report and no line is added
+    train(config(synth_dir, tmp_path / "bars", epochs=1, progress=True))
+    err = capfd.readouterr().err
+    assert not [line for line in err.splitlines() if line.startswith("epoch ")]
+
+
 def test_same_seed_same_weights(synth_dir, tmp_path):
     a = train(config(synth_dir, tmp_path / "a", epochs=1))
     b = train(config(synth_dir, tmp_path / "b", epochs=1))
