@@ -22,11 +22,22 @@
 over code-book sizes fits the autoencoders once; over the head, the code books too). The exported
 ``OUT/model`` holds the whole chain; its forward pass goes from waveform to clip scores.
 
+On a small synthetic set, with a tiny code book and few updates (the paper's sizes are
+``codebook_size`` 256 or more and thousands of autoencoder updates):
+
+    >>> import tempfile
+    >>> from earmark.data.synth import synthesize
     >>> from earmark.train.config import TrainConfig
     >>> from earmark.train.run import train
-    >>> train(TrainConfig(data="fsdd:data/fsdd", model="codebook", out="runs/cb",
-    ...                   model_args={"codebook_size": 256, "compression": 10}))
-    ... # doctest: +SKIP
+    >>> root = tempfile.mkdtemp()
+    >>> data = synthesize(f"{root}/data", clips_per_class=3, clip_seconds=1.0, soundscapes=0)
+    >>> result = train(TrainConfig(data=f"synth:{data}", model="codebook", out=f"{root}/cb",
+    ...                            model_args={"codebook_size": 4, "compression": 10,
+    ...                                        "ae_hidden": 48, "hidden": 48},
+    ...                            epochs=1, ae_steps=20, ae_batch=64, kmeans_batch=256,
+    ...                            kmeans_epochs=1, progress=False))
+    >>> sorted(p.name for p in Path(root, "cb", "stages").glob("*.safetensors"))
+    ['autoencoder.safetensors', 'codebook.safetensors', 'features-train.safetensors', 'features-valid.safetensors']
 """
 
 from __future__ import annotations

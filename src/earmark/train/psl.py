@@ -50,8 +50,14 @@ class TeacherCrops(torch.utils.data.Dataset):
     ``clips`` draws the random crops (its ``set_epoch`` gives fresh ones); the teacher's copy
     is resampled only when the two rates differ.
 
-    >>> ds = TeacherCrops(ClipDataset(manifest, 16000, 2.0, train=True), 32000)  # doctest: +SKIP
-    >>> [x.shape for x in ds[0]]  # doctest: +SKIP
+    >>> import tempfile
+    >>> from earmark.data.sources import from_spec
+    >>> from earmark.data.synth import synthesize
+    >>> data = synthesize(tempfile.mkdtemp(), clips_per_class=1, clip_seconds=0.5,
+    ...                   soundscapes=0)
+    >>> manifest = from_spec(f"synth:{data}")
+    >>> ds = TeacherCrops(ClipDataset(manifest, 16000, 2.0, train=True), 32000)
+    >>> [x.shape for x in ds[0]]
     [torch.Size([32000]), torch.Size([64000])]
     """
 
@@ -78,7 +84,15 @@ def to_vocabulary(manifest: Manifest, labels: list[str]) -> Manifest:
     """``manifest`` scored against the teacher's ``labels``: labels outside them dropped, and
     items left without a label dropped, for validating and testing the student.
 
-    >>> to_vocabulary(manifest, tagger.labels)  # doctest: +SKIP
+    >>> import tempfile
+    >>> from earmark.data.sources import from_spec
+    >>> from earmark.data.synth import synthesize
+    >>> data = synthesize(tempfile.mkdtemp(), clips_per_class=1, clip_seconds=0.5,
+    ...                   soundscapes=0)
+    >>> teacher_labels = ["siren", "bark", "thunder"]
+    >>> student = to_vocabulary(from_spec(f"synth:{data}"), teacher_labels)
+    >>> student.labels, sorted(label for it in student.items for label in it.labels)
+    (['siren', 'bark', 'thunder'], ['bark', 'siren'])
     """
     known = set(labels)
     if not known & set(manifest.labels):
