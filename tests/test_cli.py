@@ -285,11 +285,11 @@ def test_tag_per_chunk_writes_rows_as_it_goes_and_keeps_nothing_per_chunk(
     import numpy as np
     import soundfile as sf
 
-    import earmark.infer.stream as stream
+    import earmark.infer.chunks as chunks
     from earmark.infer.writers import TagWriter
 
     produced, written_at = [0], []  # chunks scored so far; that count at each write
-    scores, write = stream.iter_chunk_scores, TagWriter._write
+    scores, write = chunks.iter_chunk_scores, TagWriter._write
 
     def counting(*args, **kw):
         for c in scores(*args, **kw):
@@ -300,7 +300,7 @@ def test_tag_per_chunk_writes_rows_as_it_goes_and_keeps_nothing_per_chunk(
         written_at.append(produced[0])
         write(self, text, end)
 
-    monkeypatch.setattr(stream, "iter_chunk_scores", counting)
+    monkeypatch.setattr(chunks, "iter_chunk_scores", counting)
     monkeypatch.setattr(TagWriter, "_write", recording)
     model = str(trained / "run" / "model")
     rng = np.random.default_rng(0)

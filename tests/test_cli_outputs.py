@@ -93,6 +93,9 @@ CASES = {
                          "--chunk", "1"],
     "detect-sat": lambda r: ["detect", str(r / "sat"), scapes(r)[0], "--threshold", "0.55",
                              "--median", "0.1", "--min-gap", "0.2"],
+    # the default before a streaming model detected in its own chunk: one clip-long piece
+    "detect-sat-clip": lambda r: ["detect", str(r / "sat"), scapes(r)[0], "--threshold", "0.55",
+                                  "--median", "0.1", "--min-gap", "0.2", "--chunk", "10"],
     "detect-bad-file": lambda r: ["detect", str(r / "vit"), str(r / "bad"), "--chunk", "1"],
     "stream": lambda r: ["stream", str(r / "sat"), scapes(r)[0], "--top-k", "2"],
     "stream-full-context": lambda r: ["stream", str(r / "vit"), scapes(r)[0], "--top-k", "1",

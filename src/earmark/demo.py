@@ -76,7 +76,7 @@ def detect_soundscape(tagger, data: Path, out: Path) -> list[Path]:
     from earmark.data.events import write_events
     from earmark.data.synth import load_soundscapes
     from earmark.evaluate.plots import plot_timeline
-    from earmark.infer.detect import DetectionConfig
+    from earmark.infer.events import DetectionConfig
 
     scapes = load_soundscapes(data)
     item = scapes.items[0]
@@ -101,6 +101,7 @@ def detect_soundscape(tagger, data: Path, out: Path) -> list[Path]:
 
 def stream_soundscape(tagger, data: Path) -> None:
     """Tag the first soundscape online, one line per second, as ``earmark stream`` does."""
+    from earmark.cli.use import chunk_line
     from earmark.data.synth import load_soundscapes
     from earmark.infer.stream import stream_file
 
@@ -108,4 +109,4 @@ def stream_soundscape(tagger, data: Path) -> None:
     print(f"[demo] streaming {Path(item.path).name}, one line per 1 s chunk "
           "(sliding window for this full-context model):")
     stream_file(tagger, item.path, chunk_seconds=1.0, top_k=2, collect=False,
-                out=lambda line: print("  " + line))
+                on_result=lambda result: print("  " + chunk_line(result)))

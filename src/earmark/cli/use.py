@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 from earmark.cli.options import (
     add_model,
@@ -129,7 +127,7 @@ def cmd_tag(a) -> int:
 
     from earmark.data.sources import audio_inputs
     from earmark.errors import AudioError, DataError
-    from earmark.infer.stream import iter_chunk_scores
+    from earmark.infer.chunks import iter_chunk_scores
     from earmark.infer.tagger import load
     from earmark.infer.writers import TagWriter
 
@@ -165,36 +163,18 @@ def cmd_tag(a) -> int:
     return report_skipped(failed, len(files) + len(problems))
 
 
-def detection_config(a, tagger):
-    from earmark.infer.detect import DetectionConfig, desed_label_map
-
-    saved = tagger.config.get("detection")
-    config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
-    changes = {}
-    if a.threshold is not None:
-        changes["threshold"] = a.threshold
-    if a.median is not None:
-        changes["median_filter"] = a.median
-    if a.min_duration is not None:
-        changes["min_duration"] = a.min_duration
-    if a.min_gap is not None:
-        changes["min_gap"] = a.min_gap
-    if a.label_map == "desed":
-        changes["label_map"] = desed_label_map(tagger.labels)
-    elif a.label_map:
-        changes["label_map"] = json.loads(Path(a.label_map).read_text())
-    return DetectionConfig.from_dict({**config.to_dict(), **changes})
-
-
 def cmd_detect(a) -> int:
     from earmark.audio.io import audio_info, find_audio_files
     from earmark.data.events import write_events
     from earmark.errors import AudioError
     from earmark.files import display_names
+    from earmark.infer.detect import detection_config
     from earmark.infer.tagger import load
 
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
-    config = detection_config(a, tagger)
+    config = detection_config(tagger, threshold=a.threshold, median_filter=a.median,
+                              min_duration=a.min_duration, min_gap=a.min_gap,
+                              label_map=a.label_map)
     if a.tune:
         from earmark.data.sources import from_spec
 
@@ -230,6 +210,22 @@ def cmd_detect(a) -> int:
     return report_skipped(failed, len(files) + len(problems))
 
 
+def chunk_line(result) -> str:
+    """One line per chunk of a stream: its span, top labels and the time it took to score.
+
+        >>> from types import SimpleNamespace as Result
+        >>> chunk_line(Result(start=2.0, end=4.0, labels=[("Speech", 0.914), ("Music", 0.12)],
+        ...                   latency_ms=3.41))
+        '[   2.00-   4.00 s]  Speech 0.91  Music 0.12  (3.4 ms)'
+    """
+    labels = "  ".join(f"{label} {score:.2f}" for label, score in result.labels)
+    return f"[{result.start:7.2f}-{result.end:7.2f} s]  {labels}  ({result.latency_ms:.1f} ms)"
+
+
+def print_chunk(result) -> None:
+    print(chunk_line(result), flush=True)
+
+
 def cmd_stream(a) -> int:
     from earmark.infer.stream import stream_file, stream_mic
     from earmark.infer.tagger import load
@@ -237,7 +233,7 @@ def cmd_stream(a) -> int:
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
     if a.mic:
         stream_mic(tagger, chunk_seconds=a.chunk, top_k=a.top_k, device=a.device,
-                   seconds=a.seconds)
+                   seconds=a.seconds, on_result=print_chunk)
         return 0
     if not a.files:
         return error("give a FILE or --mic")
@@ -253,7 +249,7 @@ def cmd_stream(a) -> int:
         try:
             n = stream_file(tagger, path, chunk_seconds=a.chunk, realtime=a.realtime,
                             top_k=a.top_k, collect=False, tail=a.tail, compile=a.compile,
-                            out=lambda line: print(line, flush=True))
+                            on_result=print_chunk)
         except AudioError as err:
             failed.append(str(err))
             continue

@@ -16,6 +16,8 @@ hysteresis, runs -> events) are in :mod:`earmark.infer.events`.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,9 +37,37 @@ from earmark.infer.events import (
 from earmark.infer.scorer import Scorer
 from earmark.steps import Steps, finish
 
-# DetectionConfig and desed_label_map live in earmark.infer.events; named here too for code
-# that still imports them from this module
-__all__ = ["DetectionConfig", "desed_label_map", "detect", "detect_steps", "tune_detection"]
+
+def detection_config(scorer: Scorer, threshold: float | None = None,
+                     median_filter: float | None = None, min_duration: float | None = None,
+                     min_gap: float | None = None,
+                     label_map: Mapping[str, str] | str | Path | None = None) -> DetectionConfig:
+    """A model's detection settings: those saved with it (tuned thresholds), else the
+    defaults, with each setting given here in their place. ``label_map``: a mapping model
+    label -> detection label, ``"desed"`` (AudioSet -> DESED, as HTS-AT) or a JSON file of
+    the mapping.
+
+        >>> import earmark
+        >>> from earmark.infer.tagger import Tagger
+        >>> model = earmark.create_model("vit-tiny", 2, depth=1, embed_dim=32, num_heads=2)
+        >>> tagger = Tagger(model, {"labels": ["dog", "rain"],
+        ...                         "detection": {"threshold": {"dog": 0.3, "rain": 0.6}}})
+        >>> detection_config(tagger).threshold
+        {'dog': 0.3, 'rain': 0.6}
+        >>> c = detection_config(tagger, threshold=0.5, min_gap=0.2, label_map={"dog": "Dog"})
+        >>> c.threshold, c.min_gap, c.label_map
+        (0.5, 0.2, {'dog': 'Dog'})
+    """
+    saved = scorer.config.get("detection")
+    config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
+    if label_map == "desed":
+        label_map = desed_label_map(scorer.labels)
+    elif isinstance(label_map, (str, Path)):
+        label_map = json.loads(Path(label_map).read_text())
+    changes = {"threshold": threshold, "median_filter": median_filter,
+               "min_duration": min_duration, "min_gap": min_gap, "label_map": label_map}
+    return DetectionConfig.from_dict({**config.to_dict(),
+                                      **{k: v for k, v in changes.items() if v is not None}})
 
 
 def detect(tagger: Scorer, audio, sample_rate: int | None = None, threshold=None, config=None,
@@ -45,7 +75,9 @@ def detect(tagger: Scorer, audio, sample_rate: int | None = None, threshold=None
     """Sound events ``[Event(onset, offset, label, score)]`` sorted by onset.
 
     Models with frame outputs (HTS-AT) detect from their frame scores; others from the
-    scores of consecutive chunks (``chunk_seconds``, by default the model's clip length).
+    scores of consecutive chunks of ``chunk_seconds``: by default a streaming model's own
+    chunk (scored through its cache, as live), and a full-context model's clip length (one
+    score per clip-long piece, as it was trained).
     ``config`` is a :class:`earmark.infer.events.DetectionConfig` (thresholds, median
     filter, minimum length, gap merging, label map); by default the one saved with the
     model, if any. ``threshold`` overrides its thresholds. Long files are read block by
@@ -63,8 +95,7 @@ def detect_steps(tagger: Scorer, audio, sample_rate: int | None = None, threshol
     of ``BLOCK_SECONDS`` of a long file. Events that a block boundary cuts in two are
     joined."""
     if config is None:
-        saved = tagger.config.get("detection")
-        config = DetectionConfig.from_dict(saved) if saved else DetectionConfig()
+        config = detection_config(tagger)
     if threshold is not None:
         config = replace(config, threshold=threshold)
     if not tagger.has_frames or chunk_seconds is not None:
@@ -121,9 +152,13 @@ def tune_detection(tagger: Scorer, manifest, config=None, metric: str = "event_f
 
 
 def _chunk(scorer: Scorer, chunk_seconds: float | None) -> float:
-    """The chunk a model without frames detects in: ``chunk_seconds``, else its clip length
-    (one score per clip-long piece, as it was trained)."""
-    return chunk_seconds or scorer.model.clip_seconds
+    """The chunk a model without frames detects in: ``chunk_seconds``, else a streaming
+    model's own chunk (:attr:`Scorer.chunk_seconds`: through its cache, as it runs live),
+    else the clip length of a full-context model (one score per clip-long piece, as it was
+    trained: a shorter piece would be scored padded)."""
+    if chunk_seconds:
+        return chunk_seconds
+    return scorer.chunk_seconds if scorer.model.is_streaming else scorer.model.clip_seconds
 
 
 def _join_at(events: list, boundary: float) -> list:

@@ -48,15 +48,9 @@ from earmark.infer.chunks import (
     ChunkResult,
     PendingChunk,
     ScoredChunks,
-    iter_chunk_scores,
     score_chunks,
 )
 from earmark.infer.scorer import Scorer
-
-# iter_chunk_scores lives in earmark.infer.chunks; named here too for code that still
-# imports it from this module
-__all__ = ["MAX_WINDOW_SECONDS", "StreamSession", "iter_chunk_scores", "stream_file",
-           "stream_mic"]
 
 # Sliding windows longer than this cost more than the clip models were trained on (10 s).
 MAX_WINDOW_SECONDS = 10.0

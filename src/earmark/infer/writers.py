@@ -1,12 +1,17 @@
-"""``earmark tag``'s output formats, written one row at a time as each file or chunk is
+r"""``earmark tag``'s output formats, written one row at a time as each file or chunk is
 scored, so a long batch shows results at once and keeps nothing in memory.
 
-    >>> w = TagWriter("tsv")
-    file	start	end	rank	label	score
+    >>> import io
+    >>> out = io.StringIO()
+    >>> w = TagWriter("tsv", out)
     >>> w.row("dog.wav", None, None, [("bark", 0.91), ("speech", 0.12)])
-    dog.wav			1	bark	0.910000
-    dog.wav			2	speech	0.120000
+    >>> w.row("street.wav", 0.0, 2.0, [("car", 0.5)])
     >>> w.close()
+    >>> out.getvalue().splitlines()  # doctest: +NORMALIZE_WHITESPACE
+    ['file\tstart\tend\trank\tlabel\tscore',
+     'dog.wav\t\t\t1\tbark\t0.910000',
+     'dog.wav\t\t\t2\tspeech\t0.120000',
+     'street.wav\t0.000\t2.000\t1\tcar\t0.500000']
 """
 
 from __future__ import annotations
