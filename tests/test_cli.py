@@ -401,3 +401,15 @@ def test_model_commands_take_threads_and_stream_defaults_to_one(trained, monkeyp
         assert seen == [1] and torch.get_num_threads() == 2  # set for the command, restored
     finally:
         torch.set_num_threads(before)
+
+
+def test_chunk_means_seconds_of_audio_per_chunk_in_every_command():
+    from earmark.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    having = sorted(name for name, p in commands.items()
+                    if any("--chunk" in a.option_strings for a in p._actions))
+    assert having == ["detect", "export", "serve", "stream", "tag"]
+    for name in having:
+        text = " ".join(commands[name].format_help().split())
+        assert "--chunk CHUNK seconds of audio per chunk:" in text, name

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from earmark.cli.options import add_model, add_model_args, add_trust, command, error, model_args
+from earmark.cli.options import (
+    add_chunk,
+    add_model,
+    add_model_args,
+    add_trust,
+    command,
+    error,
+    model_args,
+)
 
 
 def add_commands(sub) -> None:
@@ -13,8 +21,9 @@ def add_commands(sub) -> None:
     add_model(p, "not an .onnx: it is what export writes")
     p.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
     p.add_argument("out", help="the .onnx file to write")
-    p.add_argument("--chunk", type=float, default=None,
-                   help="seconds per call (SAT: its chunk; others: a fixed input length)")
+    add_chunk(p, "what one call of the file scores: a streaming model's chunk, or a fixed "
+                 "input length for a full-context model", "a streaming model's own chunk; "
+                 "any length for a full-context model")
     p.add_argument("--quantize", choices=("int8",), default=None,
                    help="int8 weights for the matrix products (ONNX Runtime dynamic "
                         "quantisation); the score difference to float is reported")

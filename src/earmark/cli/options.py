@@ -44,6 +44,13 @@ def add_threads(p: argparse.ArgumentParser, default: int | None = None, why: str
                                                            " (default: torch's, one per core)"))
 
 
+def add_chunk(p: argparse.ArgumentParser, role: str, default: str) -> None:
+    """``--chunk S``: in every command, the seconds of audio one score covers (``role``: what
+    the command does with each chunk; ``default``: without the option)."""
+    p.add_argument("--chunk", type=float, default=None,
+                   help=f"seconds of audio per chunk: {role} (default: {default})")
+
+
 def add_model_args(p: argparse.ArgumentParser, example: str = "patch_stride=[16,8]") -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a model argument (JSON value), e.g. {example}")

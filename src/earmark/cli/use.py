@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from earmark.cli.options import (
+    add_chunk,
     add_model,
     add_progress,
     add_threads,
@@ -44,7 +45,7 @@ def add_commands(sub) -> None:
                    help="threads decoding files ahead (default: a quarter of the cores, at "
                         "least one; decoding costs about a quarter of a short clip's scoring)")
     add_threads(p)
-    p.add_argument("--chunk", type=float, default=None, help="label every S seconds")
+    add_chunk(p, "a row of labels for each", "one row per file")
     p.add_argument("--format", choices=("table", "json", "tsv"), default="table",
                    help="output on stdout, one row as each file or chunk is scored")
     add_progress(p)
@@ -64,8 +65,9 @@ def add_commands(sub) -> None:
     p.add_argument("--min-gap", type=float, default=None, help="merge gaps shorter than this")
     p.add_argument("--label-map", default=None,
                    help="'desed' (AudioSet -> DESED, as HTS-AT) or a JSON file label -> label")
-    p.add_argument("--chunk", type=float, default=None,
-                   help="detect from chunk scores every S seconds (models without frames)")
+    add_chunk(p, "events from the scores of chunks instead of frames",
+              "frames where the model has them; else a streaming model's own chunk, a "
+              "full-context model's clip")
     p.add_argument("--tune", default=None, metavar="SPEC",
                    help="tune per-class thresholds on the strong labels of a data SPEC "
                         "(its valid split if it has one)")
@@ -81,8 +83,8 @@ def add_commands(sub) -> None:
     p.add_argument("--mic", action="store_true", help="listen to the microphone (earmark[mic])")
     p.add_argument("--device", default=None, help="input device for --mic")
     p.add_argument("--seconds", type=float, default=None, help="stop --mic after this long")
-    p.add_argument("--chunk", type=float, default=None,
-                   help="seconds per chunk (default: the model's, 1 s for full-context models)")
+    add_chunk(p, "a line of labels for each", "a streaming model's own chunk, 1 s for a "
+                                                 "full-context model")
     p.add_argument("--realtime", action="store_true", help="pace a file at real time")
     p.add_argument("--top-k", type=int, default=3, help="labels per chunk")
     p.add_argument("--tail", choices=("pad", "drop"), default="pad",
@@ -108,9 +110,8 @@ def add_commands(sub) -> None:
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest /v1/tag upload")
     p.add_argument("--max-stream-minutes", type=float, default=60.0,
                    help="longest stream (audio received or wall time)")
-    p.add_argument("--chunk", type=float, default=None,
-                   help="seconds per chunk of full-context models (default 1; streaming "
-                        "models use their own)")
+    add_chunk(p, "the labels of each, for full-context models (a streaming model keeps its "
+                 "own)", "1 s")
     p.add_argument("--max-batch", type=int, default=64, help="stream chunks per model call")
     for name, (kind, default, text) in SERVE_LIMITS.items():
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,
