@@ -27,7 +27,8 @@ import earmark
 from earmark.audio.io import audio_info
 from earmark.data.synth import load_soundscapes
 from earmark.evaluate.sed import Event, event_based, segment_based
-from earmark.infer.events import DetectionConfig, chunks_to_events, tune_thresholds
+from earmark.infer.events import DetectionConfig, chunks_to_events
+from earmark.infer.thresholds import tune_thresholds
 from earmark.profile import matmul_gflops
 from earmark.train.config import TrainConfig
 from earmark.train.run import train

@@ -20,8 +20,8 @@ from earmark.infer.events import (
     kernel_frames,
     map_scores,
     median_filter,
-    tune_thresholds,
 )
+from earmark.infer.thresholds import tune_thresholds
 
 HOP = 0.1  # seconds per frame in these tests
 

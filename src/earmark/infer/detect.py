@@ -32,9 +32,9 @@ from earmark.infer.events import (
     chunks_to_events,
     desed_label_map,
     frames_to_events,
-    tune_thresholds,
 )
 from earmark.infer.scorer import Scorer
+from earmark.infer.thresholds import tune_thresholds
 from earmark.steps import Steps, finish
 
 
