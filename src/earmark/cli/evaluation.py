@@ -89,8 +89,7 @@ def cmd_eval(a) -> int:
     from earmark.infer.tagger import load
 
     tagger = load(a.model, trust_checkpoint=a.trust_checkpoint)
-    seed = a.seed if a.seed is not None else \
-        (tagger.config.get("provenance") or {}).get("seed", 0)
+    seed = a.seed if a.seed is not None else tagger.training_seed
     with missing_files_allowed():  # each missing file is skipped and reported below
         manifest = selected(a.data, a.split, a.fold, a.group, seed)
     metrics = evaluate_model(tagger, manifest, progress=progress(a))

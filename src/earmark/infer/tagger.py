@@ -102,6 +102,13 @@ class Tagger:
     def multi_label(self) -> bool:
         return bool(self.model.multi_label)
 
+    @property
+    def training_seed(self) -> int:
+        """The seed of the run that trained the model (0 where its directory records none):
+        the one that set its validation items aside, which ``select_split`` needs to find
+        them again."""
+        return int((self.config.get("provenance") or {}).get("seed", 0))
+
     def to(self, device: str | torch.device) -> Tagger:
         self.model.to(device)
         self.device = torch.device(device)
