@@ -254,3 +254,14 @@ def test_an_empty_training_split_is_named_with_the_other_sizes(synth_dir):
     n = len(only_test)
     with pytest.raises(DataError, match=rf"split 'train' is empty \(valid: 0, test: {n}\)"):
         split_manifest(only_test, None)
+
+
+def test_a_run_of_no_epochs_or_empty_batches_is_a_usage_error(capsys, tmp_path):
+    from earmark.cli import main
+
+    for option in ("--epochs", "--batch-size"):
+        with pytest.raises(SystemExit) as err:
+            main(["train", "--data", "synth:x", "--out", str(tmp_path / "r"), option, "0"])
+        assert err.value.code == 2
+        name = option[2:].replace("-", "_")
+        assert f"error: {name} must be at least 1, got 0" in capsys.readouterr().err

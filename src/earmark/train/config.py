@@ -237,7 +237,7 @@ class TrainConfig:
             if lo > hi or (name != "noise_snr" and lo <= 0):
                 raise ValueError(f"{name} must be [low, high] with 0 < low <= high, "
                                  f"got {getattr(self, name)}")
-        for name in ("devices", "num_nodes", "shuffle_buffer"):
+        for name in ("epochs", "batch_size", "devices", "num_nodes", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 < self.mask_ratio < 1.0:
