@@ -3,11 +3,13 @@ for the rest of the process."""
 
 import warnings
 
+import pytest
 import torch
 
 import earmark
 
 
+@pytest.mark.filterwarnings("ignore:dynamo_pgo force disabled")
 def test_compiled_chunk_step_freezes_only_itself_and_keeps_the_eager_scores(monkeypatch):
     with warnings.catch_warnings():  # inductor's first import uses torch.jit's deprecated API
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -22,6 +24,9 @@ def test_compiled_chunk_step_freezes_only_itself_and_keeps_the_eager_scores(monk
         return freeze(*args, **kwargs)
 
     monkeypatch.setattr(freezing, "freeze", spy)
+    # a graph another test compiled would come from inductor's caches, without freezing again
+    monkeypatch.setattr(inductor_config, "force_disable_caches", True)
+    torch._dynamo.reset()
     before = inductor_config.freezing
     torch.manual_seed(0)
     m = earmark.create_model("sat-tiny", 5, depth=1, embed_dim=48, num_heads=3,
