@@ -203,3 +203,20 @@ def test_the_same_seed_gives_the_same_batch():
 def test_probabilities_are_checked():
     with pytest.raises(ValueError, match="speed is a probability"):
         AcousticAugment(SR, speed=1.5)
+
+
+def test_vtlp_trains_a_model_whose_front_end_resizes_its_rows():
+    """TokenLearner's front end resizes 129 STFT rows to 64: the warp follows the rows the
+    model sees (it failed with a shape mismatch)."""
+    import earmark
+    from earmark.train.config import TrainConfig
+    from earmark.train.module import TaggingModule
+
+    model = earmark.create_model("tesc-4l-8t-8h", 3, clip_seconds=1.0)
+    module = TaggingModule(model, TrainConfig(data="x", vtlp=1.0), ["a", "b", "c"], 1)
+    module.vtlp.alpha_range = (1.2, 1.2)
+    spec = torch.rand(2, 64, 64)
+    warped = module.vtlp.train()(spec)
+    assert warped.shape == spec.shape and not torch.equal(warped, spec)
+    model.train()
+    assert model(torch.randn(2, 16000)).shape == (2, 3)

@@ -576,11 +576,32 @@ class VTLP(nn.Module):
 
 def bin_centres(frontend) -> torch.Tensor:
     """Centre frequencies (Hz) of a front end's bins: its mel filters, or its STFT bins when
-    it has no mel filter bank (``n_mels=0``). ``frontend``: a ``FrontEndConfig``."""
-    if not frontend.n_mels:
-        return torch.linspace(0, frontend.sample_rate / 2, frontend.n_fft // 2 + 1)
-    import librosa
+    it has no mel filter bank (``n_mels=0``); where the front end resizes its output
+    (TokenLearner's 64 rows), the frequencies the resized rows sample. ``frontend``: a
+    ``FrontEndConfig``.
 
-    edges = librosa.mel_frequencies(frontend.n_mels + 2, fmin=frontend.f_min,
-                                    fmax=frontend.f_max, htk=frontend.mel_scale == "htk")
-    return torch.from_numpy(edges[1:-1].astype(np.float32))
+        >>> import dataclasses
+        >>> import earmark
+        >>> tesc = earmark.create_model("tesc-4l-8t-8h", 10).frontend.config  # 129 rows -> 64
+        >>> bin_centres(dataclasses.replace(tesc, resize=None)).shape
+        torch.Size([129])
+        >>> centres = bin_centres(tesc)
+        >>> centres.shape, bool((centres.diff() > 0).all()), float(centres[-1]) <= 8000
+        (torch.Size([64]), True, True)
+    """
+    if not frontend.n_mels:
+        centres = torch.linspace(0, frontend.sample_rate / 2, frontend.n_fft // 2 + 1)
+    else:
+        import librosa
+
+        edges = librosa.mel_frequencies(frontend.n_mels + 2, fmin=frontend.f_min,
+                                        fmax=frontend.f_max, htk=frontend.mel_scale == "htk")
+        centres = torch.from_numpy(edges[1:-1].astype(np.float32))
+    if frontend.resize is None or frontend.resize[0] == len(centres):
+        return centres
+    # a bilinear resize with half-pixel centres: output row i reads input position p
+    n_in, n_out = len(centres), frontend.resize[0]
+    pos = ((torch.arange(n_out) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n_in - 1)
+    return torch.lerp(centres[lo], centres[hi], (pos - lo).to(centres))
