@@ -1,14 +1,20 @@
-"""Label-balanced sampling for long-tailed (multi-label) data such as AudioSet.
+"""Weighted sampling of training items: balanced over labels, or over groups with a share
+of synthetic items.
 
-An item's weight is the sum over its labels of ``1 / count(label)``: the importance sampling
-on label frequency of paper 003 (section 4.3) and the balanced sampling HTS-AT trains
-AudioSet with. A label seen 10 times is drawn about as often as one seen 10,000 times.
+:class:`BalancedSampler`: an item's weight is the sum over its labels of ``1 / count(label)``:
+the importance sampling on label frequency of paper 003 (section 4.3) and the balanced
+sampling HTS-AT trains AudioSet with. A label seen 10 times is drawn about as often as one
+seen 10,000 times.
+
+:class:`GroupShareSampler`: real recordings and synthetic voices together, a fixed expected
+share of synthetic items in every batch, and every group (speaker, voice) of a part drawn as
+often as any other of that part (:func:`group_share_weights`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +105,84 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
                                   generator=generator)
         self.epoch += 1
         return iter(drawn.tolist())
+
+
+def group_share_weights(manifest: Manifest, synthetic: Sequence[bool], share: float,
+                        balanced: bool = False) -> torch.Tensor:
+    """Per-item weights (N,), summing to 1: ``share`` for the synthetic items (those where
+    ``synthetic`` is true), ``1 - share`` for the real ones, and within each part an equal
+    amount for every group (:attr:`Item.group`: speaker, voice; the part's items without a
+    group count as one more group). Within a group, items weigh the same, or with
+    ``balanced`` in proportion to their :func:`balanced_weights` over the part's items, so
+    rare labels come more often while each group keeps its share.
+
+    >>> from earmark.data.manifest import Item
+    >>> items = [Item(f"{g}{i}.wav", ("yes",), group=g) for g, n in (("ann", 3), ("bob", 1))
+    ...          for i in range(n)] + [Item("voice0.wav", ("yes",), group="kal")]
+    >>> m = Manifest(items, ["yes"])
+    >>> group_share_weights(m, [False] * 4 + [True], share=0.2)  # ann, ann, ann, bob; kal
+    tensor([0.1333, 0.1333, 0.1333, 0.4000, 0.2000])
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the synthetic share is a fraction between 0 and 1, got {share}")
+    synthetic = [bool(s) for s in synthetic]
+    if len(synthetic) != len(manifest.items):
+        raise ValueError(f"{len(synthetic)} synthetic flags for {len(manifest.items)} items")
+    weights = torch.zeros(len(synthetic), dtype=torch.float64)
+    for part, mass in ((False, 1.0 - share), (True, share)):
+        index = [i for i, s in enumerate(synthetic) if s == part]
+        if not index:
+            if mass > 0:
+                raise ValueError(f"no {'synthetic' if part else 'real'} items to draw a share "
+                                 f"of {mass:g} from")
+            continue
+        items = [manifest.items[i] for i in index]
+        within = (balanced_weights(Manifest(items, manifest.labels)).double() if balanced
+                  else torch.ones(len(items), dtype=torch.float64))
+        groups = [it.group for it in items]
+        total: dict[str | None, float] = {}
+        for g, w in zip(groups, within.tolist()):
+            total[g] = total.get(g, 0.0) + w
+        scale = torch.tensor([mass / len(total) / total[g] for g in groups], dtype=torch.float64)
+        weights[index] = within * scale
+    return weights.float()
+
+
+class GroupShareSampler(BalancedSampler):
+    """Draws item indices with replacement by :func:`group_share_weights`: in expectation a
+    ``share`` of every batch is synthetic, and within the real and the synthetic part every
+    group (speaker, voice) is drawn equally often. An epoch is ``num_samples`` draws, by
+    default as many as there are real items, so that adding thousands of synthetic clips
+    does not lengthen the epoch (a run with the synthetic items takes as many steps as one
+    without them).
+
+    Seeded and moving on by epoch as :class:`BalancedSampler`; where several processes
+    train, Lightning gives each its share of every epoch's draws, as for that sampler.
+
+    >>> from earmark.data.manifest import Item
+    >>> items = [Item(f"{g}{i}.wav", ("yes",), group=g) for g in ("ann", "bob")
+    ...          for i in range(4)]
+    >>> items += [Item(f"v{i}.wav", ("yes",), group=f"voice{i % 4}") for i in range(40)]
+    >>> sampler = GroupShareSampler(Manifest(items, ["yes"]), [i >= 8 for i in range(48)],
+    ...                             share=0.25, seed=0)
+    >>> len(sampler)  # the 8 real items
+    8
+    >>> drawn = [i for _ in range(500) for i in sampler]  # 500 epochs
+    >>> abs(sum(i >= 8 for i in drawn) / len(drawn) - 0.25) < 0.02  # 25 % synthetic draws
+    True
+    """
+
+    def __init__(self, data: Manifest, synthetic: Sequence[bool], share: float,
+                 num_samples: int | None = None, balanced: bool = False, seed: int = 0):
+        self.weights = group_share_weights(data, synthetic, share, balanced)  # (N,)
+        real = sum(not s for s in synthetic)
+        self.num_samples = int(real or len(self.weights)) if num_samples is None \
+            else int(num_samples)
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.replacement = True
+        self.seed = seed
+        self.epoch = 0
 
 
 def world() -> tuple[int, int]:
