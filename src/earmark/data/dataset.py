@@ -22,6 +22,8 @@ memory, so the call also reaches workers kept alive with ``persistent_workers=Tr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -54,10 +56,17 @@ class ClipDataset(torch.utils.data.Dataset):
     >>> ds.set_epoch(4)
     >>> torch.equal(ds[0][0], wave)
     False
+
+    ``groups``: a number per item (its speaker's or voice's, -1 for none), returned as a
+    third element, ``ds[i] -> (wave, target, group)``, for training that needs to know it.
+
+    >>> ClipDataset(manifest, 16000, clip_seconds=1.0, groups=[4])[0][2]
+    4
     """
 
     def __init__(self, manifest: Manifest, sample_rate: int, clip_seconds: float,
-                 train: bool = False, fit: str = "crop", seed: int = 0, cache: bool = False):
+                 train: bool = False, fit: str = "crop", seed: int = 0, cache: bool = False,
+                 groups: Sequence[int] | None = None):
         if fit not in FIT_MODES:
             raise ValueError(f"fit mode {fit!r} is not one of {', '.join(FIT_MODES)}")
         self.manifest = manifest
@@ -73,6 +82,9 @@ class ClipDataset(torch.utils.data.Dataset):
         self._index = manifest.label_index()
         # decoded (and resampled) segments, kept when ``cache``: small sets are then read once
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+        if groups is not None and len(groups) != len(manifest.items):
+            raise ValueError(f"{len(groups)} group numbers for {len(manifest.items)} items")
+        self.groups = None if groups is None else [int(g) for g in groups]
 
     def __len__(self) -> int:
         return len(self.manifest.items)
@@ -97,7 +109,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def _rng(self, i: int) -> np.random.Generator | None:
         return np.random.default_rng([self.seed, self.epoch, i]) if self.train else None
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
         item = self.manifest.items[i]
         if self._cache is not None and i in self._cache:
             wave = self._cache[i]
@@ -106,4 +118,6 @@ class ClipDataset(torch.utils.data.Dataset):
             if self._cache is not None:
                 self._cache[i] = wave
         wave = fit_length(wave, self.clip_samples, self.fit, self._rng(i))
+        if self.groups is not None:
+            return wave.float(), encode(item.labels, self._index), self.groups[i]
         return wave.float(), encode(item.labels, self._index)
