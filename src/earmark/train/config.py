@@ -33,6 +33,7 @@ GROUPS = {
                     "LOW,HIGH)",
     "stages": "stages of \"Streaming Audio Transformers for Online Audio Tagging\" (MAE -> "
               "full-context finetune -> SAT by pseudo-strong labels)",
+    "groups": "speakers and synthetic voices (an item's group: its speaker or voice)",
     "codebook": "codebook model of \"Attention is all you need? Good embeddings with statistics "
                 "are enough\": the stages before the head; --epochs, --lr, --batch-size are "
                 "the head's",
@@ -204,6 +205,25 @@ class TrainConfig:
     feature_views: int = option(1, "histograms per training clip: the clip, then randomly "
                                    "shifted copies (with --gain-db and the augmentations)",
                                 "codebook")
+    # Real recordings and synthetic voices (earmark voices) together, and a model that is
+    # kept from telling the speakers apart (earmark.train.adversarial)
+    synthetic: str | None = option(None, "data SPEC of synthetic items (e.g. manifest:DIR/"
+                                         "manifest.csv of earmark voices), all added to the "
+                                         "training split only; their labels must be among "
+                                         "the data's", "groups", metavar="SPEC")
+    synthetic_share: float | None = option(None, "expected share of synthetic items in every "
+                                                 "batch, each speaker and voice drawn equally "
+                                                 "often within its part; an epoch is as many "
+                                                 "draws as there are real training items "
+                                                 "(default: one pool, every item once per "
+                                                 "epoch)", "groups", metavar="P")
+    group_adversarial: float = option(0.0, "weight W of a group head on the pooled embedding, "
+                                           "trained through gradient reversal so the "
+                                           "embedding forgets the speaker or voice (0 = off; "
+                                           "Ganin & Lempitsky 2015)", "groups", metavar="W")
+    group_adversarial_ramp: bool = option(True, "raise the reversal weight from 0 to W over "
+                                                "training as Ganin & Lempitsky do (2 / (1 + "
+                                                "exp(-10 p)) - 1)", "groups")
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -240,6 +260,19 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "devices", "num_nodes", "shuffle_buffer"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.synthetic_share is not None:
+            if not self.synthetic:
+                raise ValueError("synthetic_share is the share of --synthetic items in each "
+                                 "batch; give --synthetic SPEC too")
+            if not 0.0 <= self.synthetic_share <= 1.0:
+                raise ValueError(f"synthetic_share is a fraction between 0 and 1, got "
+                                 f"{self.synthetic_share}")
+        if self.group_adversarial < 0:
+            raise ValueError(f"group_adversarial is a weight of 0 or more, got "
+                             f"{self.group_adversarial}")
+        if self.group_adversarial and self.stage != "finetune":
+            raise ValueError(f"group_adversarial trains with the labels of stage 'finetune', "
+                             f"not {self.stage!r}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
 

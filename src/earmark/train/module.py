@@ -1,4 +1,6 @@
-"""The Lightning module that trains any earmark model on (waveform, target) batches."""
+"""The Lightning module that trains any earmark model on (waveform, target) batches, or
+(waveform, target, group) batches with a group-adversarial head
+(:mod:`earmark.train.adversarial`)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from earmark.audio.augment import (
 )
 from earmark.evaluate.metrics import mean_average_precision, top_k_accuracy
 from earmark.models.directory import model_config
+from earmark.train.adversarial import GroupHead, PooledEmbedding, ganin_ramp, group_loss
 from earmark.train.config import TrainConfig
 
 
@@ -42,13 +45,24 @@ def htsat_lr_factor(epoch: int) -> float:
 
 
 class TaggingModule(L.LightningModule):
+    """Trains ``model`` on ``labels``. ``groups``: the groups (speakers, voices) of the
+    training items, which a head on the pooled embedding learns to tell apart through a
+    gradient reversal of weight ``config.group_adversarial``; the batches then carry each
+    item's group number (-1: none) third. The head is no part of ``model``."""
+
     def __init__(self, model: torch.nn.Module, config: TrainConfig, labels: list[str],
-                 steps_per_epoch: int):
+                 steps_per_epoch: int, groups: list[str] | None = None):
         super().__init__()
         self.model = model
         self.config = config
         self.labels = labels
         self.steps_per_epoch = steps_per_epoch
+        self.groups = groups
+        self.pooled: PooledEmbedding | None = None
+        self.group_head: GroupHead | None = None
+        if groups is not None:
+            self.pooled = PooledEmbedding(model)
+            self.group_head = GroupHead(self.pooled.dim, len(groups))
         self.wave_augment = WaveAugment(config.gain_db, config.shift, config.polarity)
         self.acoustic = AcousticAugment(model.sample_rate, seed=config.seed, **config.acoustic())
         # spectrogram augmentations run inside the model's forward, in training mode only
@@ -102,12 +116,45 @@ class TaggingModule(L.LightningModule):
         return mixup(wave, target, self.config.mixup, gen)
 
     def training_step(self, batch, batch_idx):
+        if self.group_head is not None:
+            return self.adversarial_step(*batch)
         wave, target = batch
         wave, target = self.augment(wave, target, self.global_step)
         loss = self.loss(self.model(wave), target)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=wave.shape[0])
         return loss
+
+    def group_weight(self) -> float:
+        """The gradient-reversal weight at this step: ``config.group_adversarial``, ramped
+        up over the run's steps where ``config.group_adversarial_ramp``."""
+        weight = self.config.group_adversarial
+        if self.config.group_adversarial_ramp:
+            total = max(1, self.config.epochs * self.steps_per_epoch)
+            weight *= ganin_ramp(self.global_step / total)
+        return weight
+
+    def adversarial_step(self, wave: torch.Tensor, target: torch.Tensor, group: torch.Tensor):
+        """The task loss plus the group head's: mixup mixes the groups as it mixes targets,
+        and items without a group (-1) teach the head nothing."""
+        n = len(self.groups)
+        onehot = F.one_hot(group.clamp_min(0), n).to(target) * (group >= 0).unsqueeze(1)
+        wave, both = self.augment(wave, torch.cat((target, onehot), 1), self.global_step)
+        target, groups = both[:, :-n], both[:, -n:]  # (B, C), (B, groups)
+        self.pooled.clear()
+        task = self.loss(self.model(wave), target)
+        weight = self.group_weight()
+        adversary = group_loss(self.group_head(self.pooled.take(wave.shape[0]), weight), groups)
+        b = wave.shape[0]
+        self.log("train/loss", task, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        self.log("train/group_loss", adversary, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=b)
+        self.log("train/group_weight", weight, on_step=True, on_epoch=False, batch_size=b)
+        return task + adversary
+
+    def on_fit_end(self) -> None:
+        if self.pooled is not None:  # the trained model goes on without the hook
+            self.pooled.remove()
 
     def validation_step(self, batch, batch_idx):
         wave, target = batch

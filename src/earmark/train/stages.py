@@ -34,7 +34,7 @@ from torch import nn
 from earmark.data.dataset import ClipDataset
 from earmark.data.labels import targets as manifest_targets
 from earmark.data.manifest import Manifest
-from earmark.data.sampler import BalancedSampler, ShareSampler
+from earmark.data.sampler import BalancedSampler, GroupShareSampler, ShareSampler
 from earmark.data.sources import from_spec
 from earmark.data.splits import split_manifest
 from earmark.data.stream import ShardStream
@@ -42,7 +42,8 @@ from earmark.errors import DataError, ModelError
 from earmark.models.registry import create_model
 from earmark.models.sat import StreamingAudioViT
 from earmark.models.vit import AudioViT
-from earmark.train.config import TrainConfig
+from earmark.train.adversarial import check_family
+from earmark.train.config import TrainConfig, option_flag
 from earmark.train.module import TaggingModule
 from earmark.train.weights import InitReport, init_weights
 
@@ -65,12 +66,20 @@ class RunSetup:
 
 @dataclass
 class Splits:
-    """The data set and its (train, valid, test) parts."""
+    """The data set and its (train, valid, test) parts. ``synthetic``: how many items at the
+    end of ``train`` come from ``TrainConfig.synthetic`` (they are in no other part)."""
 
     manifest: Manifest
     train: Manifest
     valid: Manifest
     test: Manifest
+    synthetic: int = 0
+
+    @property
+    def is_synthetic(self) -> list[bool]:
+        """Per training item: whether it is one of the synthetic items."""
+        real = len(self.train) - self.synthetic
+        return [i >= real for i in range(len(self.train))]
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -104,6 +113,30 @@ def _hours(*manifests: Manifest, limit: int = 50_000) -> float:
     return total / 3600
 
 
+def with_synthetic(config: TrainConfig, data: Splits) -> Splits:
+    """``data`` with every item of ``config.synthetic`` added to the training split (as
+    training items, with their groups; validation and test stay real). Their labels must be
+    in the real data's vocabulary: a :class:`DataError` names the SPEC and the others."""
+    if not config.synthetic:
+        return data
+    extra = from_spec(config.synthetic)
+    if _streams(extra) or _streams(data.train):
+        raise DataError(config.synthetic, "synthetic items are drawn by index beside the real "
+                        "ones; neither may be a shards: data set")
+    known = set(data.manifest.labels)
+    unknown = sorted({label for it in extra.items for label in it.labels} - known)
+    if unknown:
+        raise DataError(config.synthetic, f"labels not in the vocabulary of {config.data}: "
+                        f"{', '.join(map(repr, unknown[:10]))}"
+                        + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+    if not data.manifest.multi_label and extra.multi_label:
+        raise DataError(config.synthetic, f"items with several labels, but {config.data} is "
+                        "single-label")
+    items = [replace(it, split="train", fold=None) for it in extra.items]
+    train = replace(data.train, items=[*data.train.items, *items])
+    return replace(data, train=train, synthetic=data.synthetic + len(items))
+
+
 def _use_cache(config: TrainConfig, *manifests: Manifest) -> bool:
     if config.cache is not None:
         return config.cache
@@ -124,8 +157,9 @@ def _loaders(config: TrainConfig, train_ds, valid_ds, sampler=None):
         train_ds.workers = workers
         steps = train_ds.quota(world_size * workers) * workers // config.batch_size
         return torch.utils.data.DataLoader(train_ds, **loader_args), valid_dl, steps
+    drawn = len(train_ds) if sampler is None else len(sampler)  # items per epoch
     train_dl = torch.utils.data.DataLoader(train_ds, shuffle=sampler is None, sampler=sampler,
-                                           drop_last=len(train_ds) > config.batch_size,
+                                           drop_last=drawn > config.batch_size,
                                            **loader_args)
     return train_dl, valid_dl, max(1, len(train_dl) // world_size)
 
@@ -135,24 +169,58 @@ def _balanced(config: TrainConfig, manifest: Manifest) -> bool:
     return manifest.multi_label if config.balanced is None else config.balanced
 
 
+def training_groups(config: TrainConfig, data: Splits) -> tuple[list[int], list[str]]:
+    """Per training item the number of its group (-1: none), and the groups: speakers of
+    the real items and voices of the synthetic ones, kept apart where names coincide. A
+    :class:`DataError` where fewer than two groups train (nothing to tell apart).
+
+    >>> from earmark.data.manifest import Item
+    >>> m = Manifest([Item("a.wav", ("1",), group="ann"), Item("b.wav", ("1",)),
+    ...               Item("v.wav", ("1",), group="ann")], ["1"])
+    >>> training_groups(TrainConfig(data="x", out="r"), Splits(m, m, m, m, synthetic=1))
+    ([0, -1, 1], ['ann', 'ann (synthetic)'])
+    """
+    keys: dict[tuple[bool, str], int] = {}
+    numbers = []
+    for it, synthetic in zip(data.train.items, data.is_synthetic):
+        if it.group is None:
+            numbers.append(-1)
+            continue
+        numbers.append(keys.setdefault((synthetic, it.group), len(keys)))
+    if len(keys) < 2:
+        raise DataError(config.data, "group-adversarial training needs training items of at "
+                        f"least two groups (speakers, voices); they have {len(keys)}")
+    names = [f"{g} (synthetic)" if synthetic else g for synthetic, g in keys]
+    return numbers, names
+
+
 def _train_clips(config: TrainConfig, data: Splits, sample_rate: int, clip_seconds: float,
                  cache: bool, balanced: bool, teacher_scores: dict | None = None):
     """The training data set: a stream of shards for a ``shards:`` data set (with stored
     teacher scores, crops and their scores; label-balanced where ``balanced`` and the data
-    ask for it), else clips read by index (then sampled by :func:`_sampler`)."""
+    ask for it), else clips read by index (then sampled by :func:`_sampler`), with their
+    group numbers for group-adversarial training."""
     if _streams(data.train):
         return ShardStream(data.train, sample_rate, clip_seconds, batch_size=config.batch_size,
                            fit=config.fit, seed=config.seed, buffer=config.shuffle_buffer,
                            balanced=balanced and _balanced(config, data.manifest),
                            teacher_scores=teacher_scores)
+    groups = training_groups(config, data)[0] if config.group_adversarial else None
     return ClipDataset(data.train, sample_rate, clip_seconds, train=True, fit=config.fit,
-                       seed=config.seed, cache=cache)
+                       seed=config.seed, cache=cache, groups=groups)
 
 
-def _sampler(config: TrainConfig, data: Splits, train_ds):
+def _sampler(config: TrainConfig, data: Splits, train_ds, balanced: bool = True):
+    """How training items are drawn: with ``synthetic_share``, a :class:`GroupShareSampler`
+    (that share of synthetic items, groups equal within each part, label-balanced within
+    each group where balanced); else label-balanced where balanced, else shuffled."""
+    balanced = balanced and _balanced(config, data.manifest)
+    if config.synthetic_share is not None:
+        return GroupShareSampler(data.train, data.is_synthetic, config.synthetic_share,
+                                 balanced=balanced, seed=config.seed)
     return (BalancedSampler(manifest_targets(data.train), num_samples=len(train_ds),
                             seed=config.seed)
-            if _balanced(config, data.manifest) and not _streams(data.train) else None)
+            if balanced and not _streams(data.train) else None)
 
 
 # ---- the model -------------------------------------------------------------------------------
@@ -214,8 +282,8 @@ class Stage:
         return _train_clips(config, data, model.sample_rate, seconds, cache, self.balanced)
 
     def module(self, config: TrainConfig, model: nn.Module, labels: list[str],
-               steps: int) -> TaggingModule:
-        return TaggingModule(model, config, labels, steps)
+               steps: int, groups: list[str] | None = None) -> TaggingModule:
+        return TaggingModule(model, config, labels, steps, groups)
 
     def test(self, manifest: Manifest, labels: list[str]) -> Manifest | None:
         """What the exported model is tested on after training (None: nothing)."""
@@ -388,9 +456,11 @@ def prepare(config: TrainConfig, data: Splits, stage: Stage, resume: bool = Fals
     train_ds = stage.train_set(config, data, model, train_seconds, cache)
     valid_ds = ClipDataset(valid, model.sample_rate, valid_seconds, train=False, fit=config.fit,
                            cache=cache)
-    sampler = _sampler(config, data, train_ds) if stage.balanced else None
+    sampler = _sampler(config, data, train_ds, stage.balanced)
     train_dl, valid_dl, steps = _loaders(config, train_ds, valid_ds, sampler)
-    module = stage.module(config, model, labels, steps)
+    # the group head of group-adversarial training (stage finetune only: TrainConfig checks)
+    groups = {"groups": training_groups(config, data)[1]} if config.group_adversarial else {}
+    module = stage.module(config, model, labels, steps, **groups)
     return RunSetup(model, labels, module, train_dl, valid_dl, stage.test(data.test, labels),
                     stage.provenance(config, module, train_seconds), report)
 
@@ -410,6 +480,11 @@ def _codebook_stages(config: TrainConfig, data: Splits, model: nn.Module, labels
                          "does not apply to it")
     if config.init:
         raise ModelError("the codebook model does not start from other weights (--init)")
+    if config.group_adversarial:
+        check_family(model)
+    if config.synthetic_share is not None:
+        raise ModelError("the codebook model draws its training clips its own way; "
+                         f"{option_flag('synthetic_share')} does not apply to it")
     module, train_dl, valid_dl, provenance = prepare_stages(config, model, data.manifest,
                                                             data.train, data.valid, resume)
     return RunSetup(model, labels, module, train_dl, valid_dl, data.test, provenance)
@@ -429,8 +504,9 @@ def prepare_run(config: TrainConfig, resume: bool = False,
 
     ``split``: the (train, valid, test) manifests to use instead of splitting ``config.data``
     (cross validation by group passes them); subsets of one manifest, so they share its
-    vocabulary. ``resume``: a family that trains in stages of its own reuses those it
-    finished."""
+    vocabulary. ``config.synthetic``: its items join the training split, and no other
+    (:func:`with_synthetic`). ``resume``: a family that trains in stages of its own reuses
+    those it finished."""
     if split is None:
         manifest = from_spec(config.data)
         data = Splits(manifest, *split_manifest(manifest, config.fold, config.seed))
@@ -438,7 +514,7 @@ def prepare_run(config: TrainConfig, resume: bool = False,
         train_m, valid_m, test_m = split
         manifest = replace(train_m, items=[*train_m.items, *valid_m.items, *test_m.items])
         data = Splits(manifest, train_m, valid_m, test_m)
-    setup = prepare(config, data, stage_for(config), resume)
+    setup = prepare(config, with_synthetic(config, data), stage_for(config), resume)
     # Lightning keeps the train/eval mode each module has when fitting starts, so the model
     # must start in training mode (parts that stay frozen, such as the codebook model's
     # autoencoders, keep themselves in eval)
