@@ -15,7 +15,7 @@ PACKAGE = Path(earmark.__file__).parent
 # earmark.<first part> -> layer; modules of one layer may import each other (without circles)
 LAYERS = {"errors": 0, "files": 0, "quiet": 0, "steps": 0, "_version": 0, "resources": 0,
           "audio": 1, "models": 2,
-          "data": 2, "infer": 3, "evaluate": 4, "profile": 4, "serve": 4, "train": 5,
+          "data": 2, "voices": 2, "infer": 3, "evaluate": 4, "profile": 4, "serve": 4, "train": 5,
           "export": 6, "cli": 7, "demo": 7, "__main__": 7}
 TOP = 8  # the package itself: its lazy public API may name anything
 
