@@ -1,4 +1,4 @@
-"""Commands that make or pack data: ``synth``, ``shard`` and ``psl-scores``."""
+"""Commands that make or pack data: ``synth``, ``voices``, ``shard`` and ``psl-scores``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,29 @@ def add_commands(sub) -> None:
                    help="events over the soundscapes' background, in dB")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.set_defaults(fn=cmd_synth)
+
+    p = command(sub, "voices", "speak a list of words with every offline text-to-speech voice")
+    p.add_argument("words", metavar="WORDS",
+                   help="comma-separated words (zero,one,two) or a text file, one a line")
+    p.add_argument("out", metavar="OUT", help="folder for the clips, manifest.csv and "
+                                             "voices.json; a rerun continues")
+    p.add_argument("--labels", default=None, metavar="MAP",
+                   help="labels of the words: zero=0,one=1,... or a file of WORD=LABEL lines "
+                        "(default: the words)")
+    p.add_argument("--engines", default=None, metavar="NAMES",
+                   help="comma-separated: festival, flite, piper (default: all found)")
+    p.add_argument("--voices", default=None, metavar="NAMES",
+                   help="comma-separated voices to keep, e.g. slt,festival-kal_diphone")
+    p.add_argument("--renditions", type=int, default=3,
+                   help="renditions of each word by each voice (default 3)")
+    p.add_argument("--pseudo-speakers", default="0.88,0.94,1.07,1.14", metavar="FACTORS",
+                   help="vocal-tract factors of the extra voices made from each voice "
+                        "(default 0.88,0.94,1.07,1.14; 'none' for none)")
+    p.add_argument("--sample-rate", type=int, default=8000, help="Hz (default 8000, as FSDD)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--workers", type=int, default=1, help="processes that synthesise")
+    add_progress(p)
+    p.set_defaults(fn=cmd_voices)
 
     p = command(sub, "shard", "write a data set as WebDataset tar shards (FLAC + JSON)")
     p.add_argument("data", metavar="SPEC", help="data SPEC, e.g. esc50:DIR, audioset:DIR")
@@ -58,6 +81,34 @@ def cmd_synth(a) -> int:
                      sample_rate=a.sample_rate, snr_db=a.snr_db, seed=a.seed)
     print(f"wrote {out} (use it as --data synth:{out})")
     return 0
+
+
+def cmd_voices(a) -> int:
+    from earmark.voices import Renditions, speak_words
+
+    def names(text):
+        return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+    try:
+        pseudo = ([] if a.pseudo_speakers.strip().lower() == "none"
+                  else [float(x) for x in names(a.pseudo_speakers)])
+    except ValueError:
+        return error(f"--pseudo-speakers {a.pseudo_speakers!r}: expected numbers such as "
+                     "0.9,1.1, or none")
+    report = speak_words(a.words, a.out, labels=a.labels, engines=names(a.engines),
+                         voices=names(a.voices), renditions=Renditions(count=a.renditions),
+                         pseudo_speakers=pseudo, sample_rate=a.sample_rate, seed=a.seed,
+                         workers=a.workers, progress=progress(a))
+    for reason in report["missing_engines"].values():
+        print(f"not used: {reason}", file=sys.stderr)
+    for f in report["failed"]:
+        print(f"failed: {f}", file=sys.stderr)
+    print(f"{len(report['voices'])} voices ({', '.join(report['voices'])}), "
+          f"{len(report['groups'])} groups with pseudo-speakers; {report['written']} clips "
+          f"written, {report['existing']} kept, {len(report['failed'])} failed; "
+          f"{report['clips']} in {report['manifest']} (use it as "
+          f"--data manifest:{report['manifest']})")
+    return 1 if report["failed"] else 0
 
 
 def cmd_shard(a) -> int:
