@@ -134,7 +134,8 @@ def per_speaker(model_dir: Path, real) -> dict[str, float]:
     from earmark.infer.tagger import load
 
     tagger = load(model_dir)
-    return {g: evaluate_model(tagger, real.subset(lambda it, g=g: it.group == g))["accuracy"]
+    return {g: evaluate_model(tagger, real.subset(lambda it, g=g: it.group == g),
+                              progress=False)["accuracy"]
             for g in real.groups()}
 
 
