@@ -174,6 +174,43 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def plot(rows: list[dict], path: Path) -> bool:
+    """Accuracy on each real speaker: held out (LOSO, real only and with the voices; mean over
+    seeds) and voices only, with the 90 % line."""
+    series = {}
+    for name in sorted({r["recipe"] for r in rows if r["protocol"] == "loso"},
+                       key=lambda n: n != "real"):
+        means = loso.Loso([r for r in rows if r["protocol"] == "loso"
+                           and r["recipe"] == name]).speaker_means()
+        series[f"held out, {name}"] = means
+    text = [r["per_speaker"] for r in rows if r["protocol"] == "text"]
+    if text:
+        series["voices only"] = {s: statistics.fmean(p[s] for p in text)
+                                 for s in loso.SPEAKERS if all(s in p for p in text)}
+    if not series:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.0, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(series)
+    for i, (name, means) in enumerate(series.items()):
+        xs = [k + (i - (len(series) - 1) / 2) * width for k in range(len(loso.SPEAKERS))]
+        ax.bar(xs, [100 * means.get(s, float("nan")) for s in loso.SPEAKERS], width,
+               label=name)
+    ax.axhline(90, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(loso.SPEAKERS)), loso.SPEAKERS)
+    ax.set_ylabel("accuracy on the speaker (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("FSDD digits on real speakers, with synthetic voices")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(loso.DEFAULT_DATA))
@@ -190,8 +227,12 @@ def main(argv=None) -> int:
     p.add_argument("--name", default="fsdd_voices", help="results file stem")
     a = p.parse_args(argv)
     results = loso.RESULTS / f"{a.name}.json"
+    png = loso.RESULTS / f"{a.name}.png"
     if a.table:
-        print(tables(loso.load_rows(results)))
+        rows = loso.load_rows(results)
+        print(tables(rows))
+        if plot(rows, png):
+            print(f"wrote {png}")
         return 0
     bad = [x for x in a.protocol.split(",") if x not in PROTOCOLS]
     if bad:
@@ -234,7 +275,10 @@ def main(argv=None) -> int:
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(model, target)
             print(f"the model: {target}")
-    print(tables(loso.load_rows(results)))
+    rows = loso.load_rows(results)
+    print(tables(rows))
+    if plot(rows, png):
+        print(f"wrote {png}")
     return 0
 
 
