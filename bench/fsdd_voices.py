@@ -7,6 +7,7 @@ judged on the five real speakers of ../shared.
     python bench/fsdd_voices.py --final                      # (d) the model the README uses
     python bench/fsdd_voices.py --table                      # tables and plot from saved rows
     python bench/fsdd_voices.py --protocol loso --speakers theo --seeds 0 --share 0.3,0.5
+    python bench/fsdd_voices.py --protocol loso --speakers nicolas --seeds 0 --set group_adversarial=0.3
 
 Protocols:
 
@@ -68,8 +69,8 @@ def make_voices(folder: Path, seed: int = 0, workers: int = 2) -> Path:
 
 
 def config_for(name: str, share: float | None, voices: str | None, data: str, out: Path,
-               seed: int, max_minutes: float) -> TrainConfig:
-    values = loso.recipe("robust")
+               seed: int, max_minutes: float, sets: dict) -> TrainConfig:
+    values = loso.merged(loso.recipe("robust"), sets)
     if name == "voices":
         values.update(synthetic=voices, synthetic_share=share)
     return TrainConfig.from_dict(dict(values, data=data, out=str(out), seed=seed,
@@ -79,13 +80,17 @@ def config_for(name: str, share: float | None, voices: str | None, data: str, ou
 def jobs_for(a, spec: str, voices_spec: str) -> list[dict]:
     runs = loso.RESULTS / f"{a.name}-runs"
     shares = [None if s == "all" else float(s) for s in a.share.split(",")]
+    sets = loso.overrides(a.set)
+    # a run with --set carries its settings in its name: "voices-0.3+group_adversarial=0.3"
+    suffix = "".join(f"+{k}={v}" for k, v in sorted(sets.items()))
     jobs = []
 
     def add(protocol: str, name: str, held_out: str, seed: int, share=None) -> None:
         tag = name if name != "voices" else f"voices-{'all' if share is None else share}"
+        tag += suffix
         data = voices_spec if protocol == "text" else spec
         out = runs / f"{protocol}-{tag}-{held_out}-s{seed}"
-        config = config_for(name, share, voices_spec, data, out, seed, a.max_minutes)
+        config = config_for(name, share, voices_spec, data, out, seed, a.max_minutes, sets)
         jobs.append({"protocol": protocol, "recipe": tag, "held_out": held_out, "seed": seed,
                      "limit": None, "config": config.to_dict()})
 
@@ -94,7 +99,8 @@ def jobs_for(a, spec: str, voices_spec: str) -> list[dict]:
         for seed in seeds:
             if protocol == "loso":
                 for spk in a.speakers.split(","):
-                    add("loso", "real", spk, seed)
+                    if a.real:
+                        add("loso", "real", spk, seed)
                     for share in shares:
                         add("loso", "voices", spk, seed, share)
             elif protocol == "text":
@@ -220,6 +226,10 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--share", default="0.3",
                    help="synthetic share of each batch, comma list ('all': one pool)")
+    p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
+                   help="loso: also the real-only run of each speaker")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="a training option on top of every run's recipe (its name shows it)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--max-minutes", type=float, default=30.0, help="per run")
     p.add_argument("--final", action="store_true", help="(d) alone: the README's model")
