@@ -36,7 +36,6 @@ import fsdd_speakers as loso  # noqa: E402  (recipes, the run and its results fi
 
 from earmark.data.sources import from_spec  # noqa: E402
 from earmark.train.config import TrainConfig  # noqa: E402
-from earmark.train.rundir import RunDirError  # noqa: E402
 
 SEED = 0
 # family -> (the recipe name its rows carry, the TrainConfig fields that replace the ViT's)
@@ -153,19 +152,9 @@ def main(argv=None) -> int:
         print(f"{len(jobs)} runs, {len(jobs) - len(todo)} done; matmul "
               f"{machine['matmul_gflops']:.1f} GFLOP/s on {machine['torch_threads']} threads",
               flush=True)
-        for i, job in enumerate(todo, 1):
-            tag = f"[{i}/{len(todo)}] {job['family']} held out {job['held_out']}"
-            if loso.done(results, job):
-                print(f"{tag}: done elsewhere", flush=True)
-                continue
-            try:
-                row = loso.run_one(job, manifest, machine)
-            except RunDirError as err:
-                print(f"{tag}: another process is training it; skipped ({err})", flush=True)
-                continue
-            loso.append_row(results, dict(row, family=job["family"]))
-            print(f"{tag}: accuracy {row['accuracy']:.4f} ({row['epochs']} epochs, "
-                  f"{row['train_seconds']:.0f} s)", flush=True)
+        loso.run_jobs(todo, results,
+                      lambda job: dict(loso.run_one(job, manifest, machine), family=job["family"]),
+                      lambda job: f"{job['family']} held out {job['held_out']}")
     rows = loso.load_rows(results) + [r for j in jobs if (r := earlier_row(j)) is not None]
     print(table(rows, families))
     print(f"results in {results}")

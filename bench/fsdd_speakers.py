@@ -346,6 +346,25 @@ def run_one(job: dict, manifest, machine: dict) -> dict:
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
+def run_jobs(todo: list[dict], results: Path, runner, describe) -> None:
+    """Train each job not yet in ``results`` (``runner(job) -> row``), appending its row at
+    once; a job another process finished or is training meanwhile is skipped.
+    ``describe(job)`` names it in the log."""
+    for i, job in enumerate(todo, 1):
+        tag = f"[{i}/{len(todo)}] {describe(job)}"
+        if done(results, job):  # another piece finished it meanwhile
+            print(f"{tag}: done elsewhere", flush=True)
+            continue
+        try:  # train() holds the run directory's lock: a live owner elsewhere refuses it
+            row = runner(job)
+        except RunDirError as err:
+            print(f"{tag}: another process is training it; skipped ({err})", flush=True)
+            continue
+        append_row(results, row)
+        print(f"{tag}: accuracy {row['accuracy']:.4f} ({row['epochs']} epochs, "
+              f"{row['train_seconds']:.0f} s)", flush=True)
+
+
 # ---- tables ----------------------------------------------------------------------------------
 
 
@@ -689,20 +708,9 @@ def main(argv=None) -> int:
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} already in {results}; "
           f"matmul {machine['matmul_gflops']:.1f} GFLOP/s on {machine['torch_threads']} threads",
           flush=True)
-    for i, job in enumerate(todo, 1):
-        tag = f"[{i}/{len(todo)}] {job['protocol']} {job['recipe']} " \
-              f"held out {job['held_out']} seed {job['seed']}"
-        if done(results, job):  # another piece finished it meanwhile
-            print(f"{tag}: done elsewhere", flush=True)
-            continue
-        try:  # train() holds the run directory's lock: a live owner elsewhere refuses it
-            row = run_one(job, manifest, machine)
-        except RunDirError as err:
-            print(f"{tag}: another process is training it; skipped ({err})", flush=True)
-            continue
-        append_row(results, row)
-        print(f"{tag}: accuracy {row['accuracy']:.4f} ({row['epochs']} epochs, "
-              f"{row['train_seconds']:.0f} s)", flush=True)
+    run_jobs(todo, results, lambda job: run_one(job, manifest, machine),
+             lambda job: f"{job['protocol']} {job['recipe']} held out {job['held_out']} "
+                         f"seed {job['seed']}")
 
     rows = load_rows(results)
     if rows:

@@ -47,7 +47,6 @@ from earmark.data.sources import from_spec  # noqa: E402
 from earmark.data.splits import carve_validation, group_split, split_manifest  # noqa: E402
 from earmark.train.config import TrainConfig  # noqa: E402
 from earmark.train.run import train  # noqa: E402
-from earmark.train.rundir import RunDirError  # noqa: E402
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 HOME = loso.RESULTS / "fsdd-voices"
@@ -263,20 +262,9 @@ def main(argv=None) -> int:
     print(f"{len(jobs)} runs, {len(jobs) - len(todo)} done; matmul "
           f"{machine['matmul_gflops']:.1f} GFLOP/s on {machine['torch_threads']} threads",
           flush=True)
-    for i, job in enumerate(todo, 1):
-        tag = f"[{i}/{len(todo)}] {job['protocol']} {job['recipe']} {job['held_out']} " \
-              f"seed {job['seed']}"
-        if loso.done(results, job):
-            print(f"{tag}: done elsewhere", flush=True)
-            continue
-        try:
-            row = run(job, real, machine)
-        except RunDirError as err:
-            print(f"{tag}: another process is training it; skipped ({err})", flush=True)
-            continue
-        loso.append_row(results, row)
-        print(f"{tag}: accuracy {row['accuracy']:.4f} ({row['epochs']} epochs, "
-              f"{row['train_seconds']:.0f} s)", flush=True)
+    loso.run_jobs(todo, results, lambda job: run(job, real, machine),
+                  lambda job: f"{job['protocol']} {job['recipe']} {job['held_out']} "
+                              f"seed {job['seed']}")
     if a.final:
         job = jobs[0]
         model = Path(job["config"]["out"]) / "model"
