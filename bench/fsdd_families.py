@@ -49,28 +49,6 @@ FAMILIES: dict[str, tuple[str, dict]] = {
                                           "num_heads": 4, "patch_stride": [16, 8]}}),
     "codebook": ("codebook", {}),
 }
-EARLIER = loso.RESULTS / "fsdd_speakers.json"  # where the ViT and codebook rows may be
-
-
-def _compared(config: dict) -> dict:
-    args = {k: v for k, v in config.get("model_args", {}).items() if k != "frontend"}
-    return loso.comparable({**config, "model_args": args, "max_minutes": None})
-
-
-def earlier_row(job: dict) -> dict | None:
-    """bench/fsdd_speakers.py's row of the same run, if there is one. Its codebook rows
-    spell the front end out where the recipe names its preset, so the front end is left out
-    of the comparison (the preset is the one those runs resolved); so is the time limit of a
-    run that finished all its epochs within it."""
-    want = _compared(job["config"])
-    for r in loso.load_rows(EARLIER):
-        if ((r["protocol"], r["recipe"], r["held_out"], r["seed"]) ==
-                ("loso", job["recipe"], job["held_out"], job["seed"])
-                and r["epochs"] == job["config"]["epochs"] and _compared(r["config"]) == want):
-            return r
-    return None
-
-
 def family_config(family: str) -> dict:
     name, changes = FAMILIES[family]
     base = loso.recipe("codebook" if family == "codebook" else "robust")
@@ -147,7 +125,7 @@ def main(argv=None) -> int:
             return 2
         manifest = from_spec(spec)
         torch.set_num_threads(a.threads)
-        todo = [j for j in jobs if not loso.done(results, j) and earlier_row(j) is None]
+        todo = [j for j in jobs if not loso.done(results, j) and loso.earlier_row(j) is None]
         machine = loso.machine_info(torch.get_num_threads())
         print(f"{len(jobs)} runs, {len(jobs) - len(todo)} done; matmul "
               f"{machine['matmul_gflops']:.1f} GFLOP/s on {machine['torch_threads']} threads",
@@ -155,7 +133,7 @@ def main(argv=None) -> int:
         loso.run_jobs(todo, results,
                       lambda job: dict(loso.run_one(job, manifest, machine), family=job["family"]),
                       lambda job: f"{job['family']} held out {job['held_out']}")
-    rows = loso.load_rows(results) + [r for j in jobs if (r := earlier_row(j)) is not None]
+    rows = loso.load_rows(results) + [r for j in jobs if (r := loso.earlier_row(j)) is not None]
     print(table(rows, families))
     print(f"results in {results}")
     return 0

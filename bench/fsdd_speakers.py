@@ -264,6 +264,26 @@ def done(path: Path, job: dict) -> bool:
         return any(same_run(r, job) for r in load_rows(path))
 
 
+def _compared(config: dict) -> dict:
+    args = {k: v for k, v in config.get("model_args", {}).items() if k != "frontend"}
+    return comparable({**config, "model_args": args, "max_minutes": None})
+
+
+def earlier_row(job: dict, recipe: str | None = None) -> dict | None:
+    """This script's row (bench/results/fsdd_speakers.json) of the same run as another
+    script's ``job``, under ``recipe`` (default: the job's own), if there is one. Codebook rows
+    spell the front end out where the recipe names its preset, so the front end is left out
+    of the comparison (the preset is the one those runs resolved); so is the time limit of a
+    run that finished all its epochs within it."""
+    want = _compared(job["config"])
+    key = (job["protocol"], recipe or job["recipe"], job["held_out"], job["seed"])
+    for r in load_rows(RESULTS / "fsdd_speakers.json"):
+        if ((r["protocol"], r["recipe"], r["held_out"], r["seed"]) == key
+                and r["epochs"] == job["config"]["epochs"] and _compared(r["config"]) == want):
+            return r
+    return None
+
+
 def limited(split, n: int | None, seed: int):
     """(train, valid, test) with at most n training and n // 10 validation items (smoke runs)."""
     if not n:

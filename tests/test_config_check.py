@@ -193,7 +193,8 @@ def test_one_checker_for_both_files_and_the_recipes_pass_it():
     schema, optional = dataclass_schema(TrainConfig)
     assert optional == set(schema) - {"data"}
     for name in RECIPES:
-        config = apply_recipe(name, TrainConfig(data="synth:x"), set())
+        config = apply_recipe(name, TrainConfig(data="synth:x", synthetic="synth:y"),
+                              set())
         check_fields("train_config.json", json.loads(json.dumps(config.to_dict())), schema,
                      optional)
     with pytest.raises(ConfigError, match=r"^x\.json: args\.depth: expected an integer"):

@@ -216,14 +216,33 @@ def test_group_adversarial_training_needs_two_groups(world, tmp_path):
                            synthetic_share=None, group_adversarial=1.0))
 
 
-def test_a_recipe_can_set_the_share_and_the_adversarial_weight(monkeypatch):
-    """Recipes are dicts of these settings too; the synthetic SPEC is the user's."""
-    from earmark.train import recipes
+def train_options(argv: list[str]) -> TrainConfig:
+    from earmark.cli import build_parser
+    from earmark.cli.training import train_config
 
-    monkeypatch.setitem(recipes.RECIPES, "words", dict(synthetic_share=0.3,
-                                                       group_adversarial=0.5))
-    given = TrainConfig(data="x", out="r", synthetic="manifest:v.csv")
-    config = recipes.apply_recipe("words", given, explicit={"synthetic"})
-    assert (config.synthetic_share, config.group_adversarial) == (0.3, 0.5)
-    with pytest.raises(ValueError, match="give --synthetic SPEC"):
-        recipes.apply_recipe("words", TrainConfig(data="x", out="r"), explicit=set())
+    a = build_parser().parse_args(["train", *argv])
+    a.argv = ["train", *argv]
+    return train_config(a)
+
+
+def test_the_voices_recipe_is_the_robust_one_with_a_tenth_of_each_batch_synthetic():
+    from earmark.train.recipes import RECIPES
+
+    base = ["--data", "fsdd:x", "--out", "r", "--recipe", "voices"]
+    config = train_options(base + ["--synthetic", "manifest:v/manifest.csv"])
+    assert (config.synthetic, config.synthetic_share) == ("manifest:v/manifest.csv", 0.1)
+    robust = TrainConfig.from_dict(dict(TrainConfig(data="x").to_dict(), **RECIPES["robust"]))
+    assert ({k: getattr(config, k) for k in RECIPES["robust"]}
+            == {k: getattr(robust, k) for k in RECIPES["robust"]})
+    assert config.epochs == 60 and config.speed > 0 and config.vtlp > 0
+    # a share typed out wins over the recipe's
+    assert train_options(base + ["--synthetic", "manifest:v.csv", "--synthetic-share",
+                                 "0.3"]).synthetic_share == 0.3
+
+
+def test_the_voices_recipe_without_voices_is_a_usage_error_naming_what_is_missing(capsys):
+    with pytest.raises(SystemExit) as err:
+        train_options(["--data", "fsdd:x", "--out", "r", "--recipe", "voices"])
+    assert err.value.code == 2
+    message = capsys.readouterr().err
+    assert "recipe 'voices'" in message and "give --synthetic SPEC" in message, message

@@ -88,7 +88,8 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--recipe", default=None,
                    help="named training settings: robust (augmentation for new speakers, rooms and "
-                        "microphones), htsat-audioset, htsat-esc50, htsat-scv2 (the HTS-AT "
+                        "microphones), voices (robust, with a tenth of each batch from "
+                        "--synthetic voices), htsat-audioset, htsat-esc50, htsat-scv2 (the HTS-AT "
                         "paper's); options given explicitly win")
     add_progress(p)
 
