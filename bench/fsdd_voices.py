@@ -8,13 +8,16 @@ judged on the five real speakers of ../shared.
     python bench/fsdd_voices.py --table                      # tables and plot from saved rows
     python bench/fsdd_voices.py --protocol loso --speakers theo --seeds 0 --share 0.3,0.5
     python bench/fsdd_voices.py --protocol loso --speakers nicolas --seeds 0 --set group_adversarial=0.3
+    python bench/fsdd_voices.py --protocol loso --speakers nicolas --seeds 0 --share 0.1 --mae 30
 
 Protocols:
 
 - ``loso`` (a): one real speaker held out (all 500 of its clips are the test set), the other
   four train; recipe ``real`` is bench/fsdd_speakers.py's robust recipe, ``voices`` the same
   with every synthetic clip added to the training split (``--synthetic``) at a share of each
-  batch (``--synthetic-share``, one row per ``--share``).
+  batch (``--synthetic-share``, one row per ``--share``). ``--mae EPOCHS`` first pretrains
+  each run's encoder as a masked autoencoder on its training audio, real and synthetic
+  (``--stage mae``), and fine-tunes from it (``--init``).
 - ``text`` (b): the synthetic voices alone train (a seeded 10 % of them validate); the test
   set is all 2,500 clips of the five real speakers: a keyword tagger from text alone.
 - ``official`` (c): FSDD's own split (takes 0-4 of every speaker test) with the voices added.
@@ -46,6 +49,7 @@ import fsdd_speakers as loso  # noqa: E402  (the robust recipe, the run and its 
 from earmark.data.sources import from_spec  # noqa: E402
 from earmark.data.splits import carve_validation, group_split, split_manifest  # noqa: E402
 from earmark.train.config import TrainConfig  # noqa: E402
+from earmark.train.recipes import RECIPES  # noqa: E402
 from earmark.train.run import train  # noqa: E402
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -76,12 +80,26 @@ def config_for(name: str, share: float | None, voices: str | None, data: str, ou
                                       max_minutes=max_minutes, num_workers=0, progress=False))
 
 
+def mae_config(fine: TrainConfig, epochs: int, out: Path) -> TrainConfig:
+    """Masked-autoencoder pretraining (``--stage mae``, paper 003's schedule: batch 64, lr 2e-4
+    with 3 warm-up epochs, cosine to a tenth) of the run's encoder on its training audio: the
+    real training speakers and, where the run has them, every synthetic voice in one pool.
+    Labels play no part; the held-out speaker is never heard."""
+    return TrainConfig.from_dict(dict(
+        data=fine.data, out=str(out), model=fine.model, model_args=fine.model_args,
+        clip_seconds=fine.clip_seconds, fit=fine.fit, stage="mae", epochs=epochs,
+        batch_size=64, lr=2e-4, min_lr_ratio=0.1, warmup_epochs=3, seed=fine.seed,
+        synthetic=fine.synthetic, max_minutes=fine.max_minutes, num_workers=0,
+        progress=False))
+
+
 def jobs_for(a, spec: str, voices_spec: str) -> list[dict]:
     runs = loso.RESULTS / f"{a.name}-runs"
     shares = [None if s == "all" else float(s) for s in a.share.split(",")]
     sets = loso.overrides(a.set)
     # a run with --set carries its settings in its name: "voices-0.3+group_adversarial=0.3"
     suffix = "".join(f"+{k}={v}" for k, v in sorted(sets.items()))
+    suffix += f"+mae{a.mae}" if a.mae else ""
     jobs = []
 
     def add(protocol: str, name: str, held_out: str, seed: int, share=None) -> None:
@@ -90,8 +108,13 @@ def jobs_for(a, spec: str, voices_spec: str) -> list[dict]:
         data = voices_spec if protocol == "text" else spec
         out = runs / f"{protocol}-{tag}-{held_out}-s{seed}"
         config = config_for(name, share, voices_spec, data, out, seed, a.max_minutes, sets)
-        jobs.append({"protocol": protocol, "recipe": tag, "held_out": held_out, "seed": seed,
-                     "limit": None, "config": config.to_dict()})
+        job = {"protocol": protocol, "recipe": tag, "held_out": held_out, "seed": seed,
+               "limit": None}
+        if a.mae:  # pretrain first, then fine-tune from the encoder
+            mae = mae_config(config, a.mae, out.with_name(out.name + "-mae"))
+            job["mae"] = mae.to_dict()
+            config = TrainConfig.from_dict(dict(config.to_dict(), init=f"{mae.out}/model"))
+        jobs.append(dict(job, config=config.to_dict()))
 
     seeds = [int(s) for s in a.seeds.split(",")]
     for protocol in a.protocol.split(","):
@@ -135,6 +158,11 @@ def run(job: dict, real, machine: dict) -> dict:
         train_m, valid_m = carve_validation(voices, job["seed"])
         split = (train_m, valid_m, real)
     t0 = time.time()
+    mae_seconds = None
+    if job.get("mae"):
+        mae = TrainConfig.from_dict(job["mae"])
+        mae_seconds = train(mae, split=split, overwrite=True)["train_seconds"]
+        shutil.rmtree(Path(mae.out) / "checkpoints", ignore_errors=True)
     result = train(config, split=split, overwrite=True)
     test = result["test"]
     shutil.rmtree(Path(config.out) / "checkpoints", ignore_errors=True)
@@ -142,6 +170,8 @@ def run(job: dict, real, machine: dict) -> dict:
     row.update(accuracy=test.get("accuracy"), test_clips=test.get("num_clips"),
                train_seconds=result["train_seconds"], wall_seconds=round(time.time() - t0, 1),
                epochs=result["epochs"], machine=machine)
+    if job.get("mae"):
+        row.update(mae=job["mae"], mae_seconds=mae_seconds)
     if job["protocol"] == "text":  # how each real speaker fares
         row["per_speaker"] = per_speaker(Path(config.out) / "model", real)
     return row
@@ -236,12 +266,16 @@ def main(argv=None) -> int:
     p.add_argument("--protocol", default="loso", help=f"comma list of {', '.join(PROTOCOLS)}")
     p.add_argument("--speakers", default=",".join(loso.SPEAKERS))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--share", default="0.3",
+    p.add_argument("--share", default=str(RECIPES["voices"]["synthetic_share"]),
                    help="synthetic share of each batch, comma list ('all': one pool)")
     p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                    help="loso: also the real-only run of each speaker")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="a training option on top of every run's recipe (its name shows it)")
+    p.add_argument("--mae", type=int, default=0, metavar="EPOCHS",
+                   help="pretrain each run's encoder as a masked autoencoder for EPOCHS "
+                        "epochs on its training audio (real and synthetic, never the held-out "
+                        "speaker), then fine-tune from it (its name shows +maeEPOCHS)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--max-minutes", type=float, default=30.0, help="per run")
     p.add_argument("--final", action="store_true", help="(d) alone: the README's model")
