@@ -3,6 +3,7 @@ the paths every earmark model takes (tag, profile, stream, export)."""
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -109,6 +110,25 @@ def test_resume_reuses_finished_stages(run, data, tmp_path):
         "centroids_patch"].shape[0] == 4
     assert (other / "stages" / "autoencoder.safetensors").read_bytes() == (
         out / "stages" / "autoencoder.safetensors").read_bytes()
+
+
+def test_a_run_stopped_before_its_heads_first_checkpoint_resumes_from_its_stages(
+        run, data, tmp_path):
+    out, _ = run
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    shutil.rmtree(cut / "checkpoints")  # stopped while the head trained its first epoch
+    shutil.rmtree(cut / "model")
+    stamp = {p.name: p.stat().st_mtime_ns for p in (cut / "stages").glob("*.safetensors")}
+    train(config(f"synth:{data}", cut, epochs=1), resume=True)
+    assert (cut / "model").is_dir() and (cut / "checkpoints" / "last.ckpt").is_file()
+    assert {p.name: p.stat().st_mtime_ns
+            for p in (cut / "stages").glob("*.safetensors")} == stamp
+    # without the stages there is nothing to resume
+    shutil.rmtree(cut / "checkpoints")
+    shutil.rmtree(cut / "stages")
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(config(f"synth:{data}", cut, epochs=1), resume=True)
 
 
 def test_a_fresh_run_ignores_checkpoints_left_in_its_directory(run, data, tmp_path):

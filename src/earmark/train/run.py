@@ -63,7 +63,7 @@ from earmark.files import (
 )
 from earmark.models.directory import load_checkpoint, save_model_dir
 from earmark.train.config import TrainConfig
-from earmark.train.stages import RunSetup, prepare_run
+from earmark.train.stages import RunSetup, prepare_run, saved_own_stages
 
 log = logging.getLogger("earmark.train")
 TRAIN_CONFIG = "train_config.json"  # the run's settings (model/config.json describes the model)
@@ -244,8 +244,8 @@ def _resume(config: TrainConfig, resume: bool, typed: set[str]
     """Where the run starts. Resumed: the saved settings (``typed`` ones that differ are
     named and ignored; :data:`~earmark.train.rundir.RESUME_TAKES` come from ``config``), and
     the last checkpoint's epoch and logs, checked here so that a cut-off checkpoint is named
-    rather than failing deep inside Lightning; a run with stages of its own (``stages/``)
-    may resume before its first checkpoint. Fresh: checkpoints left in the directory are
+    rather than failing deep inside Lightning; a run with stages of its own
+    (:func:`~earmark.train.stages.saved_own_stages`) may resume before its first checkpoint. Fresh: checkpoints left in the directory are
     removed, so that they cannot win the average. Writes the run's ``train_config.json``."""
     from earmark.train.rundir import RESUME_TAKES, first_process, resume_differences
 
@@ -254,7 +254,7 @@ def _resume(config: TrainConfig, resume: bool, typed: set[str]
     ckpt_dir = out / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     if resume:
-        if not last.is_file() and not (out / "stages").is_dir():
+        if not last.is_file() and not saved_own_stages(out):
             raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint)")
         written = out / TRAIN_CONFIG
         if not written.is_file() and (out / "config.json").is_file():

@@ -498,6 +498,15 @@ FAMILY_TRAINING: dict[str, Callable[..., RunSetup]] = {
 }
 
 
+def saved_own_stages(out: Path) -> bool:
+    """Whether the run directory ``out`` holds stages that a family in
+    :data:`FAMILY_TRAINING` saved (the codebook's, before its head's first checkpoint): such
+    a run can be resumed without a checkpoint."""
+    from earmark.train.codebook import STAGES_DIR
+
+    return (Path(out) / STAGES_DIR).is_dir()
+
+
 def prepare_run(config: TrainConfig, resume: bool = False,
                 split: tuple[Manifest, Manifest, Manifest] | None = None) -> RunSetup:
     """Build what ``config.stage`` trains, with ``config.init`` loaded, without training.
