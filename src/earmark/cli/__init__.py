@@ -3,8 +3,8 @@
 One module per group of commands: :mod:`~earmark.cli.data` (synth, shard, psl-scores),
 :mod:`~earmark.cli.training` (demo, train, cv), :mod:`~earmark.cli.evaluation` (eval,
 codebook, sed-eval), :mod:`~earmark.cli.use` (tag, detect, stream, serve) and
-:mod:`~earmark.cli.model_files` (export, convert, profile); the options they share are
-declared once in :mod:`~earmark.cli.options`.
+:mod:`~earmark.cli.model_files` (export, convert, profile, and pull and models for released
+checkpoints); the options they share are declared once in :mod:`~earmark.cli.options`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from earmark.cli.options import offline_setting
     from earmark.errors import EarmarkError
 
     args = build_parser().parse_args(argv)
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
     try:
-        return args.fn(args)
+        with offline_setting(args):
+            return args.fn(args)
     except (EarmarkError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

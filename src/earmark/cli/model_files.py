@@ -1,4 +1,5 @@
-"""Commands on model files: ``export``, ``convert`` and ``profile``."""
+"""Commands on model files: ``export``, ``convert``, ``profile``, and ``pull`` and ``models``
+for released checkpoints."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from earmark.cli.options import (
     add_chunk,
     add_model,
     add_model_args,
+    add_offline,
+    add_progress,
     add_trust,
     command,
     error,
     model_args,
+    progress,
 )
 
 
@@ -45,7 +49,8 @@ def add_commands(sub) -> None:
 
     p = command(sub, "profile", "parameters, FLOPs, memory, latency, real-time factor")
     p.add_argument("target", nargs="?", metavar="NAME_OR_MODEL",
-                   help="a registry name (see --list) or a model directory")
+                   help="a registry name (see --list), a model directory or a released "
+                        "model's name (earmark models --pretrained)")
     p.add_argument("--list", action="store_true", help="list the registry names")
     p.add_argument("--seconds", type=float, default=None,
                    help="input length (default: the model's clip, or chunk for SAT)")
@@ -60,7 +65,26 @@ def add_commands(sub) -> None:
                         "pass (torch.profiler): where the time goes")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     add_trust(p)
+    add_offline(p)
     p.set_defaults(fn=cmd_profile)
+
+    p = command(sub, "pull", "a released checkpoint by name: downloaded, checked, converted "
+                             "and cached")
+    p.add_argument("name", metavar="NAME", help="a released model (earmark models --pretrained)")
+    p.add_argument("--file", default=None, metavar="PATH",
+                   help="take the checkpoint from this file instead of downloading it (for a "
+                        "host that needs a browser, or a copy brought by hand)")
+    add_offline(p)
+    add_progress(p)
+    p.set_defaults(fn=cmd_pull)
+
+    p = command(sub, "models", "the registry's model names, or the released checkpoints and "
+                               "what is cached")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the released checkpoints: model, paper mAP, integrity, what the "
+                        "cache holds")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.set_defaults(fn=cmd_models)
 
 
 def cmd_export(a) -> int:
@@ -107,7 +131,9 @@ def cmd_profile(a) -> int:
         return 0
     if a.target is None:
         return error("give a model name or directory (or --list)")
-    if Path(a.target).exists():
+    from earmark.models.pretrained import RELEASES
+
+    if Path(a.target).exists() or a.target in RELEASES:
         from earmark.infer.tagger import load
 
         model = load(a.target, trust_checkpoint=a.trust_checkpoint).model
@@ -116,4 +142,39 @@ def cmd_profile(a) -> int:
     result = profile_model(model, seconds=a.seconds, batch=a.batch, repeats=a.repeats,
                            threads=a.threads, operators=a.operators)
     print(json.dumps(result, indent=2) if a.json else format_profile(result))
+    return 0
+
+
+def cmd_pull(a) -> int:
+    from earmark.models.pretrained import pull, release
+
+    r = release(a.name)
+    out = pull(a.name, file=a.file, offline_mode=a.offline or None, progress=progress(a))
+    integrity = "sha256 pinned in earmark" if r.pinned else "sha256 recorded at first use"
+    print(f"{r.name}: model directory {out} (from {r.file}; {integrity}; licence: {r.licence})")
+    return 0
+
+
+def cmd_models(a) -> int:
+    if not a.pretrained:
+        from earmark.models.registry import list_models
+
+        names = list_models()
+        print(json.dumps(names) if a.json else "\n".join(names))
+        return 0
+    from earmark.models.pretrained import home, pretrained_table
+
+    rows = pretrained_table()
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    head = ("name", "model", "mAP", "integrity", "cached", "file")
+    cells = [head] + [(r["name"], r["model"], f"{r['paper_map']:.1f}", r["integrity"],
+                       r["cached"], r["file"] + ("" if r["download"] == "direct"
+                                                 else " (browser: pull --file)"))
+                      for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip())
+    print(f"cache: {home()}  (mAP: AudioSet, as the papers report it)")
     return 0

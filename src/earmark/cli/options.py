@@ -4,16 +4,46 @@ uses to report what it did."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 
-MODEL_HELP = "model directory, run directory, .ckpt or .onnx"
+MODEL_HELP = ("model directory, run directory, .ckpt, .onnx, or a released model's name "
+              "(earmark models --pretrained; downloaded once, then cached)")
 
 
 def add_model(p: argparse.ArgumentParser, what: str = "") -> None:
     """The ``model`` argument of every command that uses a trained model: one spelling and one
-    help text (``what`` adds a word on the kind of model a command needs)."""
+    help text (``what`` adds a word on the kind of model a command needs), and ``--offline``
+    for a released model's name."""
     p.add_argument("model", help=MODEL_HELP + (f" ({what})" if what else ""))
+    add_offline(p)
+
+
+def add_offline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offline", action="store_true",
+                   help="never touch the network: a released model must be in the cache "
+                        "already (as EARMARK_OFFLINE=1)")
+
+
+@contextlib.contextmanager
+def offline_setting(a: argparse.Namespace) -> Iterator[None]:
+    """``--offline`` as ``EARMARK_OFFLINE=1`` while a command runs: every load of a released
+    model below it reads the variable."""
+    if not getattr(a, "offline", False):
+        yield
+        return
+    previous = os.environ.get("EARMARK_OFFLINE")
+    os.environ["EARMARK_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("EARMARK_OFFLINE", None)
+        else:
+            os.environ["EARMARK_OFFLINE"] = previous
 
 
 def add_progress(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ import sys
 from earmark.cli.options import (
     add_chunk,
     add_model,
+    add_offline,
     add_progress,
     add_threads,
     add_trust,
@@ -100,8 +101,8 @@ def add_commands(sub) -> None:
     p = command(sub, "serve", "HTTP and WebSocket tagging with a web page that listens "
                                      "(earmark[serve])")
     p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="model or run directory, .onnx, or NAME=PATH (default name: the "
-                        "directory's)")
+                   help="model or run directory, .onnx, a released model's name, or "
+                        "NAME=PATH (default name: the directory's)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--token", default=None,
@@ -120,6 +121,7 @@ def add_commands(sub) -> None:
     p.add_argument("--log-level", default="info", help="uvicorn's log level",
                    choices=("critical", "error", "warning", "info", "debug"))
     add_trust(p)
+    add_offline(p)
     p.set_defaults(fn=cmd_serve)
 
 

@@ -26,6 +26,7 @@ from earmark.files import write_json
 from earmark.infer.chunks import ChunkScores, chunk_scores
 from earmark.infer.stream import StreamSession
 from earmark.models.directory import CONFIG, load_model
+from earmark.models.pretrained import resolve_model
 from earmark.steps import Steps, finish
 
 # The chunk length of a full-context model's stream when none is given; a streaming model
@@ -296,14 +297,18 @@ class Tagger:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu",
-         trust_checkpoint: bool = False) -> Tagger:
-    """Load a model directory, a training run directory, a training checkpoint (``.ckpt``) or
-    an exported ONNX file (``.onnx``, run with onnxruntime).
+         trust_checkpoint: bool = False, offline: bool | None = None) -> Tagger:
+    """Load a model directory, a training run directory, a training checkpoint (``.ckpt``),
+    an exported ONNX file (``.onnx``, run with onnxruntime) or a released checkpoint by name
+    (``"sat-tiny-2s-audioset"``: downloaded, checked and converted on first use, then read
+    from the cache; see :mod:`earmark.models.pretrained`).
 
     A ``.ckpt`` is read as weights and plain values only; ``trust_checkpoint=True`` unpickles
     anything else it holds, which can run code: only for a file from a source you trust.
-    Model directories (safetensors) carry no code and need no trust."""
-    path = Path(path)
+    Model directories (safetensors) carry no code and need no trust; released checkpoints
+    are always read as weights only. ``offline=True`` (default: ``EARMARK_OFFLINE``) never
+    touches the network."""
+    path = resolve_model(path, offline_mode=offline)
     if path.is_file() and path.suffix == ".onnx":
         return load_onnx(path)
     model, config = load_model(path, trust=trust_checkpoint)

@@ -102,8 +102,9 @@ HTSAT_DROPPED = (
 )
 
 
-def htsat_official(path: str | Path, trust: bool = False) -> tuple[nn.Module, int]:
-    """The released HTS-AT Lightning checkpoint (keys under ``state_dict``, ``sed_model.``)."""
+def htsat_official(path: str | Path, trust: bool = False, **overrides) -> tuple[nn.Module, int]:
+    """The released HTS-AT Lightning checkpoint (keys under ``state_dict``, ``sed_model.``);
+    ``overrides`` set model arguments the file does not determine."""
     raw = _load_state(path, trust)
     state = {k[len("sed_model."):] if k.startswith("sed_model.") else k: v for k, v in raw.items()}
     state = {k: v for k, v in state.items()
@@ -126,7 +127,7 @@ def htsat_official(path: str | Path, trust: bool = False) -> tuple[nn.Module, in
                          .shape[0] ** 0.5)) + 1) // 2
     model = create_model("htsat", num_classes, embed_dim=embed_dim, depths=depths,
                          num_heads=heads, window_size=window, patch_size=patch,
-                         drop_path_rate=0.0)
+                         **{"drop_path_rate": 0.0, **overrides})
     _strict_load(model, state, str(path))
     return model.eval(), num_classes
 
@@ -175,14 +176,16 @@ def _vit_like(path: str | Path, streaming: bool, trust: bool = False,
     return model.eval(), num_classes
 
 
-def vit_official(path: str | Path, trust: bool = False) -> tuple[nn.Module, int]:
-    """A full-context audio transformer released with the SAT code (``audiotransformer_*``)."""
-    return _vit_like(path, streaming=False, trust=trust)
+def vit_official(path: str | Path, trust: bool = False, **overrides) -> tuple[nn.Module, int]:
+    """A full-context audio transformer released with the SAT code (``audiotransformer_*``);
+    ``overrides`` set model arguments the file does not determine."""
+    return _vit_like(path, streaming=False, trust=trust, **overrides)
 
 
-def sat_official(path: str | Path, trust: bool = False) -> tuple[nn.Module, int]:
-    """A streaming SAT released with the SAT code (``SAT_{T,S,B}_{1,2}s``)."""
-    return _vit_like(path, streaming=True, trust=trust)
+def sat_official(path: str | Path, trust: bool = False, **overrides) -> tuple[nn.Module, int]:
+    """A streaming SAT released with the SAT code (``SAT_{T,S,B}_{1,2}s``); ``overrides`` set
+    model arguments the file does not determine, such as the chunk length."""
+    return _vit_like(path, streaming=True, trust=trust, **overrides)
 
 
 CONVERTERS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
