@@ -341,6 +341,17 @@ def test_tagging_by_name_from_python_and_the_command_line(served, cache, write_w
     assert rows["htsat-audioset"]["download"].startswith("browser")
 
 
+def test_every_command_that_takes_a_model_takes_a_name(served, cache, write_wav, capsys):
+    server, row, ref, data = served
+    wav = write_wav("tone.wav", seconds=2.0)
+    assert main(["stream", NAME, str(wav), "--top-k", "1"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2  # two 1 s chunks
+    assert main(["profile", NAME, "--repeats", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == sum(
+        p.numel() for p in ref.parameters())
+    assert len(server.gets(f"/files/{FILE}")) == 1
+
+
 def test_a_checkpoint_that_does_not_fit_names_the_key_and_both_shapes(served, cache):
     server, row, ref, data = served
     server.files[f"/files/{FILE}"] = checkpoint_bytes(reference(num_classes=10))

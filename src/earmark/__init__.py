@@ -7,7 +7,9 @@
     ['bark', 'rain', 'siren']
 
 A trained model is a folder that ``earmark train`` writes (``runs/fsdd/model``); load it with
-``earmark.load("runs/fsdd/model")``.
+``earmark.load("runs/fsdd/model")``. A released checkpoint loads by its name,
+``earmark.load("sat-tiny-2s-audioset")``: downloaded once, checked and cached
+(``earmark.list_pretrained()`` names them).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ _API = {
     "load": "earmark.infer.tagger",
     "Tagger": "earmark.infer.tagger",
     "convert": "earmark.models.convert",
+    "list_pretrained": "earmark.models.pretrained",
+    "pull": "earmark.models.pretrained",
 }
 
 __all__ = sorted(_API) + ["__version__"]

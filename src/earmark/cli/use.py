@@ -187,9 +187,10 @@ def cmd_detect(a) -> int:
                                               config.threshold.items()), file=sys.stderr)
         if a.save:
             from earmark.models.directory import model_dir_of
+            from earmark.models.pretrained import resolve_model
 
-            print(f"saved in {tagger.save_detection(model_dir_of(a.model), config)}",
-                  file=sys.stderr)
+            saved = tagger.save_detection(model_dir_of(resolve_model(a.model)), config)
+            print(f"saved in {saved}", file=sys.stderr)
     problems: list[AudioError] = []
     files = find_audio_files(a.inputs, errors=problems)
     failed = [str(e) for e in problems]
