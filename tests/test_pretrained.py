@@ -314,6 +314,12 @@ def test_a_mirror_serves_the_file_under_its_name_checked_the_same(served, cache,
     monkeypatch.setenv("EARMARK_MIRROR", f"{server.base}/mirror/")
     assert_weights_of(pull(NAME), ref)
     assert server.gets(f"/mirror/{FILE}") == [None] and server.gets(f"/files/{FILE}") == []
+    # a mirror without the file: the error says where else to get it
+    other = use_row(monkeypatch, dataclasses.replace(row, name="sat-test-absent",
+                                                     file="absent.pt"))
+    with pytest.raises(DownloadError, match=r"sat-test-absent: http://127.0.0.1:\d+/mirror/"
+                                            r"absent.pt: HTTP 404 .*; or get absent.pt from "):
+        pull(other.name)
     # a mirror with another file than the one pinned is refused by the same check
     server.files["/mirror/pinned.pt"] = checkpoint_bytes(reference(seed=1))
     other = use_row(monkeypatch, dataclasses.replace(

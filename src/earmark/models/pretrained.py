@@ -264,6 +264,8 @@ def _checkpoint(r: Release, offline_mode: bool, progress: bool | None) -> Path:
         digest = download(url, path, r.size, expected, progress=progress, expected_by=by)
     except IntegrityError as err:
         raise IntegrityError(f"{err} (from {url})") from None
+    except DownloadError as err:
+        raise DownloadError(f"{r.name}: {err}; or {_where_to_get(r)}") from None
     if expected is None:
         write_text(_record_path(r), f"{digest}  {r.file}\n")
     return path
