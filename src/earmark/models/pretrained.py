@@ -117,9 +117,10 @@ def _sat(name: str, model: str, file: str, paper_map: float, evaluation: str,
                    licence=_SAT_LICENCE, args={"pooling": pooling}, convert_args=convert_args)
 
 
-_FULL = "paper 003 Table 1: full context, 10 s clips"
-_DELAY2 = "paper 003 Table 2: 2 s delay"
-_DELAY1 = "paper 003 Table 2: 1 s delay"
+# how each mAP was measured, with the paper by its title (papers/ holds it as 003)
+_FULL = "Streaming Audio Transformers for Online Audio Tagging, Table 1: full context, 10 s"
+_DELAY2 = "Streaming Audio Transformers for Online Audio Tagging, Table 2: 2 s delay"
+_DELAY1 = "Streaming Audio Transformers for Online Audio Tagging, Table 2: 1 s delay"
 
 _TABLE = (
     _sat("vit-tiny-audioset", "vit-tiny", "audiotransformer_tiny_mAP_44_15.pt", 44.2, _FULL,
@@ -152,7 +153,7 @@ _TABLE = (
     Release(name="htsat-audioset", kind="htsat-official", model="htsat",
             file="HTSAT_AudioSet_Saved_1.ckpt", url=None,
             page="https://drive.google.com/drive/folders/1f5VYMk0uos_YnuBshgmaTVioXbs7Kmz6",
-            paper_map=47.1, evaluation="paper 002: full context, 10 s clips, single model",
+            paper_map=47.1, evaluation="HTS-AT (ICASSP 2022): full context, 10 s, single model",
             licence="MIT (repository RetroCirce/HTS-Audio-Transformer)"),
 )
 
@@ -355,6 +356,8 @@ def _convert(r: Release, checkpoint: Path) -> Path:
     digest = sha256_of(checkpoint)
     model, _ = CONVERTERS[r.kind](checkpoint, trust=False, **r.convert_args)
     _check_fits(model, r, checkpoint)
+    # the old record goes first: a reader never pairs it with the new weights
+    _model_record_path(r).unlink(missing_ok=True)
     out = save_model_dir(model, model_path(r), audioset_labels(),
                          {"source": r.kind, "checkpoint": r.file, "release": r.name,
                           "url": r.url or r.page, "checkpoint_sha256": digest})
@@ -388,17 +391,27 @@ def pull(name: str, file: str | Path | None = None, offline_mode: bool | None = 
     """
     r = release(name)
     offline_mode = offline() if offline_mode is None else offline_mode
+    # a cache hit takes no lock (a cache on a read-only disk serves as well)
+    if file is None and _ready(r):
+        return model_path(r)
     with _locked(r):
         if file is not None:
             _take_file(r, file)
-        record = _converted(r)
-        if record is not None:
-            current = _recorded_sha256(r) if r.sha256 is None else r.sha256
-            # a checkpoint taken with --file (or pinned anew) that differs: convert it again
-            if current is None or record.get("checkpoint_sha256") == current:
-                return model_path(r)
+        if _ready(r):  # another process converted it while this one waited
+            return model_path(r)
         checkpoint = _checkpoint(r, offline_mode, progress)
         return _convert(r, checkpoint)
+
+
+def _ready(r: Release) -> bool:
+    """Whether the cached model directory of ``r`` is complete, checked, and converted from
+    the checkpoint the cache holds now (one taken with --file, or pinned anew, that differs
+    is converted again)."""
+    record = _converted(r)
+    if record is None:
+        return False
+    current = _recorded_sha256(r) if r.sha256 is None else r.sha256
+    return current is None or record.get("checkpoint_sha256") == current
 
 
 def resolve_model(name_or_path: str | Path, offline_mode: bool | None = None,
