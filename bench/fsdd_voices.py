@@ -85,8 +85,8 @@ def mae_config(fine: TrainConfig, epochs: int, out: Path) -> TrainConfig:
     with 3 warm-up epochs, cosine to a tenth) of the run's encoder on its training audio: the
     real training speakers and, where the run has them, every synthetic voice in one pool.
     Labels play no part; the held-out speaker is never heard. The decoder is as wide as this
-    small encoder (128, 2 blocks): the default one (512 wide, 4 blocks) would cost some 16
-    times the encoder's FLOPs per clip."""
+    small encoder (128, 2 blocks): a block of the default one (512 wide, 4 blocks) costs 16
+    times one of the encoder's per patch, on four times as many patches."""
     return TrainConfig.from_dict(dict(
         data=fine.data, out=str(out), model=fine.model, model_args=fine.model_args,
         clip_seconds=fine.clip_seconds, fit=fine.fit, stage="mae", epochs=epochs,
