@@ -131,6 +131,8 @@ def jobs_for(a, spec: str, voices_spec: str) -> list[dict]:
             elif protocol == "text":
                 add("text", "voices-only", "real", seed)
             elif protocol == "official":
+                if a.real:
+                    add("official", "real", "official", seed)
                 for share in shares:
                     add("official", "voices", "official", seed, share)
     return jobs
@@ -211,7 +213,7 @@ def tables(rows: list[dict]) -> str:
         if not sel:
             continue
         lines = []
-        for name in sorted({r["recipe"] for r in sel}):
+        for name in sorted({r["recipe"] for r in sel}, key=lambda n: (n != "real", n)):
             accs = [r["accuracy"] for r in sel if r["recipe"] == name]
             line = [name, loso.pm(accs), str(len(accs))]
             if protocol == "text":
@@ -272,7 +274,8 @@ def main(argv=None) -> int:
     p.add_argument("--share", default=str(RECIPES["voices"]["synthetic_share"]),
                    help="synthetic share of each batch, comma list ('all': one pool)")
     p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
-                   help="loso: also the real-only run of each speaker")
+                   help="loso, official: also the real-only runs (those bench/fsdd_speakers.py "
+                        "has already made are read from its results, not trained again)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="a training option on top of every run's recipe (its name shows it)")
     p.add_argument("--mae", type=int, default=0, metavar="EPOCHS",
@@ -289,7 +292,7 @@ def main(argv=None) -> int:
     png = loso.RESULTS / f"{a.name}.png"
     spec = f"fsdd:{Path(a.data).resolve()}"
     if a.table:  # with every real run bench/fsdd_speakers.py has for these speakers and seeds
-        a.real = True
+        a.real, a.protocol = True, ",".join(PROTOCOLS)
         rows = loso.load_rows(results) + borrowed(
             jobs_for(a, spec, f"manifest:{Path(a.voices).resolve() / 'manifest.csv'}"), results)
         print(tables(rows))
