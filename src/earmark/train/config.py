@@ -33,6 +33,7 @@ GROUPS = {
                     "LOW,HIGH)",
     "stages": "stages of \"Streaming Audio Transformers for Online Audio Tagging\" (MAE -> "
               "full-context finetune -> SAT by pseudo-strong labels)",
+    "fine-tuning": "fine-tuning from a model or a released checkpoint",
     "groups": "speakers and synthetic voices (an item's group: its speaker or voice)",
     "codebook": "codebook model of \"Attention is all you need? Good embeddings with statistics "
                 "are enough\": the stages before the head; --epochs, --lr, --batch-size are "
@@ -90,7 +91,8 @@ def _pair(low: float, high: float):
 class TrainConfig:
     data: str = option(help="data SPEC, e.g. fsdd:DIR, esc50:DIR, synth:DIR", required=True)
     out: str = option("runs/run", "run directory to create", required=True)
-    model: str = option("vit-tiny", "registry name (earmark profile --list)")
+    model: str | None = option(None, "registry name (earmark profile --list; default: the "
+                                     "--init model's, else vit-tiny)")
     model_args: dict = option(factory=dict, cli=False, flag="--model-arg")  # create_model's
     epochs: int = option(30, "training epochs")
     batch_size: int = option(32, "clips per step")
@@ -167,9 +169,22 @@ class TrainConfig:
                                     "supervised training; psl: a sat-* student learns "
                                     "--teacher's scores on crops of two chunks", "stages",
                         choices=STAGES)
-    init: str | None = option(None, "start from the matching weights of a model or run "
-                                    "directory (or .ckpt); a head for other labels is "
-                                    "re-initialised", "stages", metavar="MODEL")
+    init: str | None = option(None, "start from the weights of a model or run directory, a "
+                                    ".ckpt or a released checkpoint's name (earmark models "
+                                    "--pretrained), with its architecture, sample rate and "
+                                    "front end; the head keeps its rows for the data's labels "
+                                    "it knows by name, new rows for the others",
+                              "fine-tuning", metavar="NAME_OR_DIR")
+    backbone_lr_scale: float = option(1.0, "learning rate of everything but the head, as a "
+                                           "fraction of --lr (e.g. 0.1 from a released "
+                                           "checkpoint)", "fine-tuning", metavar="F")
+    layer_decay: float = option(1.0, "layer-wise learning-rate decay: block i of L learns at "
+                                     "F^(L+1-i) of the backbone's rate, the embeddings at "
+                                     "F^(L+1) (1 = off; 0.65-0.75 in MAE-style fine-tuning)",
+                                "fine-tuning", metavar="F")
+    freeze_backbone: bool = option(False, "train the head only: the backbone keeps the --init "
+                                          "weights (and its batch-norm statistics)",
+                                   "fine-tuning")
     teacher: str | None = option(None, "psl: the model (directory) whose scores the student "
                                        "learns", "stages", metavar="MODEL")
     teacher_scores: bool = option(False, "psl: learn the scores earmark psl-scores stored "
@@ -273,6 +288,20 @@ class TrainConfig:
         if self.group_adversarial and self.stage != "finetune":
             raise ValueError(f"group_adversarial trains with the labels of stage 'finetune', "
                              f"not {self.stage!r}")
+        if not 0.0 <= self.backbone_lr_scale:
+            raise ValueError(f"backbone_lr_scale is a factor of 0 or more, got "
+                             f"{self.backbone_lr_scale}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay is a factor in (0, 1], got {self.layer_decay}")
+        if self.freeze_backbone and not self.init:
+            raise ValueError("freeze_backbone keeps the backbone of --init: give --init "
+                             "NAME_OR_DIR too")
+        tuned = [name for name in ("backbone_lr_scale", "layer_decay")
+                 if getattr(self, name) != 1.0] + (["freeze_backbone"]
+                                                   if self.freeze_backbone else [])
+        if tuned and self.stage == "mae":
+            raise ValueError("stage 'mae' pretrains the whole encoder; unset "
+                             + ", ".join(tuned))
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be between 0 and 1, got {self.mask_ratio}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 
 import lightning as L
 import torch
@@ -23,6 +24,7 @@ from earmark.evaluate.metrics import mean_average_precision, top_k_accuracy
 from earmark.models.directory import model_config
 from earmark.train.adversarial import GroupHead, PooledEmbedding, ganin_ramp, group_loss
 from earmark.train.config import TrainConfig
+from earmark.train.weights import head_keys
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -31,6 +33,38 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+_BLOCK = re.compile(r"^(.*\bblocks\.\d+)\.")  # a transformer block: blocks.i, layers.s.blocks.j
+
+
+def layer_ids(model: torch.nn.Module, head: set[str]) -> tuple[dict[str, int], int]:
+    """The depth of each backbone parameter of ``model`` (names not in ``head``), and the
+    number of blocks L: what comes before the first block (front end, patch and position
+    embeddings) is 0, block i (in the order the model holds them: ``blocks.i``, HTS-AT's
+    ``layers.s.blocks.j``) is i, a part between blocks (HTS-AT's patch merging) goes with
+    the block before it, and what follows the last block (the final norm) is L + 1.
+
+    >>> import earmark
+    >>> vit = earmark.create_model("vit-tiny", 2, depth=2, embed_dim=32, num_heads=2)
+    >>> ids, n = layer_ids(vit, {"outputlayer.1.weight", "outputlayer.1.bias"})
+    >>> n, ids["patch_embed.proj.weight"], ids["blocks.1.attn.qkv.weight"], ids["norm.weight"]
+    (2, 0, 2, 3)
+    """
+    names = [name for name, _ in model.named_parameters() if name not in head]
+    blocks: dict[str, int] = {}
+    for name in names:
+        if (m := _BLOCK.match(name)) and m.group(1) not in blocks:
+            blocks[m.group(1)] = len(blocks) + 1
+    ids, seen = {}, 0
+    for name in names:
+        m = _BLOCK.match(name)
+        if m:
+            seen = blocks[m.group(1)]
+            ids[name] = seen
+        else:
+            ids[name] = seen if seen < len(blocks) or not blocks else len(blocks) + 1
+    return ids, len(blocks)
 
 
 def htsat_lr_factor(epoch: int) -> float:
@@ -81,6 +115,24 @@ class TaggingModule(L.LightningModule):
             model.spec_augment = spec[0] if len(spec) == 1 else torch.nn.Sequential(*spec)
         self._val_scores: list[torch.Tensor] = []
         self._val_targets: list[torch.Tensor] = []
+        # the classifier that reset_classifier replaces; everything else of the model is the
+        # backbone (fine-tuning options: its learning-rate scale, layer decay, freezing)
+        tuned = (config.freeze_backbone or config.backbone_lr_scale != 1.0
+                 or config.layer_decay != 1.0)
+        self.head_keys = head_keys(model) if tuned else set()
+        if config.freeze_backbone:
+            for name, p in model.named_parameters():
+                if name not in self.head_keys:
+                    p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_backbone:  # a frozen backbone keeps its batch-norm statistics
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
 
     @property
     def multi_label(self) -> bool:
@@ -193,19 +245,43 @@ class TaggingModule(L.LightningModule):
         gathered = self.all_gather(padded)  # (world, max rows, C)
         return torch.cat([gathered[r, :int(c)] for r, c in enumerate(counts)])
 
-    def configure_optimizers(self):
-        decay, no_decay = [], []
-        # the model and any training-only parts (the MAE decoder); a PSL teacher is no parameter
+    def lr_scales(self) -> dict[str, float]:
+        """The learning rate of each trainable parameter as a fraction of ``config.lr``: 1
+        for the head and the training-only parts (MAE decoder, group head), and for the
+        model's backbone ``backbone_lr_scale`` times ``layer_decay`` to the power of its
+        distance from the head (:func:`layer_ids`)."""
+        c = self.config
+        tuned = c.backbone_lr_scale != 1.0 or c.layer_decay != 1.0
+        ids, n = layer_ids(self.model, self.head_keys) if tuned else ({}, 0)
+        scales = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
+            own = name.removeprefix("model.")
+            if name.startswith("model.") and own in ids:
+                scales[name] = c.backbone_lr_scale * c.layer_decay ** (n + 1 - ids[own])
+            else:
+                scales[name] = 1.0
+        return scales
+
+    def configure_optimizers(self):
+        groups: dict[tuple[float, bool], dict] = {}
+        # the model and any training-only parts (the MAE decoder); a PSL teacher is no parameter
+        for name, scale in self.lr_scales().items():
+            p = self.get_parameter(name)
             # no weight decay on norms, biases and position embeddings / tokens
-            (no_decay if p.dim() <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token"))
-             else decay).append(p)
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.config.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}], lr=self.config.lr,
-            betas=(0.9, 0.999), eps=1e-8)
+            decay = not (p.dim() <= 1 or name.endswith(("pos_embed", "cls_token", "mask_token")))
+            group = groups.setdefault((scale, decay), {
+                "params": [], "weight_decay": self.config.weight_decay if decay else 0.0,
+                "lr": self.config.lr * scale, "lr_scale": scale})
+            group["params"].append(p)
+        # the head's rate first, with decay before without (the order of runs saved before
+        # the backbone had rates of its own, which --resume restores); a scale of 0 trains
+        # nothing: those parameters stay as they are
+        order = sorted((key for key in groups if key[0] > 0),
+                       key=lambda key: (-key[0], not key[1]))
+        opt = torch.optim.AdamW([groups[key] for key in order], lr=self.config.lr,
+                                betas=(0.9, 0.999), eps=1e-8)
         total = max(1, self.config.epochs * self.steps_per_epoch)
         warmup = int(self.config.warmup_epochs * self.steps_per_epoch)
         if self.config.lr_schedule == "htsat":

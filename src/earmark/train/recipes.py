@@ -1,6 +1,13 @@
 """Named training recipes: the settings of a paper, as overrides of :class:`TrainConfig`.
 
     earmark train --recipe htsat-esc50 --data esc50:ESC-50 --out runs/esc --fold 1
+
+From a released checkpoint, the recipe's training settings apply to the checkpoint's model
+(its architecture, front end and sample rate; the recipe's ``model`` and ``model_args`` are
+left out):
+
+    earmark train --recipe htsat-esc50 --init htsat-audioset --data esc50:ESC-50 \
+        --out runs/esc --fold 1
 """
 
 from __future__ import annotations
@@ -60,12 +67,20 @@ RECIPES: dict[str, dict] = {
 
 
 def apply_recipe(name: str, config: TrainConfig, explicit: set[str]) -> TrainConfig:
-    """``config`` with the recipe's values, except for the options set explicitly."""
+    """``config`` with the recipe's values, except for the options set explicitly, and for
+    the model of a recipe applied to ``config.init`` (the model is the checkpoint's).
+
+        >>> cfg = apply_recipe("htsat-esc50", TrainConfig(data="x", init="htsat-audioset"),
+        ...                    explicit={"init"})
+        >>> cfg.model, cfg.mixup, cfg.lr_schedule
+        (None, 0.5, 'htsat')
+    """
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
     values = config.to_dict()
+    architecture = ("model", "model_args") if config.init else ()
     for key, value in RECIPES[name].items():
-        if key not in explicit:
+        if key not in explicit and key not in architecture:
             values[key] = value
     try:
         return TrainConfig.from_dict(values)

@@ -45,7 +45,13 @@ from earmark.models.vit import AudioViT
 from earmark.train.adversarial import check_family
 from earmark.train.config import TrainConfig, option_flag
 from earmark.train.module import TaggingModule
-from earmark.train.weights import InitReport, init_weights
+from earmark.train.weights import (
+    InitReport,
+    InitWeights,
+    check_front_end,
+    init_weights,
+    model_spec,
+)
 
 log = logging.getLogger("earmark.train")
 
@@ -226,24 +232,32 @@ def _sampler(config: TrainConfig, data: Splits, train_ds, balanced: bool = True)
 # ---- the model -------------------------------------------------------------------------------
 
 
-def _create(config: TrainConfig, num_classes: int, multi_label: bool) -> nn.Module:
+def _create(config: TrainConfig, num_classes: int, multi_label: bool,
+            init: InitWeights | None = None) -> nn.Module:
+    """The model to train: ``config.model`` (or, with ``init``, the checkpoint's
+    architecture, front end and sample rate: :func:`~earmark.train.weights.model_spec`)."""
     extra = config.regularisers()
+    name, args = model_spec(config.model, config.model_args,
+                            None if init is None else init.config)
+    clip = {"clip_seconds": config.clip_seconds} if config.clip_seconds else {}
     try:
-        return create_model(config.model, num_classes, multi_label=multi_label, fit=config.fit,
-                            **({"clip_seconds": config.clip_seconds}
-                               if config.clip_seconds else {}),
-                            **config.model_args, **extra)
+        model = create_model(name, num_classes, **{**args, "multi_label": multi_label,
+                                                   "fit": config.fit, **clip, **extra})
     except TypeError as err:
         if not extra:
             raise
-        raise ModelError(f"model {config.model!r} does not take {', '.join(extra)} ({err})"
+        raise ModelError(f"model {name!r} does not take {', '.join(extra)} ({err})"
                          ) from None
+    if init is not None:
+        check_front_end(model, init)
+    return model
 
 
-def _init(config: TrainConfig, model: nn.Module, labels: list[str]) -> InitReport | None:
-    if not config.init:
+def _init(config: TrainConfig, model: nn.Module, labels: list[str],
+          init: InitWeights | None) -> InitReport | None:
+    if init is None:
         return None
-    report = init_weights(model, config.init, labels)
+    report = init_weights(model, init, labels)
     log.info("init: %s", report.summary())
     return report
 
@@ -307,7 +321,7 @@ class MAEStage(Stage):
     def check(self, config, model):
         if not isinstance(model, AudioViT):
             raise ModelError(f"stage 'mae' pretrains an audio ViT or SAT encoder; "
-                             f"{config.model!r} is not one")
+                             f"{model.registry_name!r} is not one")
 
     def clip_seconds(self, config, model):
         from earmark.train.mae import max_seconds
@@ -316,7 +330,7 @@ class MAEStage(Stage):
         frames = model.frontend(torch.zeros(1, round(clip * model.sample_rate))).shape[-1]
         grid_t = model.patch_embed.grid(model.frontend.config.n_mels, frames)[1]
         if grid_t > model.time_pos_embed.shape[-1]:
-            raise ModelError(f"{clip} s clips are longer than the {config.model} encoder's "
+            raise ModelError(f"{clip} s clips are longer than the {model.registry_name} encoder's "
                              f"position embeddings; give --clip-seconds "
                              f"{max_seconds(model):.2f} or less")
         return clip, clip
@@ -352,7 +366,7 @@ class PseudoLabelStage(Stage):
     def check(self, config, model):
         if not isinstance(model, StreamingAudioViT):
             raise ModelError(f"stage 'psl' trains a streaming SAT student (sat-tiny, "
-                             f"sat-small, sat-base); {config.model!r} is not one")
+                             f"sat-small, sat-base); {model.registry_name!r} is not one")
 
     def clip_seconds(self, config, model):
         from earmark.train.psl import crop_seconds
@@ -404,7 +418,7 @@ class StoredScoresStage(PseudoLabelStage):
         crop, valid = super().clip_seconds(config, model)
         if abs(crop - self.info["crop_seconds"]) > 1e-6:
             raise ModelError(f"{self.root / INFO}: scores of {self.info['crop_seconds']} s "
-                             f"crops, but {config.model} learns from {crop} s crops (two "
+                             f"crops, but {model.registry_name} learns from {crop} s crops (two "
                              f"chunks); write them with --crop-seconds {crop}")
         return crop, valid
 
@@ -444,12 +458,14 @@ def prepare(config: TrainConfig, data: Splits, stage: Stage, resume: bool = Fals
     Lightning module. A family in :data:`FAMILY_TRAINING` takes over once its model exists.
     """
     labels, multi_label = stage.head(config, data)
-    model = _create(config, len(labels), multi_label)
+    init = InitWeights.read(config.init) if config.init else None
+    model = _create(config, len(labels), multi_label, init)
     own = FAMILY_TRAINING.get(model.family)
     if own is not None:
         return own(config, data, model, labels, resume)
     stage.check(config, model)
-    report = _init(config, model, labels)
+    report = _init(config, model, labels, init)
+    del init  # the weights are in the model now
     train_seconds, valid_seconds = stage.clip_seconds(config, model)
     valid = stage.vocabulary(data.valid, labels)
     cache = _use_cache(config, data.train, valid)
@@ -526,6 +542,6 @@ def prepare_run(config: TrainConfig, resume: bool = False,
     setup = prepare(config, with_synthetic(config, data), stage_for(config), resume)
     # Lightning keeps the train/eval mode each module has when fitting starts, so the model
     # must start in training mode (parts that stay frozen, such as the codebook model's
-    # autoencoders, keep themselves in eval)
-    setup.model.train()
+    # autoencoders and the batch norms of a frozen backbone, keep themselves in eval)
+    setup.module.train()
     return setup
