@@ -300,3 +300,18 @@ def test_the_htsat_esc50_recipe_starts_from_the_released_htsat(released_htsat, t
     out = capsys.readouterr().out
     assert "init: " in out and "head rows of 1 labels kept by name (dog <- Dog)" in out
     assert earmark.load(tmp_path / "runs" / "esc").model.sample_rate == 32000
+
+
+def test_a_run_from_a_released_name_resumes_with_its_settings(released, synth_dir, tmp_path,
+                                                              server, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    cfg = config(synth_dir, out, epochs=1, backbone_lr_scale=0.1)
+    train(cfg)
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["init"], saved["model"], saved["backbone_lr_scale"]) == (NAME, None, 0.1)
+    # a typed setting that differs from the run's is named and ignored; the run goes on
+    given = config(synth_dir, out, epochs=2, backbone_lr_scale=0.5)
+    result = train(given, resume=True, typed={"epochs", "backbone_lr_scale"})
+    assert "ignoring --backbone-lr-scale 0.5 (the run has 0.1)" in capsys.readouterr().err
+    assert result["epochs"] == 2
+    assert len(server.gets(f"/files/{FILE}")) == 1  # the cache serves the resumed run
