@@ -315,3 +315,36 @@ def test_a_run_from_a_released_name_resumes_with_its_settings(released, synth_di
     assert "ignoring --backbone-lr-scale 0.5 (the run has 0.1)" in capsys.readouterr().err
     assert result["epochs"] == 2
     assert len(server.gets(f"/files/{FILE}")) == 1  # the cache serves the resumed run
+
+
+# ---- every family: the head by label, the blocks by depth ----------------------------------
+
+
+@pytest.mark.parametrize("name, args, head", [
+    ("tokenlearner", dict(layers=2, embed_dim=32, heads=2, tokens=4), {"head.weight",
+                                                                       "head.bias"}),
+    ("htsat-tiny", {}, {"tscam_conv.weight", "tscam_conv.bias"}),
+    ("vit-tiny", dict(depth=2, embed_dim=32, num_heads=2), {"outputlayer.1.weight",
+                                                           "outputlayer.1.bias"}),
+])
+def test_each_family_keeps_head_rows_by_label_and_orders_its_blocks(name, args, head,
+                                                                   tmp_path):
+    from earmark.models.directory import save_model_dir
+    from earmark.train.module import layer_ids
+    from earmark.train.weights import init_weights
+
+    torch.manual_seed(0)
+    source = earmark.create_model(name, 3, **args)
+    saved = save_model_dir(source, tmp_path / name, ["Dog", "Cat", "Speech"])
+    model = earmark.create_model(name, 2, **args)
+    assert head_keys(model) == head
+    report = init_weights(model, saved, ["cat", "my_sound"])
+    assert report.labels == {"cat": "Cat"} and report.new_labels == ["my_sound"]
+    assert set(report.mapped) == head and not report.reinitialised
+    for key in head:  # the class dimension is the first of every head tensor here
+        torch.testing.assert_close(model.state_dict()[key][0], source.state_dict()[key][1])
+    ids, blocks = layer_ids(model, head)
+    assert set(ids) == {n for n, _ in model.named_parameters()} - head
+    depths = sorted(set(ids.values()))
+    assert depths == list(range(blocks + 2))  # embeddings, every block, the final norm
+    assert ids[next(iter(ids))] == 0  # the first parameter comes before the blocks

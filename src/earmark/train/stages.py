@@ -495,7 +495,9 @@ def _codebook_stages(config: TrainConfig, data: Splits, model: nn.Module, labels
         raise ModelError(f"the codebook model trains in its own stages; --stage {config.stage} "
                          "does not apply to it")
     if config.init:
-        raise ModelError("the codebook model does not start from other weights (--init)")
+        raise ModelError("the codebook model does not start from other weights (--init); "
+                         "--stages-from RUN reuses another codebook run's autoencoders and code "
+                         "books")
     if config.group_adversarial:
         check_family(model)
     if config.synthetic_share is not None:
