@@ -38,6 +38,7 @@ import shutil
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -51,6 +52,7 @@ from earmark.data.splits import carve_validation, group_split, split_manifest  #
 from earmark.train.config import TrainConfig  # noqa: E402
 from earmark.train.recipes import RECIPES  # noqa: E402
 from earmark.train.run import train  # noqa: E402
+from earmark.train.rundir import run_lock  # noqa: E402
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 HOME = loso.RESULTS / "fsdd-voices"
@@ -164,11 +166,16 @@ def run(job: dict, real, machine: dict) -> dict:
         split = (train_m, valid_m, real)
     t0 = time.time()
     mae_seconds = None
-    if job.get("mae"):
-        mae = TrainConfig.from_dict(job["mae"])
-        mae_seconds = train(mae, split=split, overwrite=True)["train_seconds"]
-        shutil.rmtree(Path(mae.out) / "checkpoints", ignore_errors=True)
-    result = train(config, split=split, overwrite=True)
+    # a job of two trainings holds a lock of its own throughout: each training locks only its
+    # own directory, and another process must not start the pretraining while this one
+    # fine-tunes
+    with run_lock(Path(config.out).parent / ".jobs" / Path(config.out).name) \
+            if job.get("mae") else nullcontext():
+        if job.get("mae"):
+            mae = TrainConfig.from_dict(job["mae"])
+            mae_seconds = train(mae, split=split, overwrite=True)["train_seconds"]
+            shutil.rmtree(Path(mae.out) / "checkpoints", ignore_errors=True)
+        result = train(config, split=split, overwrite=True)
     test = result["test"]
     shutil.rmtree(Path(config.out) / "checkpoints", ignore_errors=True)
     row = {k: job[k] for k in ("protocol", "recipe", "held_out", "seed", "limit", "config")}
