@@ -100,10 +100,11 @@ def test_sigterm_under_load_exits_within_seconds_and_answers_the_upload(tmp_path
                              "--max-chunks", "1000000", "--max-request-seconds", "600"],
                             stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     answer = {}
+    body = wav_bytes(tone(1000.0, 1200.0))  # made before the clock starts: slow on a busy CPU
 
     def upload():
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/tag?chunk=0.5&events=1",
-                                     data=wav_bytes(tone(1000.0, 1200.0)), method="POST")
+                                     data=body, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=120) as r:
                 answer["status"] = r.status
