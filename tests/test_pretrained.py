@@ -100,21 +100,10 @@ def server():
 
 
 def official_state(model) -> dict:
-    """An earmark SAT state dict in the SAT repository's layout: BatchNorm at init_bn.1,
-    separate to_q / to_kv projections, and the torchaudio front end's buffers."""
-    d = model.embed_dim
-    out = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("init_bn."):
-            key = "init_bn.1." + key[len("init_bn."):]
-        if ".attn.qkv." in key:
-            out[key.replace("qkv", "to_q")] = value[:d].clone()
-            out[key.replace("qkv", "to_kv")] = value[d:].clone()
-            continue
-        out[key] = value.clone()
-    out["front_end.0.spectrogram.window"] = torch.hann_window(512)
-    out["front_end.0.mel_scale.fb"] = torch.zeros(257, 64)
-    return out
+    """An earmark SAT state dict in the SAT repository's layout (tests/models/test_sat.py)."""
+    from tests.models.test_sat import official_layout
+
+    return official_layout(model, streaming=True)
 
 
 def reference(num_classes: int = 527, seed: int = 0):
