@@ -269,15 +269,17 @@ def _compared(config: dict) -> dict:
     return comparable({**config, "model_args": args, "max_minutes": None})
 
 
-def earlier_row(job: dict, recipe: str | None = None) -> dict | None:
+def earlier_row(job: dict, recipe: str | None = None,
+                rows: list[dict] | None = None) -> dict | None:
     """This script's row (bench/results/fsdd_speakers.json) of the same run as another
     script's ``job``, under ``recipe`` (default: the job's own), if there is one. Codebook rows
     spell the front end out where the recipe names its preset, so the front end is left out
     of the comparison (the preset is the one those runs resolved); so is the time limit of a
-    run that finished all its epochs within it."""
+    run that finished all its epochs within it. ``rows``: that file's rows, read once by a
+    caller asking for many jobs."""
     want = _compared(job["config"])
     key = (job["protocol"], recipe or job["recipe"], job["held_out"], job["seed"])
-    for r in load_rows(RESULTS / "fsdd_speakers.json"):
+    for r in rows if rows is not None else load_rows(RESULTS / "fsdd_speakers.json"):
         if ((r["protocol"], r["recipe"], r["held_out"], r["seed"]) == key
                 and r["epochs"] == job["config"]["epochs"] and _compared(r["config"]) == want):
             return r

@@ -144,10 +144,10 @@ def borrowed(jobs: list[dict], results: Path) -> list[dict]:
     """The rows of ``real`` jobs that bench/fsdd_speakers.py has already trained under the
     name ``robust`` (the same configuration), named ``real`` here; they are not trained
     again."""
-    rows = []
+    rows, earlier = [], loso.load_rows(loso.RESULTS / "fsdd_speakers.json")
     for job in jobs:
         if job["recipe"] == "real" and not loso.done(results, job):
-            row = loso.earlier_row(job, "robust")
+            row = loso.earlier_row(job, "robust", earlier)
             if row is not None:
                 rows.append(dict(row, recipe="real", borrowed_from="fsdd_speakers.json"))
     return rows
